@@ -1,0 +1,274 @@
+"""Hugging Face checkpoints <-> `Decoder`: streaming safetensors load (straight onto the mesh) and export.
+
+`load` reads `config.json` and `model.safetensors` or a sharded `model.safetensors.index.json`, checks
+every tensor name and shape from the headers before reading any data, then reads one tensor at a
+time and places it directly on its target sharding. `save` writes a directory that
+`transformers.AutoModelForCausalLM.from_pretrained` loads, atomically (a temporary sibling renamed
+into place), and copies the tokenizer files of the source checkpoint through.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from rlsc_jax import sharding as sharding_lib
+from rlsc_jax.models import Decoder, ModelConfig
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
+                   "generation_config.json")
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+DEFAULT_SHARD_BYTES = 4 * 1024**3
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class Mapping(NamedTuple):
+    """One parameter: its path in the Flax state, its HF name and shape, and the layout change between them."""
+
+    path: tuple
+    hf_name: str
+    hf_shape: tuple[int, ...]
+    to_flax: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+
+
+def _transpose_to(shape):
+    """HF [out, in] -> Flax [in, *shape[1:]] style: transpose then reshape to `shape`."""
+    return lambda a: a.T.reshape(shape)
+
+
+def _from_flax_transposed(a: np.ndarray, in_dims: int) -> np.ndarray:
+    """Flax [*in, *out] kernel -> HF [prod(out), prod(in)] weight."""
+    rows = int(np.prod(a.shape[:in_dims]))
+    return a.reshape(rows, -1).T
+
+
+def mappings(cfg: ModelConfig) -> list[Mapping]:
+    """The full parameter table for a config, in HF order."""
+    e, h, k, d, m, v = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                        cfg.intermediate_size, cfg.vocab_size)
+    same = lambda a: a  # noqa: E731
+    out = [Mapping(("embed",), "model.embed_tokens.weight", (v, e), same, same)]
+    for i in range(cfg.num_layers):
+        p, n = ("layers", i), f"model.layers.{i}."
+        out += [
+            Mapping(p + ("input_norm", "weight"), n + "input_layernorm.weight", (e,), same, same),
+            Mapping(p + ("attn", "q"), n + "self_attn.q_proj.weight", (h * d, e), _transpose_to((e, h, d)),
+                    lambda a: _from_flax_transposed(a, 1)),
+            Mapping(p + ("attn", "k"), n + "self_attn.k_proj.weight", (k * d, e), _transpose_to((e, k, d)),
+                    lambda a: _from_flax_transposed(a, 1)),
+            Mapping(p + ("attn", "v"), n + "self_attn.v_proj.weight", (k * d, e), _transpose_to((e, k, d)),
+                    lambda a: _from_flax_transposed(a, 1)),
+            Mapping(p + ("attn", "o"), n + "self_attn.o_proj.weight", (e, h * d), _transpose_to((h, d, e)),
+                    lambda a: _from_flax_transposed(a, 2)),
+        ]
+        if cfg.attention_bias:
+            out += [
+                Mapping(p + ("attn", "q_bias"), n + "self_attn.q_proj.bias", (h * d,), lambda a: a.reshape(h, d),
+                        lambda a: a.reshape(-1)),
+                Mapping(p + ("attn", "k_bias"), n + "self_attn.k_proj.bias", (k * d,), lambda a: a.reshape(k, d),
+                        lambda a: a.reshape(-1)),
+                Mapping(p + ("attn", "v_bias"), n + "self_attn.v_proj.bias", (k * d,), lambda a: a.reshape(k, d),
+                        lambda a: a.reshape(-1)),
+            ]
+        out += [
+            Mapping(p + ("post_attn_norm", "weight"), n + "post_attention_layernorm.weight", (e,), same, same),
+            Mapping(p + ("mlp", "gate"), n + "mlp.gate_proj.weight", (m, e), _transpose_to((e, m)), lambda a: a.T),
+            Mapping(p + ("mlp", "up"), n + "mlp.up_proj.weight", (m, e), _transpose_to((e, m)), lambda a: a.T),
+            Mapping(p + ("mlp", "down"), n + "mlp.down_proj.weight", (e, m), _transpose_to((m, e)), lambda a: a.T),
+        ]
+    out.append(Mapping(("final_norm", "weight"), "model.norm.weight", (e,), same, same))
+    if not cfg.tie_word_embeddings:
+        out.append(Mapping(("lm_head",), "lm_head.weight", (v, e), _transpose_to((e, v)), lambda a: a.T))
+    return out
+
+
+def _tensor_files(path: Path) -> dict[str, Path]:
+    """HF tensor name -> the safetensors file holding it (from the index, or the single file's header)."""
+    index = path / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{index}: not a valid safetensors index ({e})") from None
+        files = {name: path / fname for name, fname in weight_map.items()}
+        for f in sorted(set(files.values())):
+            if not f.is_file():
+                raise FileNotFoundError(f"{f}: listed in {INDEX_FILE} but missing")
+        return files
+    single = path / SINGLE_FILE
+    if not single.is_file():
+        raise FileNotFoundError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE}")
+    return {name: single for name in _open(single).keys()}
+
+
+def _open(file: Path):
+    """Opens a safetensors file, turning a corrupt or truncated header into a one-line error."""
+    try:
+        return safe_open(str(file), framework="numpy")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{file}: corrupt or truncated safetensors ({str(e).splitlines()[0]})") from None
+
+
+def _check_names_and_shapes(cfg: ModelConfig, table: list[Mapping], files: dict[str, Path]) -> None:
+    """Every expected tensor present with the right shape, nothing unexpected; reads headers only."""
+    expected = {m.hf_name for m in table}
+    for name in sorted(files):
+        ignorable = name.endswith(IGNORED_SUFFIXES) or (cfg.tie_word_embeddings and name == "lm_head.weight")
+        if name not in expected and not ignorable:
+            raise ValueError(f"{files[name]}: unexpected tensor {name!r} for this config")
+    handles: dict[Path, object] = {}
+    for m in table:
+        if m.hf_name not in files:
+            raise ValueError(f"{m.hf_name}: tensor missing from the checkpoint")
+        f = files[m.hf_name]
+        handle = handles.setdefault(f, _open(f))
+        shape = tuple(handle.get_slice(m.hf_name).get_shape())
+        if shape != m.hf_shape:
+            raise ValueError(f"{f}: tensor {m.hf_name!r} has shape {shape}, expected {m.hf_shape}")
+
+
+def _read(file: Path, name: str) -> np.ndarray:
+    """One tensor as numpy; a truncated data section becomes a one-line error."""
+    try:
+        return _open(file).get_tensor(name)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{file}: cannot read tensor {name!r} ({str(e).splitlines()[0]})") from None
+
+
+def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
+         rules=sharding_lib.DEFAULT_RULES) -> Decoder:
+    """Loads an HF Qwen2/Llama checkpoint directory as a `Decoder` with parameters of `dtype`.
+
+    With a mesh every tensor goes straight to its sharding (each device copies only its shard).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: model directory not found")
+    dtype = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    cfg = ModelConfig.from_file(path)
+    table = mappings(cfg)
+    files = _tensor_files(path)
+    _check_names_and_shapes(cfg, table, files)
+
+    abstract = nnx.eval_shape(lambda: Decoder(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    shardings = sharding_lib.param_shardings(state, mesh, rules) if mesh is not None else None
+    flat = dict(nnx.to_flat_state(state))
+    flat_shardings = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
+    np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == jnp.bfloat16 else np.dtype(dtype)
+    for m in table:
+        host = np.ascontiguousarray(m.to_flax(_read(files[m.hf_name], m.hf_name)).astype(np_dtype, copy=False))
+        if m.path in flat_shardings:
+            value = jax.make_array_from_callback(host.shape, flat_shardings[m.path], lambda idx: host[idx])
+        else:
+            value = jnp.asarray(host)
+        flat[m.path].set_value(value)
+        del host
+    model = nnx.merge(graphdef, nnx.from_flat_state(flat))
+    model.hf_source = str(path)
+    return model
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    """A (possibly multi-host sharded) array gathered to a numpy array on this process."""
+    if not x.is_fully_addressable:
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+
+
+def _hf_config(model: Decoder, dtype_name: str) -> dict:
+    """The source config.json (keeping ids and extras) updated with this model's fields."""
+    source = getattr(model, "hf_source", None)
+    hf = {}
+    if source and (Path(source) / "config.json").is_file():
+        hf = json.loads((Path(source) / "config.json").read_text())
+    hf.pop("rope_scaling", None)
+    hf.update(model.cfg.to_hf())
+    hf["dtype"] = hf["torch_dtype"] = dtype_name
+    return hf
+
+
+def save(model: Decoder, path: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
+    """Writes `model` as an HF checkpoint directory (sharded with an index above `max_shard_bytes`).
+
+    Refuses a non-empty target; writes into a temporary sibling and renames it into place, so an
+    interrupted save leaves nothing half-written. Multi-host: every process gathers, process 0 writes.
+    """
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path}: exists and is not empty; refusing to overwrite")
+    table = mappings(model.cfg)
+    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    writer = jax.process_index() == 0
+    dtype_name = {np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float16): "float16"}.get(
+        np.dtype(flat[("embed",)].value.dtype), "float32")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) if writer else None
+    try:
+        shard: dict[str, np.ndarray] = {}
+        files: list[Path] = []
+        weight_map: dict[str, int] = {}
+        for m in table:
+            arr = np.ascontiguousarray(m.to_hf(_to_host(flat[m.path].value)))
+            if shard and sum(a.nbytes for a in shard.values()) + arr.nbytes > max_shard_bytes:
+                files.append(_flush(shard, tmp, len(files)))
+                shard = {}
+            shard[m.hf_name] = arr
+            weight_map[m.hf_name] = len(files)
+        files.append(_flush(shard, tmp, len(files)))
+        if writer:
+            _finish(model, tmp, files, weight_map, dtype_name)
+            if path.exists():
+                path.rmdir()
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"rlsc_jax.hf.save:{path}")
+    return path
+
+
+def _flush(shard: dict[str, np.ndarray], tmp: Path | None, number: int) -> Path | None:
+    """Writes one shard to a provisional name (process 0 only), so at most one shard is held in memory."""
+    if tmp is None:
+        return None
+    file = tmp / f"shard-{number:05d}.safetensors"
+    save_file(shard, str(file), metadata={"format": "pt"})
+    return file
+
+
+def _finish(model: Decoder, tmp: Path, files: list[Path], weight_map: dict[str, int], dtype_name: str) -> None:
+    """Names the shards as transformers expects, writes the index, config and tokenizer files."""
+    if len(files) == 1:
+        files[0].rename(tmp / SINGLE_FILE)
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(files):05d}.safetensors" for i in range(len(files))]
+        total = sum(f.stat().st_size for f in files)
+        for f, name in zip(files, names):
+            f.rename(tmp / name)
+        index = {"metadata": {"total_size": total}, "weight_map": {k: names[i] for k, i in weight_map.items()}}
+        (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    (tmp / "config.json").write_text(json.dumps(_hf_config(model, dtype_name), indent=2))
+    source = getattr(model, "hf_source", None)
+    for fname in TOKENIZER_FILES:
+        if source and (Path(source) / fname).is_file():
+            shutil.copy2(Path(source) / fname, tmp / fname)

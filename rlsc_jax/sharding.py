@@ -1,0 +1,98 @@
+"""Device mesh, logical-axis rules and shardings for parameters and batches.
+
+Parameters name their axes once (`logical_axes` metadata); the rules below map each logical name to
+mesh axes, so moving from FSDP to tensor parallelism is a config change. The mesh uses Auto axis
+types (GSPMD propagation between the explicit in/out shardings and sharding constraints we set).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# logical axis -> mesh axes (tried in order; an axis that does not divide the dimension is dropped).
+DEFAULT_RULES: dict[str, tuple[str, ...]] = {
+    "batch": BATCH_AXES,
+    "vocab": ("tensor",),
+    "embed": ("fsdp",),
+    "heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "head_dim": (),
+    "mlp": ("tensor",),
+}
+
+
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
+    """Resolves a (data, fsdp, tensor) request, where one -1 takes the remaining devices."""
+    sizes = [data, fsdp, tensor]
+    if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+        raise ValueError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): sizes must be positive, with at most one -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise ValueError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): {num_devices} devices are not divisible by {known}")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ValueError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}) needs {math.prod(sizes)} devices, but {num_devices} are available")
+    return tuple(sizes)
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices (or the given ones), with Auto axis types."""
+    devices = list(devices) if devices is not None else jax.devices()
+    shape = mesh_shape(data, fsdp, tensor, len(devices))
+    if devices == jax.devices():
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                 rules: dict[str, tuple[str, ...]] = DEFAULT_RULES) -> P:
+    """PartitionSpec for an array whose dimensions carry logical names; indivisible or reused mesh axes are dropped."""
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(axes, shape):
+        chosen = []
+        for mesh_axis in rules.get(name, ()) if name else ():
+            size = mesh.shape[mesh_axis]
+            if mesh_axis in used or size == 1 or dim % (math.prod(mesh.shape[a] for a in chosen) * size):
+                continue
+            chosen.append(mesh_axis)
+        used.update(chosen)
+        spec.append(tuple(chosen) if len(chosen) > 1 else (chosen[0] if chosen else None))
+    return P(*spec)
+
+
+def param_shardings(state: nnx.State, mesh: Mesh, rules: dict[str, tuple[str, ...]] = DEFAULT_RULES):
+    """A NamedSharding for each parameter of an `nnx.State` (same tree structure, plain leaves)."""
+    def one(var):
+        axes = var.get_metadata().get("logical_axes", (None,) * var.value.ndim)
+        return NamedSharding(mesh, logical_spec(axes, var.value.shape, mesh, rules))
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Leading (batch) dimension split over data and fsdp; the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Fully replicated over the mesh."""
+    return NamedSharding(mesh, P())
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules: dict[str, tuple[str, ...]] = DEFAULT_RULES) -> nnx.Module:
+    """Places every parameter of `model` on its sharding (in place) and returns the model."""
+    state = nnx.state(model)
+    shardings = param_shardings(state, mesh, rules)
+    values = jax.tree.map(lambda v: v.value, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    nnx.update(model, jax.device_put(values, shardings))
+    return model

@@ -1,0 +1,186 @@
+"""HF checkpoint I/O: HF -> Flax -> HF round trip, sharded index files, and bad inputs."""
+
+import json
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from rlsc_jax import hf
+from tests.hf_models import VOCAB, make_hf_model, save_hf_model
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A saved tiny untied Qwen2 and its transformers model."""
+    ref = make_hf_model("qwen2")
+    return ref, save_hf_model(ref, tmp_path_factory.mktemp("src"))
+
+
+def _tensors(path):
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+@pytest.mark.parametrize("shard_bytes", [hf.DEFAULT_SHARD_BYTES, 30_000])
+@pytest.mark.parametrize("family,overrides", [("qwen2", {}), ("llama", {"tie_word_embeddings": True})])
+def test_round_trip_bit_exact_and_reloadable(tmp_path, family, overrides, shard_bytes):
+    ref = make_hf_model(family, **overrides)
+    src = save_hf_model(ref, tmp_path / "src")
+    (src / "tokenizer_config.json").write_text("{}")
+    out = hf.save(hf.load(src), tmp_path / "out", max_shard_bytes=shard_bytes)
+    assert (out / "tokenizer_config.json").is_file(), "tokenizer files must be copied through"
+    assert (out / hf.INDEX_FILE).is_file() == (shard_bytes < hf.DEFAULT_SHARD_BYTES)
+    a, b = _tensors(src), _tensors(out)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    ids = torch.tensor(np.random.RandomState(0).randint(0, VOCAB, (2, 10)))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, ref(ids).logits)
+    again = hf.load(out)
+    assert np.array_equal(np.asarray(again(jnp.asarray(ids.numpy()))), np.asarray(hf.load(src)(jnp.asarray(ids.numpy()))))
+
+
+def test_bf16_round_trip(tmp_path, ckpt):
+    _, src = ckpt
+    out = hf.save(hf.load(src, dtype=jnp.bfloat16), tmp_path / "out")
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    reloaded = hf.load(out, dtype="bfloat16")
+    assert np.array_equal(np.asarray(reloaded.embed[...]), np.asarray(hf.load(src, dtype=jnp.bfloat16).embed[...]))
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _error(excinfo):
+    msg = str(excinfo.value)
+    assert "\n" not in msg, f"error must be one line: {msg!r}"
+    return msg
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        hf.load(tmp_path / "nope")
+    assert "nope" in _error(e)
+
+
+def test_missing_config(tmp_path, ckpt):
+    d = _copy(ckpt[1], tmp_path / "m")
+    (d / "config.json").unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        hf.load(d)
+    assert "config.json" in _error(e)
+
+
+def test_missing_safetensors(tmp_path, ckpt):
+    d = _copy(ckpt[1], tmp_path / "m")
+    (d / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        hf.load(d)
+    assert "model.safetensors" in _error(e)
+
+
+def test_truncated_safetensors(tmp_path, ckpt):
+    d = _copy(ckpt[1], tmp_path / "m")
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(ValueError) as e:
+        hf.load(d)
+    assert "model.safetensors" in _error(e)
+
+
+def test_corrupt_header(tmp_path, ckpt):
+    d = _copy(ckpt[1], tmp_path / "m")
+    data = bytearray((d / "model.safetensors").read_bytes())
+    data[8:40] = b"\xff" * 32
+    (d / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError) as e:
+        hf.load(d)
+    assert "corrupt" in _error(e)
+
+
+def test_index_naming_missing_shard(tmp_path, ckpt):
+    out = hf.save(hf.load(ckpt[1]), tmp_path / "out", max_shard_bytes=30_000)
+    victim = sorted(out.glob("model-*.safetensors"))[1]
+    victim.unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        hf.load(out)
+    assert victim.name in _error(e)
+
+
+def _rewrite(d, fn):
+    tensors = load_file(str(d / "model.safetensors"))
+    fn(tensors)
+    save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_wrong_shape(tmp_path, ckpt):
+    d = _copy(ckpt[1], tmp_path / "m")
+    name = "model.layers.1.mlp.up_proj.weight"
+    _rewrite(d, lambda t: t.__setitem__(name, t[name][:-1]))
+    with pytest.raises(ValueError) as e:
+        hf.load(d)
+    assert name in _error(e) and "shape" in _error(e)
+
+
+def test_missing_tensor(tmp_path, ckpt):
+    d = _copy(ckpt[1], tmp_path / "m")
+    name = "model.layers.0.self_attn.k_proj.bias"
+    _rewrite(d, lambda t: t.pop(name))
+    with pytest.raises(ValueError) as e:
+        hf.load(d)
+    assert name in _error(e) and "missing" in _error(e)
+
+
+def test_unexpected_tensor(tmp_path, ckpt):
+    d = _copy(ckpt[1], tmp_path / "m")
+    _rewrite(d, lambda t: t.__setitem__("model.layers.9.mlp.extra.weight", np.zeros(3, np.float32)))
+    with pytest.raises(ValueError) as e:
+        hf.load(d)
+    assert "model.layers.9.mlp.extra.weight" in _error(e)
+
+
+@pytest.mark.parametrize("patch,needle", [
+    ({"model_type": "gpt2"}, "model_type"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "yarn"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+])
+def test_unsupported_config(tmp_path, ckpt, patch, needle):
+    d = _copy(ckpt[1], tmp_path / "m")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(patch)
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError) as e:
+        hf.load(d)
+    assert needle in _error(e) and "config.json" in _error(e)
+
+
+def test_save_refuses_non_empty_directory(tmp_path, ckpt):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError) as e:
+        hf.save(hf.load(ckpt[1]), target)
+    assert "out" in _error(e)
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+
+
+def test_save_failure_leaves_nothing(tmp_path, ckpt, monkeypatch):
+    model = hf.load(ckpt[1])
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(hf, "save_file", boom)
+    with pytest.raises(OSError):
+        hf.save(model, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
