@@ -1,0 +1,108 @@
+"""Answer grading as the field does it: extract the final answer, compare with math-verify, pass@k, majority vote."""
+
+from __future__ import annotations
+
+import re
+import threading
+from functools import lru_cache
+
+from math_verify import parse, verify
+from math_verify.errors import TimeoutException
+
+# math-verify's own per-call limits (seconds); they rely on signal.alarm, so only in the main thread.
+PARSE_TIMEOUT = 5
+VERIFY_TIMEOUT = 5
+
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_HASHES = re.compile(r"####\s*(.+)")
+_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*(.+)", re.IGNORECASE)
+
+
+def _balanced(text: str, start: int) -> str | None:
+    """The text from `start` up to the brace closing the one just before it; None if never closed."""
+    depth = 1
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i]
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last closed, non-empty `\\boxed{...}` / `\\fbox{...}` (balanced braces); None if none."""
+    for match in reversed(list(_BOX_OPEN.finditer(text))):
+        content = _balanced(text, match.end())
+        if content is not None and content.strip():
+            return content.strip()
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The model's final answer: the last box, else the text after the last `####`, else after "the answer is"."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    for pattern in (_HASHES, _ANSWER_IS):
+        matches = pattern.findall(text)
+        if matches:
+            answer = matches[-1].strip().rstrip(" .$").lstrip(" $")
+            if answer:
+                return answer
+    return None
+
+
+@lru_cache(maxsize=8192)
+def _parse(answer: str) -> tuple:
+    """math-verify's parse of a bare answer wrapped in `\\boxed{}` (robust to stray `$` inside); cached for voting."""
+    timeout = PARSE_TIMEOUT if threading.current_thread() is threading.main_thread() else None
+    return tuple(parse(f"\\boxed{{{answer.strip()}}}", parsing_timeout=timeout))
+
+
+def is_equivalent(gold: str, pred: str | None) -> bool:
+    """Whether `pred` is mathematically equal to `gold` (math-verify, gold first); False on anything unparseable."""
+    if pred is None or not pred.strip() or not gold.strip():
+        return False
+    timeout = VERIFY_TIMEOUT if threading.current_thread() is threading.main_thread() else None
+    try:
+        return bool(verify(list(_parse(gold)), list(_parse(pred)), timeout_seconds=timeout))
+    except (Exception, TimeoutException):
+        return False
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), as a product."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    prob_all_wrong = 1.0
+    for i in range(n - c + 1, n + 1):
+        prob_all_wrong *= 1.0 - k / i
+    return 1.0 - prob_all_wrong
+
+
+def majority_answer(answers: list[str | None]) -> tuple[str | None, int]:
+    """The most common answer up to equivalence and its count (ties: first seen); None wins only if all are None."""
+    groups: list[list[str]] = []  # each group: its representative (first seen) first, then exact strings seen
+    counts: list[int] = []
+    for answer in answers:
+        if answer is None:
+            continue
+        key = answer.strip()
+        index = next((i for i, group in enumerate(groups) if key in group), None)
+        if index is None:
+            index = next((i for i, group in enumerate(groups) if is_equivalent(group[0], key)), None)
+        if index is None:
+            groups.append([key])
+            counts.append(0)
+            index = len(groups) - 1
+        elif key not in groups[index]:
+            groups[index].append(key)
+        counts[index] += 1
+    if not groups:
+        return None, len(answers)
+    best = max(range(len(groups)), key=lambda i: (counts[i], -i))
+    return groups[best][0], counts[best]
