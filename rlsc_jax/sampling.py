@@ -1,0 +1,205 @@
+"""Jitted sampler: one prefill per prompt, its KV cache broadcast N ways, then a `lax.while_loop` decode.
+
+Prompts are left-padded into power-of-two buckets (batch and length) with explicit positions, so
+new prompts of a similar size reuse the compiled programs. The dense cache is donated to the
+decode loop and updated in place. Each row stops at its first EOS; the loop ends when every row
+has stopped or after `max_new_tokens`. On a mesh the sample rows are sharded over (data, fsdp).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlsc_jax import sharding as sharding_lib
+from rlsc_jax.models import Decoder, init_cache
+
+
+@dataclasses.dataclass
+class Samples:
+    """Completions for `len(prompts) * num_samples` rows; the rows of one prompt are adjacent.
+
+    tokens / completion_mask / logprobs are [rows, max_new_tokens]; the mask is 1 up to and
+    including the first EOS. logprobs are log softmax(logits / temperature) of the sampled tokens
+    (temperature 1 for greedy). prompt_ids / prompt_mask hold each row's left-padded prompt.
+    """
+
+    tokens: jax.Array
+    completion_mask: jax.Array
+    lengths: jax.Array
+    logprobs: jax.Array
+    prompt_ids: jax.Array
+    prompt_mask: jax.Array
+
+
+def _bucket(n: int, minimum: int) -> int:
+    """Next power of two at or above n (and minimum), the static size a call compiles for."""
+    return max(minimum, 1 << max(0, n - 1).bit_length())
+
+
+def mesh_of(state) -> jax.sharding.Mesh | None:
+    """The mesh the parameters live on, if they are NamedSharding-placed."""
+    leaf = jax.tree.leaves(state)[0]
+    sharding = getattr(leaf, "sharding", None)
+    return sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
+
+
+def _constrain_rows(tree, mesh):
+    """Shards the leading (row) axis over (data, fsdp) when the row count divides evenly."""
+    if mesh is None:
+        return tree
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+
+    def one(x):
+        if x.ndim == 0 or x.shape[0] % ways:
+            return x
+        return jax.lax.with_sharding_constraint(x, sharding_lib.batch_sharding(mesh, x.ndim))
+    return jax.tree.map(one, tree)
+
+
+def _pick(logits, key, temperature, greedy: bool, top_k: int, top_p):
+    """Samples one token per row from fp32 logits; returns the token and its log-prob at the temperature."""
+    if greedy:
+        token = jnp.argmax(logits, axis=-1)
+        return token, jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], -1)[:, 0]
+    scaled = logits / temperature
+    logp = jax.nn.log_softmax(scaled)
+    masked = scaled
+    if top_k > 0:
+        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+        masked = jnp.where(scaled < kth, -jnp.inf, masked)
+    if top_p is not None:
+        order = jnp.argsort(-masked, axis=-1)
+        sorted_logits = jnp.take_along_axis(masked, order, -1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs
+        cut = jnp.where(before < top_p, sorted_logits, -jnp.inf)
+        masked = jnp.full_like(masked, -jnp.inf).at[jnp.arange(masked.shape[0])[:, None], order].set(cut)
+    token = jax.random.categorical(key, masked, axis=-1)
+    return token, jnp.take_along_axis(logp, token[:, None], -1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_samples", "cache_len"))
+def _prefill(graphdef, state, prompt_ids, prompt_mask, *, num_samples: int, cache_len: int):
+    """Runs each prompt once, then repeats its cache and last-position logits for its N samples."""
+    model = nnx.merge(graphdef, state)
+    batch, length = prompt_ids.shape
+    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
+    key_mask = jnp.pad(prompt_mask, ((0, 0), (0, cache_len - length)), constant_values=1)
+    cache = init_cache(model.cfg, batch, cache_len, model.dtype)
+    hidden, cache = model.hidden_states(prompt_ids, positions, key_mask, cache, 0)
+    logits = model.logits(hidden[:, -1])
+    repeat = lambda x: jnp.repeat(x, num_samples, axis=0)  # noqa: E731
+    mesh = mesh_of(state)
+    cache, logits, key_mask = _constrain_rows((jax.tree.map(repeat, cache), repeat(logits), repeat(key_mask)), mesh)
+    return cache, logits, key_mask, repeat(positions[:, -1] + 1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "top_k", "eos_ids", "pad_id"),
+                   donate_argnames=("cache",))
+def _decode(graphdef, state, cache, first_logits, key_mask, next_position, key, temperature, top_p, *,
+            max_new_tokens: int, greedy: bool, top_k: int, eos_ids: tuple[int, ...], pad_id: int):
+    """The decode loop: sample, append, feed back, until every row hit EOS or the budget is spent.
+
+    The cache is returned so that its donated input buffer is aliased to it and updated in place.
+    """
+    model = nnx.merge(graphdef, state)
+    mesh = mesh_of(state)
+    rows = first_logits.shape[0]
+    prompt_len = key_mask.shape[1] - max_new_tokens
+    eos = jnp.asarray(eos_ids, jnp.int32)
+
+    def emit(carry, logits, step):
+        tokens, logprobs, done = carry["tokens"], carry["logprobs"], carry["done"]
+        token, lp = _pick(logits, jax.random.fold_in(key, step), temperature, greedy, top_k, top_p)
+        token = jnp.where(done, pad_id, token).astype(jnp.int32)
+        lp = jnp.where(done, 0.0, lp)
+        tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
+        logprobs = jax.lax.dynamic_update_slice(logprobs, lp[:, None], (0, step))
+        return dict(carry, tokens=tokens, logprobs=logprobs, done=done | jnp.isin(token, eos),
+                    lengths=carry["lengths"] + (~done).astype(jnp.int32))
+
+    def body(carry):
+        step = carry["step"]
+        last = jax.lax.dynamic_slice(carry["tokens"], (0, step - 1), (rows, 1))
+        positions = (next_position + step - 1)[:, None]
+        hidden, cache = model.hidden_states(last, positions, key_mask, carry["cache"], prompt_len + step - 1)
+        carry = emit(dict(carry, cache=_constrain_rows(cache, mesh)), model.logits(hidden[:, 0]), step)
+        return dict(carry, step=step + 1)
+
+    def cond(carry):
+        return (carry["step"] < max_new_tokens) & ~jnp.all(carry["done"])
+
+    carry = dict(step=jnp.int32(1), cache=cache, done=jnp.zeros(rows, bool), lengths=jnp.zeros(rows, jnp.int32),
+                 tokens=jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
+                 logprobs=jnp.zeros((rows, max_new_tokens), jnp.float32))
+    carry = emit(carry, first_logits, 0)
+    carry = jax.lax.while_loop(cond, body, carry)
+    mask = (jnp.arange(max_new_tokens)[None, :] < carry["lengths"][:, None]).astype(jnp.int32)
+    return carry["tokens"], mask, carry["lengths"], carry["logprobs"], carry["cache"]
+
+
+def _check(model: Decoder, prompts, num_samples, max_new_tokens, temperature, top_k, top_p, eos_ids) -> None:
+    """Rejects bad requests before anything is compiled."""
+    if not prompts:
+        raise ValueError("sample: the prompt list is empty")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"sample: prompt {i} is empty")
+        if min(p) < 0 or max(p) >= model.cfg.vocab_size:
+            raise ValueError(f"sample: prompt {i} has token ids outside [0, {model.cfg.vocab_size})")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > model.cfg.max_position_embeddings:
+        raise ValueError(f"sample: prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the model's "
+                         f"{model.cfg.max_position_embeddings} positions")
+    if num_samples < 1 or max_new_tokens < 1:
+        raise ValueError(f"sample: num_samples ({num_samples}) and max_new_tokens ({max_new_tokens}) must be >= 1")
+    if temperature < 0 or top_k < 0 or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"sample: need temperature >= 0, top_k >= 0 and 0 < top_p <= 1 "
+                         f"(got {temperature}, {top_k}, {top_p})")
+    if not eos_ids:
+        raise ValueError("sample: eos_ids is empty; pass the model's end-of-sequence token ids")
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads prompts into a power-of-two bucket of rows and length; returns (ids, mask)."""
+    rows = _bucket(len(prompts), 1)
+    length = _bucket(max(len(p) for p in prompts), 16)
+    ids = np.full((rows, length), pad_id, np.int32)
+    mask = np.zeros((rows, length), np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, length - len(p):] = p
+        mask[i, length - len(p):] = 1
+    mask[len(prompts):, -1] = 1  # bucket filler rows: a single pad token, results discarded
+    return ids, mask
+
+
+def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int, max_new_tokens: int,
+           temperature: float, top_k: int = 0, top_p: float = 1.0, eos_ids: Sequence[int], seed: int | jax.Array,
+           pad_id: int | None = None) -> Samples:
+    """Draws `num_samples` completions per prompt. temperature == 0 means greedy (argmax).
+
+    `seed` is an int or a `jax.random` key. top_k = 0 and top_p = 1 disable those filters.
+    """
+    _check(model, prompts, num_samples, max_new_tokens, temperature, top_k, top_p, eos_ids)
+    pad_id = int(eos_ids[0]) if pad_id is None else pad_id
+    prompt_ids, prompt_mask = pad_prompts(prompts, pad_id)
+    graphdef, state = nnx.split(model)
+    cache, logits, key_mask, next_position = _prefill(
+        graphdef, state, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), num_samples=num_samples,
+        cache_len=prompt_ids.shape[1] + max_new_tokens)
+    key = jax.random.key(seed) if isinstance(seed, int) else seed
+    tokens, mask, lengths, logprobs, _ = _decode(
+        graphdef, state, cache, logits, key_mask, next_position, key, jnp.float32(max(temperature, 1e-6)),
+        None if top_p >= 1.0 else jnp.float32(top_p), max_new_tokens=max_new_tokens, greedy=temperature == 0,
+        top_k=top_k, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id)
+    rows = len(prompts) * num_samples
+    repeat = lambda x: np.repeat(x, num_samples, axis=0)[:rows]  # noqa: E731
+    return Samples(tokens[:rows], mask[:rows], lengths[:rows], logprobs[:rows],
+                   jnp.asarray(repeat(prompt_ids)), jnp.asarray(repeat(prompt_mask)))
