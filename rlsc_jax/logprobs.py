@@ -1,0 +1,136 @@
+"""Masked per-token and per-sequence log-likelihood from final hidden states, never building [B, T, V] logits.
+
+`token_logprobs` scores targets under softmax(h·W / temperature) over chunks of tokens with a custom
+VJP: the forward keeps only each token's log-sum-exp, the backward recomputes each chunk's logits and
+accumulates dH and dW chunk by chunk, so peak memory is O(chunk_size · V) in both passes. The LM
+head accumulates in fp32 and the softmax is fp32; gradients come back in the input dtypes.
+
+`sequence_logprobs` runs the decoder once over prompt + completion and sums completion-token
+log-probs per sequence, with no length normalisation. The same function serves RLSC (temperature τ,
+the sum is log p_i of DESIGN.md step 2) and supervised NLL (temperature 1, loss = -sum / num_tokens).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rlsc_jax.models import Decoder
+
+# Tokens per chunk: the transient fp32 logits of one chunk take chunk_size * V * 4 bytes (split over
+# the batch devices when the tokens are sharded; keep it a multiple of their count).
+DEFAULT_CHUNK_SIZE = 1024
+
+
+def _to_chunks(x: jax.Array, num_chunks: int, chunk_size: int) -> jax.Array:
+    """[N, ...] -> [num_chunks, chunk_size, ...], zero-padded; chunk c holds tokens c, c + num_chunks, ...
+
+    Strided rather than contiguous so that, with tokens sharded over batch devices, every chunk is
+    spread over all of them and each scan step keeps every device busy.
+    """
+    x = jnp.pad(x, [(0, num_chunks * chunk_size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+    return jnp.swapaxes(x.reshape(chunk_size, num_chunks, *x.shape[1:]), 0, 1)
+
+
+def _from_chunks(x: jax.Array, n: int) -> jax.Array:
+    """Inverse of `_to_chunks`: [num_chunks, chunk_size, ...] -> [n, ...]."""
+    x = jnp.swapaxes(x, 0, 1)
+    return x.reshape(-1, *x.shape[2:])[:n]
+
+
+def _chunk_logits(h: jax.Array, w: jax.Array, inv_temp: jax.Array) -> jax.Array:
+    """Tempered fp32 logits [c, V] of one chunk of hidden states [c, E]."""
+    return jnp.einsum("ce,ev->cv", h, w, preferred_element_type=jnp.float32) * inv_temp
+
+
+def _scan_forward(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.Array):
+    """Per chunked token: (log p(target), entropy, log-sum-exp), one chunk of logits alive at a time."""
+    def step(carry, xs):
+        hc, tc = xs
+        z = _chunk_logits(hc, w, inv_temp)
+        lse = jax.nn.logsumexp(z, axis=-1)
+        target_logit = jnp.take_along_axis(z, tc[:, None], axis=-1)[:, 0]
+        entropy = lse - jnp.sum(jnp.exp(z - lse[:, None]) * z, axis=-1)
+        return carry, (target_logit - lse, entropy, lse)
+
+    return jax.lax.scan(step, None, (h, targets))[1]
+
+
+@jax.custom_vjp
+def _chunked_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.Array):
+    """(log p, entropy) of chunked tokens [num_chunks, chunk_size]; differentiable in h and w via log p."""
+    logp, entropy, _ = _scan_forward(h, w, targets, inv_temp)
+    return logp, entropy
+
+
+def _chunked_fwd(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.Array):
+    """Forward pass keeping hidden states, targets and the log-sum-exp (not the logits) for the backward."""
+    logp, entropy, lse = _scan_forward(h, w, targets, inv_temp)
+    return (logp, entropy), (h, w, targets, inv_temp, lse)
+
+
+def _chunked_bwd(res: tuple, cotangents: tuple[jax.Array, jax.Array]):
+    """Recomputes each chunk's logits; dz = g·(onehot − softmax)/τ gives dH per chunk and sums dW in fp32.
+
+    dz enters the two matmuls in the input dtypes (bf16 stays bf16) with fp32 accumulation. The entropy
+    cotangent is ignored: `token_logprobs` returns the entropy under stop_gradient.
+    """
+    h, w, targets, inv_temp, lse = res
+    g, _ = cotangents
+
+    def step(dw, xs):
+        hc, tc, lc, gc = xs
+        z = _chunk_logits(hc, w, inv_temp)
+        p = jnp.exp(z - lc[:, None])
+        dz = (jax.nn.one_hot(tc, w.shape[1], dtype=jnp.float32) - p) * (gc * inv_temp)[:, None]
+        dh = jnp.einsum("cv,ev->ce", dz.astype(w.dtype), w, preferred_element_type=jnp.float32)
+        dw = dw + jnp.einsum("ce,cv->ev", hc, dz.astype(hc.dtype), preferred_element_type=jnp.float32)
+        return dw, dh.astype(hc.dtype)
+
+    dw, dh = jax.lax.scan(step, jnp.zeros(w.shape, jnp.float32), (h, targets, lse, g))
+    return dh, dw.astype(w.dtype), None, None
+
+
+_chunked_logprobs.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def token_logprobs(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array, temperature: float = 1.0,
+                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[jax.Array, jax.Array]:
+    """log softmax(hidden·W / temperature)[targets] and the entropy of that distribution, both fp32 [B, T].
+
+    hidden [B, T, E] and head_weight [E, V] may be bf16 (their gradients come back bf16); the B*T
+    tokens are processed `chunk_size` at a time (the last chunk zero-padded) in forward and backward.
+    The entropy is for logging and carries no gradient (stop_gradient).
+    """
+    lead, e = hidden.shape[:-1], hidden.shape[-1]
+    n = targets.size
+    chunk_size = max(1, min(chunk_size, n))
+    num_chunks = -(-n // chunk_size)
+    h = _to_chunks(hidden.reshape(n, e), num_chunks, chunk_size)
+    t = _to_chunks(targets.reshape(n).astype(jnp.int32), num_chunks, chunk_size)
+    inv_temp = jnp.asarray(1.0 / temperature, jnp.float32)
+    logp, entropy = _chunked_logprobs(h, head_weight, t, inv_temp)
+    return _from_chunks(logp, n).reshape(lead), jax.lax.stop_gradient(_from_chunks(entropy, n).reshape(lead))
+
+
+def sequence_logprobs(model: Decoder, input_ids: jax.Array, attention_mask: jax.Array, loss_mask: jax.Array,
+                      temperature: float, *, remat: bool = False,
+                      chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Per-sequence Σ_t loss_mask[t] · log p(input_ids[t] | input_ids[:t]) at `temperature`, fp32 [B].
+
+    input_ids [B, T] is the left-padded prompt followed by the completion; attention_mask marks real
+    tokens; loss_mask marks the completion tokens to score (the EOS included, the pad after it not),
+    in input_ids coordinates: the token being predicted, scored from the hidden state one position
+    earlier (loss_mask[:, 0] is ignored; nothing predicts the first token). No length normalisation.
+    aux: "token_logp" [B, T] (0 where unmasked, aligned with input_ids), "mean_entropy" over the
+    masked tokens, "num_tokens" (their count). Supervised NLL is -seq_logp.sum() / num_tokens at
+    temperature 1.
+    """
+    hidden, _ = model.hidden_states(input_ids, attention_mask=attention_mask, remat=remat)
+    logp, entropy = token_logprobs(hidden[:, :-1], model.head_weight(), input_ids[:, 1:], temperature, chunk_size)
+    mask = loss_mask[:, 1:].astype(bool)
+    token_logp = jnp.pad(jnp.where(mask, logp, 0.0), ((0, 0), (1, 0)))
+    num_tokens = mask.sum()
+    mean_entropy = jnp.where(mask, entropy, 0.0).sum() / jnp.maximum(num_tokens, 1)
+    aux = {"token_logp": token_logp, "mean_entropy": mean_entropy, "num_tokens": num_tokens}
+    return token_logp.sum(axis=-1), aux
