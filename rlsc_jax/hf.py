@@ -171,7 +171,7 @@ def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = N
     graphdef, state = nnx.split(abstract)
     shardings = sharding_lib.param_shardings(state, mesh, rules) if mesh is not None else None
     flat = dict(nnx.to_flat_state(state))
-    flat_shardings = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
+    flat_shardings = {k: v.get_value() for k, v in nnx.to_flat_state(shardings)} if shardings is not None else {}
     np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == jnp.bfloat16 else np.dtype(dtype)
     for m in table:
         host = np.ascontiguousarray(m.to_flax(_read(files[m.hf_name], m.hf_name)).astype(np_dtype, copy=False))
@@ -184,13 +184,6 @@ def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = N
     model = nnx.merge(graphdef, nnx.from_flat_state(flat))
     model.hf_source = str(path)
     return model
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    """A (possibly multi-host sharded) array gathered to a numpy array on this process."""
-    if not x.is_fully_addressable:
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(jax.device_get(x))
 
 
 def _hf_config(model: Decoder, dtype_name: str) -> dict:
@@ -218,7 +211,7 @@ def save(model: Decoder, path: str | Path, max_shard_bytes: int = DEFAULT_SHARD_
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     writer = jax.process_index() == 0
     dtype_name = {np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float16): "float16"}.get(
-        np.dtype(flat[("embed",)].value.dtype), "float32")
+        np.dtype(flat[("embed",)].get_value().dtype), "float32")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) if writer else None
     try:
@@ -226,7 +219,7 @@ def save(model: Decoder, path: str | Path, max_shard_bytes: int = DEFAULT_SHARD_
         files: list[Path] = []
         weight_map: dict[str, int] = {}
         for m in table:
-            arr = np.ascontiguousarray(m.to_hf(_to_host(flat[m.path].value)))
+            arr = np.ascontiguousarray(m.to_hf(sharding_lib.to_host(flat[m.path].get_value())))
             if shard and sum(a.nbytes for a in shard.values()) + arr.nbytes > max_shard_bytes:
                 files.append(_flush(shard, tmp, len(files)))
                 shard = {}

@@ -27,7 +27,8 @@ class Samples:
 
     tokens / completion_mask / logprobs are [rows, max_new_tokens]; the mask is 1 up to and
     including the first EOS. logprobs are log softmax(logits / temperature) of the sampled tokens
-    (temperature 1 for greedy). prompt_ids / prompt_mask hold each row's left-padded prompt.
+    (temperature 1 for greedy), unaffected by top-k/top-p. prompt_ids / prompt_mask (host numpy) hold
+    each row's left-padded prompt. On a mesh the device arrays are global, sharded over rows.
     """
 
     tokens: jax.Array
@@ -103,7 +104,7 @@ def _prefill(graphdef, state, prompt_ids, prompt_mask, *, num_samples: int, cach
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "top_k", "eos_ids", "pad_id"),
                    donate_argnames=("cache",))
-def _decode(graphdef, state, cache, first_logits, key_mask, next_position, key, temperature, top_p, *,
+def _decode(graphdef, state, cache, first_logits, key_mask, next_position, key_data, temperature, top_p, *,
             max_new_tokens: int, greedy: bool, top_k: int, eos_ids: tuple[int, ...], pad_id: int):
     """The decode loop: sample, append, feed back, until every row hit EOS or the budget is spent.
 
@@ -114,6 +115,7 @@ def _decode(graphdef, state, cache, first_logits, key_mask, next_position, key, 
     rows = first_logits.shape[0]
     prompt_len = key_mask.shape[1] - max_new_tokens
     eos = jnp.asarray(eos_ids, jnp.int32)
+    key = jax.random.wrap_key_data(key_data)
 
     def emit(carry, logits, step):
         tokens, logprobs, done = carry["tokens"], carry["logprobs"], carry["done"]
@@ -191,15 +193,20 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     pad_id = int(eos_ids[0]) if pad_id is None else pad_id
     prompt_ids, prompt_mask = pad_prompts(prompts, pad_id)
     graphdef, state = nnx.split(model)
-    cache, logits, key_mask, next_position = _prefill(
-        graphdef, state, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), num_samples=num_samples,
-        cache_len=prompt_ids.shape[1] + max_new_tokens)
+    mesh = mesh_of(state)
     key = jax.random.key(seed) if isinstance(seed, int) else seed
+    key_data = np.asarray(jax.random.key_data(key))
+    put = (lambda x: sharding_lib.host_to_global(x, sharding_lib.replicated(mesh))) if mesh else jnp.asarray
+    cache, logits, key_mask, next_position = _prefill(
+        graphdef, state, put(prompt_ids), put(prompt_mask), num_samples=num_samples,
+        cache_len=prompt_ids.shape[1] + max_new_tokens)
     tokens, mask, lengths, logprobs, _ = _decode(
-        graphdef, state, cache, logits, key_mask, next_position, key, jnp.float32(max(temperature, 1e-6)),
-        None if top_p >= 1.0 else jnp.float32(top_p), max_new_tokens=max_new_tokens, greedy=temperature == 0,
-        top_k=top_k, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id)
+        graphdef, state, cache, logits, key_mask, next_position, put(key_data),
+        put(np.float32(max(temperature, 1e-6))), None if top_p >= 1.0 else put(np.float32(top_p)),
+        max_new_tokens=max_new_tokens, greedy=temperature == 0, top_k=top_k, eos_ids=tuple(int(e) for e in eos_ids),
+        pad_id=pad_id)
     rows = len(prompts) * num_samples
+    if rows < tokens.shape[0]:
+        tokens, mask, lengths, logprobs = (x[:rows] for x in (tokens, mask, lengths, logprobs))
     repeat = lambda x: np.repeat(x, num_samples, axis=0)[:rows]  # noqa: E731
-    return Samples(tokens[:rows], mask[:rows], lengths[:rows], logprobs[:rows],
-                   jnp.asarray(repeat(prompt_ids)), jnp.asarray(repeat(prompt_mask)))
+    return Samples(tokens, mask, lengths, logprobs, repeat(prompt_ids), repeat(prompt_mask))

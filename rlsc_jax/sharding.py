@@ -13,6 +13,7 @@ from typing import Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -72,10 +73,11 @@ def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
 
 
 def param_shardings(state: nnx.State, mesh: Mesh, rules: dict[str, tuple[str, ...]] = DEFAULT_RULES):
-    """A NamedSharding for each parameter of an `nnx.State` (same tree structure, plain leaves)."""
+    """The `nnx.State` with each variable holding its NamedSharding (same tree structure as `state`)."""
     def one(var):
-        axes = var.get_metadata().get("logical_axes", (None,) * var.value.ndim)
-        return NamedSharding(mesh, logical_spec(axes, var.value.shape, mesh, rules))
+        shape = var.get_value().shape
+        axes = var.get_metadata().get("logical_axes", (None,) * len(shape))
+        return var.replace(NamedSharding(mesh, logical_spec(axes, shape, mesh, rules)))
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
@@ -92,7 +94,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def shard_model(model: nnx.Module, mesh: Mesh, rules: dict[str, tuple[str, ...]] = DEFAULT_RULES) -> nnx.Module:
     """Places every parameter of `model` on its sharding (in place) and returns the model."""
     state = nnx.state(model)
-    shardings = param_shardings(state, mesh, rules)
-    values = jax.tree.map(lambda v: v.value, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    nnx.update(model, jax.device_put(values, shardings))
+    nnx.update(model, jax.device_put(state, param_shardings(state, mesh, rules)))
     return model
+
+
+def host_to_global(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A global array from a host array every process holds in full; each device copies only its shard."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A (possibly multi-host sharded) array gathered to numpy on every process."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))

@@ -1,0 +1,170 @@
+"""RLSC training: optimizer, sharded train state, the jitted step, and metrics of one step.
+
+One step (DESIGN.md, "The method, exactly"): the sampler draws N completions per question, the fused
+log-likelihood gives log p_i per completion at the sampling temperature, the registered objective
+(L1/L2) turns them into a loss, and AdamW updates the parameters. Parameters and optimizer state are
+sharded by their logical axes and donated to the step; the batch is sharded over (data, fsdp).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from rlsc_jax import sharding as sharding_lib
+from rlsc_jax.config import OptimConfig, TrainConfig
+from rlsc_jax.logprobs import sequence_logprobs
+from rlsc_jax.objectives import get_objective
+from rlsc_jax.sampling import Samples
+
+BATCH_KEYS = ("prompt_ids", "prompt_mask", "tokens", "completion_mask")
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW on every parameter (as torch.optim.AdamW), with optional warmup/cosine and clipping."""
+    if cfg.schedule == "constant":
+        schedule = optax.constant_schedule(cfg.lr)
+        if cfg.warmup_steps:
+            schedule = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), schedule],
+                                            [cfg.warmup_steps])
+    elif cfg.schedule == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, max(total_steps, 1))
+    else:
+        raise ValueError(f"optim.schedule {cfg.schedule!r}: expected 'constant' or 'cosine'")
+    adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip > 0 else adamw
+    return tx, schedule
+
+
+def objective_fn(name: str, alpha: float) -> Callable:
+    """The registered objective with only the hyper-parameters it accepts bound (alpha for rlsc_l2)."""
+    fn = get_objective(name)
+    accepted = inspect.signature(fn).parameters
+    hparams = {k: v for k, v in {"alpha": alpha}.items() if k in accepted}
+    return lambda seq_logp, num_samples: fn(seq_logp, num_samples, **hparams)
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Holds the static pieces (graph, optimizer, shardings) and the jitted step over a mesh."""
+
+    graphdef: Any
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    mesh: jax.sharding.Mesh
+    state_shardings: Any
+    objective: Callable
+    num_samples: int
+    grad_accum: int
+    remat: bool
+    chunk_size: int
+
+    @classmethod
+    def create(cls, model: nnx.Module, cfg: TrainConfig, mesh: jax.sharding.Mesh) -> tuple["Trainer", dict]:
+        """Builds the trainer and its initial state {params, opt_state} placed on the mesh."""
+        tx, schedule = make_optimizer(cfg.optim, cfg.steps)
+        graphdef, params = nnx.split(model)
+        param_sh = sharding_lib.param_shardings(params, mesh)
+        opt_sh = optax.tree_map_params(
+            tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_sh,
+            transform_non_params=lambda _: sharding_lib.replicated(mesh),
+            is_leaf=lambda x: isinstance(x, nnx.Variable))
+        shardings = {"params": param_sh, "opt_state": opt_sh}
+        params = jax.device_put(params, param_sh)
+        state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params)}
+        trainer = cls(graphdef, tx, schedule, mesh, shardings, objective_fn(cfg.objective, cfg.alpha),
+                      cfg.sampling.num_samples, cfg.grad_accum, cfg.remat, cfg.logprob_chunk)
+        return trainer, state
+
+    def model(self, state: dict) -> nnx.Module:
+        """A module view of the current parameters (no copy), for sampling and export."""
+        return nnx.merge(self.graphdef, state["params"])
+
+    def batch(self, samples: Samples) -> dict[str, jax.Array]:
+        """Training inputs from samples as global arrays sharded over rows (prompt parts come from the host)."""
+        rows = sharding_lib.batch_sharding(self.mesh, 2)
+        out = {}
+        for key in BATCH_KEYS:
+            value = getattr(samples, key)
+            out[key] = (jax.device_put(value, rows) if isinstance(value, jax.Array)
+                        else sharding_lib.host_to_global(value, rows))
+        return out
+
+    def _seq_logp(self, params, batch, temperature):
+        """log p_i of every completion (sum over its tokens at the sampling temperature) and aux stats."""
+        model = nnx.merge(self.graphdef, params)
+        ids = jnp.concatenate([batch["prompt_ids"], batch["tokens"]], axis=1)
+        attention = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1)
+        loss_mask = jnp.concatenate([jnp.zeros_like(batch["prompt_mask"]), batch["completion_mask"]], axis=1)
+        return sequence_logprobs(model, ids, attention, loss_mask, temperature, remat=self.remat,
+                                 chunk_size=self.chunk_size)
+
+    def _loss_and_grads(self, params, batch, temperature):
+        """Loss, metrics and gradients; with grad_accum > 1, exact accumulation over row micro-batches.
+
+        Accumulation first scores every row without gradients, takes dL/dlog p_i from the objective,
+        then back-propagates Σ_i (dL/dlog p_i) log p_i one micro-batch at a time: exact for any objective.
+        """
+        def loss_fn(p):
+            seq_logp, aux = self._seq_logp(p, batch, temperature)
+            loss, metrics = self.objective(seq_logp, self.num_samples)
+            return loss, (metrics, aux["mean_entropy"], aux["num_tokens"])
+
+        if self.grad_accum == 1:
+            (loss, (metrics, entropy, tokens)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            return loss, metrics, entropy, tokens, grads
+        micro = jax.tree.map(lambda x: x.reshape(self.grad_accum, -1, *x.shape[1:]), batch)
+        micro = self._constrain_micro(micro)
+
+        def score(mb):
+            seq_logp, aux = self._seq_logp(params, mb, temperature)
+            return seq_logp, aux["mean_entropy"] * aux["num_tokens"], aux["num_tokens"]
+        seq_logp, entropy_sum, tokens = jax.lax.map(score, micro)
+        (loss, metrics), coef = jax.value_and_grad(self.objective, has_aux=True)(seq_logp.reshape(-1),
+                                                                                  self.num_samples)
+
+        def accumulate(acc, xs):
+            mb, c = xs
+            g = jax.grad(lambda p: jnp.sum(c * self._seq_logp(p, mb, temperature)[0]))(params)
+            return jax.tree.map(jnp.add, acc, g), None
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grads, _ = jax.lax.scan(accumulate, zeros, (micro, coef.reshape(self.grad_accum, -1)))
+        total = tokens.sum()
+        return loss, metrics, entropy_sum.sum() / jnp.maximum(total, 1), total, grads
+
+    def _constrain_micro(self, micro):
+        """Keeps each micro-batch's rows sharded over (data, fsdp)."""
+        spec = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, sharding_lib.BATCH_AXES))
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, spec), micro)
+
+    def _step(self, state, batch, temperature):
+        """One AdamW step; a non-finite loss or gradient leaves the state untouched and is reported."""
+        params, opt_state = state["params"], state["opt_state"]
+        loss, metrics, entropy, tokens, grads = self._loss_and_grads(params, batch, temperature)
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt = self.tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        state = {"params": keep(new_params, params), "opt_state": keep(new_opt, opt_state)}
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, mean_token_entropy=entropy, num_tokens=tokens,
+                       skipped=(~finite).astype(jnp.int32))
+        return state, metrics
+
+    def step(self, state: dict, batch: dict, temperature: float) -> tuple[dict, dict]:
+        """The jitted, sharded, donated step (compiled once per batch shape)."""
+        if not hasattr(self, "_jitted"):
+            rows = sharding_lib.batch_sharding(self.mesh, 2)
+            self._jitted = jax.jit(
+                self._step, donate_argnums=(0,),
+                in_shardings=(self.state_shardings, {k: rows for k in BATCH_KEYS}, sharding_lib.replicated(self.mesh)),
+                out_shardings=(self.state_shardings, sharding_lib.replicated(self.mesh)))
+        temp = sharding_lib.host_to_global(np.float32(temperature), sharding_lib.replicated(self.mesh))
+        return self._jitted(state, batch, temp)

@@ -1,0 +1,158 @@
+"""RLSC step parity with a PyTorch autograd Algorithm 1, sharding equality, accumulation and skipped steps."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from rlsc_jax import hf
+from rlsc_jax.config import load_config
+from rlsc_jax.objectives import OBJECTIVES, register
+from rlsc_jax.sampling import Samples
+from rlsc_jax.sharding import make_mesh
+from rlsc_jax.training import Trainer
+from tests.hf_models import VOCAB, make_hf_model, save_hf_model
+
+Q, N, P, M = 2, 4, 6, 5
+TEMPERATURE = 0.7
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    ref = make_hf_model("qwen2", num_hidden_layers=2)
+    return ref, save_hf_model(ref, tmp_path_factory.mktemp("m"))
+
+
+def _samples(seed=0) -> Samples:
+    """Fixed completions of mixed lengths (some of 1-2 tokens, so p_old is far from 0) and left-padded prompts."""
+    rs = np.random.RandomState(seed)
+    prompt_ids = rs.randint(0, VOCAB - 1, (Q * N, P)).astype(np.int32)
+    prompt_mask = np.ones_like(prompt_ids)
+    prompt_mask[N:, :2] = 0  # second question's prompt is left-padded
+    prompt_ids[prompt_mask == 0] = 0
+    lengths = np.array([1, 2, 5, 3, 1, 4, 2, 5])
+    tokens = rs.randint(0, VOCAB - 1, (Q * N, M)).astype(np.int32)
+    mask = (np.arange(M)[None] < lengths[:, None]).astype(np.int32)
+    tokens[mask == 0] = VOCAB - 1
+    return Samples(tokens=tokens, completion_mask=mask, lengths=lengths, logprobs=np.zeros((Q * N, M), np.float32),
+                   prompt_ids=prompt_ids, prompt_mask=prompt_mask)
+
+
+def _cfg(**kw):
+    # eps well above the gradient's float error keeps Adam's first step a smooth function of the gradient,
+    # so updates can be compared tightly (at eps=1e-8 it is lr * sign(g), which flips on rounding noise).
+    overrides = [f"sampling.num_samples={N}", "optim.lr=1e-3", "optim.weight_decay=0.01", "optim.eps=1e-2"]
+    return load_config(None, overrides + [f"{k}={v}" for k, v in kw.items()])
+
+
+def _torch_step(ref, samples, objective, alpha=0.1, lr=1e-3, weight_decay=0.01, eps=1e-2):
+    """Algorithm 1 in PyTorch: log p_i over answer tokens at T, p_old detached, L1/L2, one AdamW step."""
+    model = make_hf_model("qwen2", num_hidden_layers=2)
+    model.load_state_dict(ref.state_dict())
+    ids = torch.tensor(np.concatenate([samples.prompt_ids, samples.tokens], 1), dtype=torch.long)
+    attn = torch.tensor(np.concatenate([samples.prompt_mask, samples.completion_mask], 1), dtype=torch.long)
+    answer = torch.tensor(np.concatenate([np.zeros_like(samples.prompt_mask), samples.completion_mask], 1))
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = model(ids, attention_mask=attn, position_ids=positions).logits[:, :-1] / TEMPERATURE
+    token_logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    logp = (token_logp * answer[:, 1:]).sum(-1).view(Q, N)
+    p_old = logp.detach().exp()
+    weight = p_old if objective == "rlsc_l1" else p_old + alpha
+    loss = -(weight * logp).sum(1).mean()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, eps=eps)
+    loss.backward()
+    grads = {n: p.grad.detach().clone().numpy() for n, p in model.named_parameters()}
+    opt.step()
+    params = {n: p.detach().numpy() for n, p in model.named_parameters()}
+    return float(loss.detach()), grads, params, logp.detach().numpy().ravel()
+
+
+def _flax_by_hf_name(model):
+    """Every parameter in HF layout, keyed by its HF name."""
+    state = dict(nnx.to_flat_state(nnx.state(model)))
+    return {m.hf_name: m.to_hf(np.asarray(state[m.path].get_value())) for m in hf.mappings(model.cfg)}
+
+
+@pytest.mark.parametrize("objective", ["rlsc_l2", "rlsc_l1"])
+def test_one_step_matches_pytorch_algorithm_1(ckpt, objective):
+    ref, path = ckpt
+    samples = _samples()
+    t_loss, t_grads, t_params, t_logp = _torch_step(ref, samples, objective)
+    assert np.exp(t_logp).max() > 1e-3, "the check needs p_old weights far from 0"
+    model = hf.load(path)
+    mesh = make_mesh(devices=jax.devices()[:1])
+    trainer, state = Trainer.create(model, _cfg(objective=objective), mesh)
+    before = _flax_by_hf_name(trainer.model(state))
+    grads_fn = jax.jit(lambda st, b: trainer._loss_and_grads(st["params"], b, TEMPERATURE))
+    loss, _, _, _, grads = grads_fn(state, trainer.batch(samples))
+    grads = _flax_by_hf_name(trainer.model({"params": grads}))
+    state, step_metrics = trainer.step(state, trainer.batch(samples), TEMPERATURE)
+    assert abs(float(loss) - t_loss) <= 1e-5 * abs(t_loss)
+    assert abs(float(step_metrics["loss"]) - t_loss) <= 1e-5 * abs(t_loss)
+    after = _flax_by_hf_name(trainer.model(state))
+    assert sorted(after) == sorted(t_params)
+    for name, g in t_grads.items():
+        rel = np.abs(grads[name] - g).max() / np.abs(g).max()
+        assert rel <= 1e-5, f"{name}: gradient relative error {rel}"
+        rel = np.abs(after[name] - t_params[name]).max() / np.abs(t_params[name]).max()
+        assert rel <= 1e-5, f"{name}: updated parameter relative error {rel}"
+        delta, t_delta = after[name] - before[name], t_params[name] - before[name]
+        ulp = np.spacing(np.abs(before[name]).max())  # new - old is only known to fp32 rounding of the values
+        err = np.abs(delta - t_delta).max()
+        assert err <= 1e-4 * np.abs(t_delta).max() + 2 * ulp, f"{name}: update (new - old) error {err}"
+
+
+def _two_steps(path, mesh_shape=None, devices=None, grad_accum=1):
+    model = hf.load(path)
+    mesh = make_mesh(*mesh_shape) if mesh_shape else make_mesh(devices=devices)
+    trainer, state = Trainer.create(model, _cfg(grad_accum=grad_accum), mesh)
+    losses = []
+    for seed in (0, 1):
+        state, metrics = trainer.step(state, trainer.batch(_samples(seed)), TEMPERATURE)
+        losses.append(float(metrics["loss"]))
+    return losses, _flax_by_hf_name(trainer.model(state))
+
+
+@pytest.fixture(scope="module")
+def single_device_run(ckpt):
+    return _two_steps(ckpt[1], devices=jax.devices()[:1])
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 8, 1), (2, 2, 2), (1, 4, 2)])
+def test_meshes_give_the_same_training(ckpt, single_device_run, mesh_shape):
+    losses, params = _two_steps(ckpt[1], mesh_shape)
+    ref_losses, ref_params = single_device_run
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for name, value in ref_params.items():
+        np.testing.assert_allclose(params[name], value, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("grad_accum", [2, 4])
+def test_gradient_accumulation_is_exact(ckpt, single_device_run, grad_accum):
+    losses, params = _two_steps(ckpt[1], devices=jax.devices()[:1], grad_accum=grad_accum)
+    ref_losses, ref_params = single_device_run
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for name, value in ref_params.items():
+        np.testing.assert_allclose(params[name], value, atol=1e-6, err_msg=name)
+
+
+@pytest.fixture
+def nan_objective():
+    @register("nan_for_test")
+    def nan_loss(seq_logp, num_samples):
+        return seq_logp.sum() * np.float32("nan"), {}
+    yield "nan_for_test"
+    OBJECTIVES.pop("nan_for_test")
+
+
+def test_non_finite_loss_skips_the_update(ckpt, nan_objective):
+    model = hf.load(ckpt[1])
+    trainer, state = Trainer.create(model, _cfg(objective=nan_objective), make_mesh(1, 8, 1))
+    before = _flax_by_hf_name(trainer.model(state))
+    state, metrics = trainer.step(state, trainer.batch(_samples()), TEMPERATURE)
+    assert int(metrics["skipped"]) == 1 and not np.isfinite(float(metrics["loss"]))
+    after = _flax_by_hf_name(trainer.model(state))
+    for name in before:
+        assert np.array_equal(before[name], after[name]), name
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state["opt_state"])))
