@@ -71,9 +71,13 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 
 
 def _read_problems(
-    path: Path, question_field: str, answer_field: str, gold: Callable[[Any], str], id_field: str, limit: int | None
+    path: Path, question_field: str, answer_field: str | None, gold: Callable[[Any], str], id_field: str,
+    limit: int | None
 ) -> list[Problem]:
-    """Problems from one JSONL file; every error is one line naming `file:line` (and the field)."""
+    """Problems from one JSONL file; every error is one line naming `file:line` (and the field).
+
+    With `answer_field` None the questions are unlabeled (gold is "").
+    """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of problems, got {limit}")
     if not path.is_file():
@@ -93,13 +97,13 @@ def _read_problems(
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
             for field in (question_field, answer_field):
-                if field not in row:
+                if field is not None and field not in row:
                     raise ValueError(f"{where}: missing field '{field}'")
             question = row[question_field]
             if not isinstance(question, str) or not question.strip():
                 raise ValueError(f"{where}: field '{question_field}' is not a non-empty string")
             try:
-                answer = gold(row[answer_field])
+                answer = gold(row[answer_field]) if answer_field is not None else ""
             except ValueError as e:
                 raise ValueError(f"{where}: field '{answer_field}' {e}") from None
             problems.append(Problem(id=str(row.get(id_field, line_no)), question=question, gold=answer))
@@ -122,9 +126,10 @@ def load_benchmark(name: str, data_dir: str | Path, limit: int | None = None) ->
 
 
 def load_jsonl_problems(
-    path: str | Path, question_field: str, answer_field: str, limit: int | None = None
+    path: str | Path, question_field: str, answer_field: str | None, limit: int | None = None
 ) -> list[Problem]:
-    """Problems from any JSONL file whose answer field holds a plain answer; ids from `id` or the line number."""
+    """Problems from any JSONL file whose answer field holds a plain answer (None: unlabeled questions);
+    ids from `id` or the line number."""
     return _read_problems(Path(path), question_field, answer_field, _plain, "id", limit)
 
 
@@ -141,6 +146,8 @@ PROMPTS: dict[str, PromptTemplate] = {
     "qwen-math": PromptTemplate("Please reason step by step, and put your final answer within \\boxed{}.", "{problem}"),
     # The RLSC paper's prompt (no system message).
     "rlsc-paper": PromptTemplate(None, "Problem: {problem}\nMark your solution with \\boxed\nAnswer:"),
+    # The question alone as the user message (no system prompt); the embedded default model is trained with it.
+    "plain": PromptTemplate(None, "{problem}"),
 }
 DEFAULT_PROMPT = "qwen-math"
 

@@ -142,7 +142,7 @@ def test_prompt_templates() -> None:
         None,
         "Problem: What is $\\{1\\}$?\nMark your solution with \\boxed\nAnswer:",
     )
-    assert set(PROMPTS) == {"qwen-math", "rlsc-paper"}
+    assert set(PROMPTS) == {"qwen-math", "rlsc-paper", "plain"}
 
 
 def test_unknown_prompt_template_lists_known() -> None:
