@@ -1,0 +1,46 @@
+"""Unlabeled training questions: the built-in synthetic task, a benchmark by name, or any JSONL file."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from rlsc_jax import synthetic
+from rlsc_jax.benchmarks import BENCHMARKS, Problem, load_benchmark, load_jsonl_problems
+
+SYNTHETIC_DEFAULT_SIZE = 256
+
+
+def load_questions(source: str, *, data_dir: str | Path = ".", question_field: str = "question",
+                   num_questions: int = 0, split: str = "train") -> list[Problem]:
+    """Questions from `synthetic` (the given split), a benchmark name (from data_dir), or a `.jsonl` path.
+
+    Gold answers are kept when the source has them (for evaluation) and never used by training.
+    """
+    limit = num_questions or None
+    if source == "synthetic":
+        problems = synthetic.split_questions(split, num_questions or SYNTHETIC_DEFAULT_SIZE)
+    elif source in BENCHMARKS:
+        problems = load_benchmark(source, data_dir, limit)
+    elif source.endswith(".jsonl"):
+        problems = load_jsonl_problems(source, question_field, None, limit)
+    else:
+        raise ValueError(f"data source {source!r}: expected 'synthetic', a benchmark ({', '.join(BENCHMARKS)}) "
+                         "or a path ending in .jsonl")
+    if not problems:
+        raise ValueError(f"data source {source!r}: no questions")
+    return problems
+
+
+def questions_for_step(questions: list[Problem], step: int, per_step: int, seed: int, shuffle: bool = True,
+                       ) -> list[Problem]:
+    """The questions of one training step: a fresh seeded permutation each epoch, so any step is reproducible
+    from (step, seed) alone and a resumed run sees exactly the questions it would have seen."""
+    out = []
+    for position in range(step * per_step, (step + 1) * per_step):
+        epoch, index = divmod(position, len(questions))
+        order = list(range(len(questions)))
+        if shuffle:
+            random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        out.append(questions[order[index]])
+    return out

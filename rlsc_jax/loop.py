@@ -1,0 +1,147 @@
+"""The RLSC run: load, evaluate, then per step sample -> log-likelihood -> loss -> AdamW, checkpoint, export.
+
+Resumable: the newest complete orbax checkpoint restores params, optimizer state and RNG key, and
+the questions of any step follow from (seed, step), so a killed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from rlsc_jax import hf, sharding as sharding_lib
+from rlsc_jax.benchmarks import build_messages
+from rlsc_jax.checkpoints import Checkpointer
+from rlsc_jax.config import TrainConfig, to_yaml
+from rlsc_jax.data import load_questions, questions_for_step
+from rlsc_jax.evaluation import evaluate_problems, generation_eos
+from rlsc_jax.grading import extract_answer, majority_answer
+from rlsc_jax.metrics import MetricsLog, read_metrics
+from rlsc_jax.objectives import get_objective
+from rlsc_jax.sampling import sample
+from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
+from rlsc_jax.training import Trainer
+
+
+def _check(cfg: TrainConfig) -> None:
+    """Fails fast on settings that would only break after minutes of compiling."""
+    if cfg.steps < 1 or cfg.questions_per_step < 1 or cfg.grad_accum < 1:
+        raise ValueError("steps, questions_per_step and grad_accum must be >= 1")
+    rows = cfg.questions_per_step * cfg.sampling.num_samples
+    if rows % cfg.grad_accum:
+        raise ValueError(f"grad_accum={cfg.grad_accum} must divide questions_per_step * sampling.num_samples = {rows}")
+    if not Path(cfg.model).is_dir():
+        raise FileNotFoundError(f"{cfg.model}: model directory not found")
+    get_objective(cfg.objective)
+
+
+def _answer_stats(tokenizer, tokens: np.ndarray, lengths: np.ndarray, num_samples: int) -> dict:
+    """Distinct final answers among each question's N samples and the majority answer's share (0 when no
+    sample has an answer): label-free signals of how confident the model is."""
+    distinct, share = [], []
+    for q in range(len(lengths) // num_samples):
+        rows = range(q * num_samples, (q + 1) * num_samples)
+        answers = [extract_answer(tokenizer.decode(tokens[r, :lengths[r]].tolist(), skip_special_tokens=True))
+                   for r in rows]
+        distinct.append(len({a for a in answers if a is not None}))
+        majority, count = majority_answer(answers)
+        share.append(count / num_samples if majority is not None else 0.0)
+    return {"distinct_answers": float(np.mean(distinct)), "majority_share": float(np.mean(share))}
+
+
+def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
+    """Held-out greedy accuracy and, with N samples at the eval temperature, mean@N / maj@N."""
+    kw = dict(template=cfg.data.template, max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.eval.batch_size,
+              seed=cfg.seed, progress=False)
+    _, greedy = evaluate_problems(model, tokenizer, problems, **kw)
+    _, sampled = evaluate_problems(model, tokenizer, problems, num_samples=cfg.eval.num_samples,
+                                   temperature=cfg.eval.temperature, **kw)
+    return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"}}
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Trains per `cfg`; returns {"before": ..., "after": ..., "steps": ...}. Process 0 writes the outputs."""
+    _check(cfg)
+    questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
+                               num_questions=cfg.data.num_questions)
+    mesh = sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows = cfg.questions_per_step * cfg.sampling.num_samples // cfg.grad_accum
+    if rows % ways:
+        raise ValueError(f"questions_per_step * sampling.num_samples / grad_accum = {rows} rows per micro-batch "
+                         f"must be divisible by mesh.data * mesh.fsdp = {ways}")
+    out = Path(cfg.output_dir)
+    writer = jax.process_index() == 0
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+    model = hf.load(cfg.model, dtype=cfg.dtype, mesh=mesh)
+    tokenizer = load_tokenizer(cfg.model)
+    eos = eos_ids(tokenizer, generation_eos(cfg.model))
+    heldout = (load_questions(cfg.eval.source, data_dir=cfg.data.data_dir, num_questions=cfg.eval.num_questions,
+                              split="heldout") if cfg.eval.num_questions else [])
+    trainer, state = Trainer.create(model, cfg, mesh)
+    ckpt = Checkpointer(out / "checkpoints", cfg.keep_checkpoints)
+    start = ckpt.latest_step() or 0
+    key = jax.random.key(cfg.seed)
+    if start:
+        restored, meta = ckpt.restore(start, {"params": state["params"], "opt_state": state["opt_state"],
+                                              "rng": jax.random.key_data(key)})
+        state = {"params": restored["params"], "opt_state": restored["opt_state"]}
+        key = jax.random.wrap_key_data(restored["rng"])
+        print(f"resuming from step {start} ({meta['questions_seen']} questions seen)")
+    before_path = out / "eval_before.json"
+    if heldout and not before_path.exists():
+        before = evaluate(trainer.model(state), tokenizer, cfg, heldout)
+        if writer:
+            before_path.write_text(json.dumps(before, indent=2))
+    log = MetricsLog(out, resume_step=start)
+    prompts = {}
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, unit="step", disable=not writer)
+    for step in bar:
+        batch_questions = questions_for_step(questions, step, cfg.questions_per_step, cfg.seed, cfg.data.shuffle)
+        for q in batch_questions:
+            if q.id not in prompts:
+                system, user = build_messages(cfg.data.template, q.question)
+                prompts[q.id] = chat_prompt_ids(tokenizer, user, system)
+        t0 = time.perf_counter()
+        s = cfg.sampling
+        samples = sample(trainer.model(state), [prompts[q.id] for q in batch_questions], num_samples=s.num_samples,
+                         max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                         eos_ids=eos, seed=jax.random.fold_in(key, step))
+        tokens, lengths = sharding_lib.to_host(samples.tokens), sharding_lib.to_host(samples.lengths)
+        t1 = time.perf_counter()
+        state, metrics = trainer.step(state, trainer.batch(samples), s.temperature)
+        metrics = jax.device_get(metrics)
+        t2 = time.perf_counter()
+        total_tokens = int(samples.prompt_mask.sum() + lengths.sum())
+        metrics.update(_answer_stats(tokenizer, tokens, lengths, s.num_samples),
+                       completion_length=float(lengths.mean()), lr=float(trainer.schedule(step)),
+                       sample_seconds=t1 - t0, train_seconds=t2 - t1, tokens_per_second=total_tokens / (t2 - t0))
+        if metrics["skipped"]:
+            print(f"step {step + 1}: non-finite loss or gradient; update skipped")
+        log.log(step + 1, metrics)
+        bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", tok_s=f"{metrics['tokens_per_second']:.0f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            ckpt.save(step + 1, {**state, "rng": jax.random.key_data(key)},
+                      {"questions_seen": (step + 1) * cfg.questions_per_step, "seed": cfg.seed})
+    bar.close()
+    log.close()
+    ckpt.close()
+    final = trainer.model(state)
+    if cfg.export_final and not (out / "final").exists():
+        hf.save(final, out / "final")
+    result = {"steps": cfg.steps, "before": json.loads(before_path.read_text()) if before_path.exists() else None}
+    if heldout:
+        result["after"] = evaluate(final, tokenizer, cfg, heldout)
+        if writer:
+            (out / "eval_after.json").write_text(json.dumps(result["after"], indent=2))
+    if writer and cfg.plot:
+        from rlsc_jax.plotting import plot_run
+        plot_run(read_metrics(out), result, out / "curves.png")
+    return result

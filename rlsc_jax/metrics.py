@@ -1,0 +1,63 @@
+"""Run metrics: one JSON line per step (metrics.jsonl) and TensorBoard scalars, written by process 0 only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from tensorboardX import SummaryWriter
+
+
+class MetricsLog:
+    """Appends step metrics; on resume drops lines beyond the restored step so nothing is logged twice."""
+
+    def __init__(self, output_dir: str | Path, resume_step: int = 0):
+        self.enabled = jax.process_index() == 0
+        self.path = Path(output_dir) / "metrics.jsonl"
+        if not self.enabled:
+            return
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if _step_of(line) is not None
+                    and _step_of(line) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self.file = self.path.open("a")
+        self.tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+
+    def log(self, step: int, metrics: dict) -> None:
+        """Writes one step's scalars (step counts completed steps, starting at 1)."""
+        if not self.enabled:
+            return
+        row = {"step": step} | {k: _scalar(v) for k, v in metrics.items()}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)):
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            self.tb.close()
+
+
+def _scalar(v):
+    """A JSON-friendly Python number from a numpy/jax scalar."""
+    if isinstance(v, (np.ndarray, np.generic, jax.Array)):
+        v = np.asarray(v).item()
+    return v
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a metrics line, None for a torn (partially written) line."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def read_metrics(output_dir: str | Path) -> list[dict]:
+    """All step rows of a run."""
+    path = Path(output_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

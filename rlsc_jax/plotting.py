@@ -1,0 +1,38 @@
+"""A PNG of a run's curves (loss, log p, entropy, answer agreement, length) and held-out before/after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CURVES = (("loss", "loss"), ("seq_logp_mean", "mean sequence log p"), ("mean_token_entropy", "token entropy"),
+          ("majority_share", "majority share of N"), ("completion_length", "completion length"))
+
+
+def plot_run(rows: list[dict], result: dict, path: str | Path) -> Path:
+    """Draws the per-step curves and, when both exist, the held-out metrics before and after training."""
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    steps = [r["step"] for r in rows]
+    for ax, (key, title) in zip(axes.flat, CURVES):
+        ax.plot(steps, [r.get(key) for r in rows], marker=".")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    ax = axes.flat[-1]
+    before, after = result.get("before"), result.get("after")
+    if before and after:
+        keys = [k for k in before if k == "greedy_accuracy" or k.startswith(("mean@", "maj@"))]
+        xs = range(len(keys))
+        ax.bar([x - 0.2 for x in xs], [before[k] for k in keys], width=0.4, label="before")
+        ax.bar([x + 0.2 for x in xs], [after[k] for k in keys], width=0.4, label="after")
+        ax.set_xticks(list(xs), keys)
+        ax.set_ylim(0, 1)
+        ax.legend()
+    ax.set_title("held-out accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)

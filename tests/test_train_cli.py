@@ -1,0 +1,98 @@
+"""train.py end to end on a tiny chat model: outputs, resume after SIGKILL, and one-line errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import train
+from rlsc_jax import synthetic
+from tests.hf_models import make_chat_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["sampling.num_samples=8", "sampling.max_new_tokens=12", "data.num_questions=16"]
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 300)]
+    return make_chat_model_dir(tmp_path_factory.mktemp("chat"), texts)
+
+
+def _train_cmd(model, out, *extra):
+    return [sys.executable, str(REPO / "train.py"), f"model={model}", f"output_dir={out}", *FAST, *extra]
+
+
+def _env():
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+                XLA_FLAGS="--xla_force_host_platform_device_count=8")
+
+
+def test_end_to_end_outputs(chat_model, tmp_path):
+    out = tmp_path / "run"
+    code = train.main([f"model={chat_model}", f"output_dir={out}", "steps=3", "checkpoint_every=2",
+                       "eval.num_questions=4", "eval.num_samples=4", *FAST])
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("loss", "seq_logp_mean", "seq_logp_min", "p_old_underflow_frac", "mean_token_entropy",
+                "completion_length", "distinct_answers", "majority_share", "grad_norm", "lr", "sample_seconds",
+                "train_seconds", "tokens_per_second"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["2", "3"]
+    assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "tokenizer.json").is_file()
+    for name in ("eval_before.json", "eval_after.json", "curves.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").iterdir())
+
+
+def _final_params(out):
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def test_sigkill_and_resume_equals_uninterrupted(chat_model, tmp_path):
+    steps = ["steps=4", "checkpoint_every=1", "plot=false"]
+    whole = tmp_path / "whole"
+    subprocess.run(_train_cmd(chat_model, whole, *steps), check=True, env=_env(), capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(chat_model, killed, *steps), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "2").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists(), "the run was killed too late to test resuming"
+    resumed = subprocess.run(_train_cmd(chat_model, killed, *steps), env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step" in resumed.stdout
+    a, b = _final_params(whole), _final_params(killed)
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    steps_logged = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["model=/nonexistent/model"], "/nonexistent/model"),
+    (["objective=rlsc_l3"], "unknown objective 'rlsc_l3'"),
+    (["mesh.data=3"], "mesh"),
+    (["stepz=3"], "did you mean 'steps'"),
+    (["data.source=EMPTY"], "empty"),
+])
+def test_bad_input_is_one_line_error(chat_model, tmp_path, capsys, args, needle):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    args = [a.replace("EMPTY", str(empty)) for a in args]
+    code = train.main([f"model={chat_model}", f"output_dir={tmp_path / 'run'}", "steps=1", *FAST, *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error:") and "\n" not in err and needle in err, err
+    assert not (tmp_path / "run").exists(), "a rejected run must write nothing"
