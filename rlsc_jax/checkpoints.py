@@ -14,8 +14,10 @@ import orbax.checkpoint as ocp
 
 
 def abstract_like(tree):
-    """Shape, dtype and sharding of every array: the restore target, so arrays come back on their mesh."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+    """Shape, dtype and sharding of every device array (host numpy arrays stay as they are): the restore
+    target, so arrays come back on their mesh."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+                        if isinstance(x, jax.Array) else x, tree)
 
 
 class Checkpointer:

@@ -37,7 +37,7 @@ from rlsc_jax.config import MeshConfig, load_config
 from rlsc_jax.grading import extract_answer, is_equivalent, majority_answer, pass_at_k
 from rlsc_jax.models import Decoder
 from rlsc_jax.sampling import sample
-from rlsc_jax.sharding import make_mesh
+from rlsc_jax.sharding import make_mesh, to_host
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -159,7 +159,7 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
             out = sample(model, prompts, num_samples=num_samples, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=eos,
                          seed=jax.random.fold_in(key, batch[0][0]))
-            tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths).tolist()
+            tokens, lengths = to_host(out.tokens), to_host(out.lengths).tolist()
             for j, (_, problem) in enumerate(batch):
                 rows = range(j * num_samples, (j + 1) * num_samples)
                 texts = [tokenizer.decode(tokens[r, :lengths[r]].tolist(), skip_special_tokens=True) for r in rows]

@@ -91,9 +91,9 @@ def run(cfg: TrainConfig) -> dict:
     key = jax.random.key(cfg.seed)
     if start:
         restored, meta = ckpt.restore(start, {"params": state["params"], "opt_state": state["opt_state"],
-                                              "rng": jax.random.key_data(key)})
+                                              "rng": np.asarray(jax.random.key_data(key))})
         state = {"params": restored["params"], "opt_state": restored["opt_state"]}
-        key = jax.random.wrap_key_data(restored["rng"])
+        key = jax.random.wrap_key_data(np.asarray(restored["rng"]))
         print(f"resuming from step {start} ({meta['questions_seen']} questions seen)")
     before_path = out / "eval_before.json"
     if heldout and not before_path.exists():
@@ -128,7 +128,7 @@ def run(cfg: TrainConfig) -> dict:
         log.log(step + 1, metrics)
         bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", tok_s=f"{metrics['tokens_per_second']:.0f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            ckpt.save(step + 1, {**state, "rng": jax.random.key_data(key)},
+            ckpt.save(step + 1, {**state, "rng": np.asarray(jax.random.key_data(key))},
                       {"questions_seen": (step + 1) * cfg.questions_per_step, "seed": cfg.seed})
     bar.close()
     log.close()
