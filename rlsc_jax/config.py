@@ -63,7 +63,7 @@ class EvalConfig:
     """Held-out evaluation before and after training (0 questions = skip)."""
 
     source: str = "synthetic"
-    num_questions: int = 0
+    num_questions: int = 100
     num_samples: int = 16
     temperature: float = 0.5
     batch_size: int = 16

@@ -1,0 +1,56 @@
+"""Config schema: shipped YAML files parse, the CPU config is the embedded default, errors name keys."""
+
+from pathlib import Path
+
+import pytest
+
+from rlsc_jax.config import TrainConfig, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_cpu_config_is_the_embedded_default():
+    cfg = load_config(CONFIGS / "cpu_default.yaml")
+    default = TrainConfig()
+    assert Path(cfg.model).resolve() == Path(default.model).resolve()
+    cfg.model = default.model
+    assert cfg == default
+
+
+@pytest.mark.parametrize("name,steps", [("paper_qwen25_math_7b.yaml", 10), ("paper_qwen25_math_1.5b.yaml", 20)])
+def test_paper_configs(name, steps):
+    cfg = load_config(CONFIGS / name)
+    assert (cfg.steps, cfg.sampling.num_samples, cfg.sampling.temperature) == (steps, 16, 0.5)
+    assert (cfg.sampling.max_new_tokens, cfg.optim.lr, cfg.objective, cfg.alpha) == (3072, 1e-5, "rlsc_l2", 0.1)
+    assert (cfg.data.source, cfg.mesh.fsdp) == ("aime24", -1)
+
+
+def test_overrides_apply_after_the_file():
+    cfg = load_config(CONFIGS / "cpu_default.yaml", ["steps=3", "mesh.tensor=2", "sampling.temperature=0.7"])
+    assert (cfg.steps, cfg.mesh.tensor, cfg.sampling.temperature) == (3, 2, 0.7)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["stepz=3"], "unknown config key 'stepz'; did you mean 'steps'?"),
+    (["optim.learning_rate=1"], "unknown config key 'optim.learning_rate'"),
+    (["mesh.fsdpp=2"], "did you mean 'mesh.fsdp'?"),
+    (["steps=many"], "bad value for 'steps'"),
+    (["steps"], "expected key=value"),
+])
+def test_bad_overrides(overrides, message):
+    with pytest.raises(ValueError) as e:
+        load_config(None, overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_bad_key_in_file_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 2\nsampling: {temprature: 1.0}\n")
+    with pytest.raises(ValueError, match=r"c.yaml: unknown config key 'sampling.temprature'; did you mean "
+                                         r"'sampling.temperature'"):
+        load_config(path)
