@@ -24,6 +24,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
+from tqdm import tqdm
 
 from rlsc_jax import sharding as sharding_lib
 from rlsc_jax.models import Decoder, ModelConfig
@@ -97,6 +98,11 @@ def mappings(cfg: ModelConfig) -> list[Mapping]:
     if not cfg.tie_word_embeddings:
         out.append(Mapping(("lm_head",), "lm_head.weight", (v, e), _transpose_to((e, v)), lambda a: a.T))
     return out
+
+
+def _quiet(table: list[Mapping]) -> bool:
+    """Progress bars only for real checkpoints (hundreds of tensors), and only on process 0."""
+    return len(table) < 100 or jax.process_index() != 0
 
 
 def _tensor_files(path: Path) -> dict[str, Path]:
@@ -173,7 +179,7 @@ def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = N
     flat = dict(nnx.to_flat_state(state))
     flat_shardings = {k: v.get_value() for k, v in nnx.to_flat_state(shardings)} if shardings is not None else {}
     np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == jnp.bfloat16 else np.dtype(dtype)
-    for m in table:
+    for m in tqdm(table, desc=f"loading {path.name}", unit="tensor", disable=_quiet(table)):
         host = np.ascontiguousarray(m.to_flax(_read(files[m.hf_name], m.hf_name)).astype(np_dtype, copy=False))
         if m.path in flat_shardings:
             value = jax.make_array_from_callback(host.shape, flat_shardings[m.path], lambda idx: host[idx])
@@ -218,7 +224,7 @@ def save(model: Decoder, path: str | Path, max_shard_bytes: int = DEFAULT_SHARD_
         shard: dict[str, np.ndarray] = {}
         files: list[Path] = []
         weight_map: dict[str, int] = {}
-        for m in table:
+        for m in tqdm(table, desc=f"saving {path.name}", unit="tensor", disable=_quiet(table)):
             arr = np.ascontiguousarray(m.to_hf(sharding_lib.to_host(flat[m.path].get_value())))
             if shard and sum(a.nbytes for a in shard.values()) + arr.nbytes > max_shard_bytes:
                 files.append(_flush(shard, tmp, len(files)))
