@@ -1,0 +1,237 @@
+"""Helpers shared by the `bench/` scripts: the shared random Qwen2 on both sides, FLOP counts, the
+machine's matmul peak, an interleaved timing loop, and the markdown table / JSON output.
+
+Every bench script compares this project (JAX) against PyTorch `transformers` on the same machine, in
+the same process, with the same weights, and reports ratios; nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+# Qwen2.5-0.5B's shapes (HF config.json of Qwen/Qwen2.5-0.5B); `num_hidden_layers` is the only knob
+# the scripts change (24 is the real model).
+QWEN25_05B = dict(
+    vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+    num_attention_heads=14, num_key_value_heads=2, head_dim=64, rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=32768,
+    bos_token_id=151643, eos_token_id=151643, hidden_act="silu", use_sliding_window=False,
+)
+
+
+def qwen25_05b_config(layers: int = 24, **overrides) -> dict:
+    """Qwen2Config kwargs with Qwen2.5-0.5B's shapes and `layers` decoder layers."""
+    cfg = dict(QWEN25_05B, num_hidden_layers=layers)
+    cfg.update(overrides)
+    return cfg
+
+
+@dataclass
+class SharedModel:
+    """The same random weights as a transformers (PyTorch) model and an `rlsc_jax` Decoder."""
+
+    torch_model: object
+    jax_model: object
+    path: Path  # the HF directory both were built from (deleted with `cleanup`)
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def build_shared_qwen2(config: dict, seed: int = 0, jax_dtype="float32", path: str | Path | None = None,
+                       attn_implementation: str = "sdpa") -> SharedModel:
+    """One random fp32 `transformers.Qwen2ForCausalLM` (default HF init, seeded), saved with
+    `save_pretrained` and loaded back with `rlsc_jax.hf.load`, so both sides run identical weights.
+
+    `path` keeps the checkpoint there; by default it lives in a temporary directory until `cleanup()`.
+    """
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from rlsc_jax import hf
+
+    torch.manual_seed(seed)
+    hf_cfg = Qwen2Config(**config)
+    hf_cfg._attn_implementation = attn_implementation
+    torch_model = Qwen2ForCausalLM(hf_cfg).to(torch.float32).eval()
+    tmp = None
+    if path is None:
+        tmp = tempfile.TemporaryDirectory(prefix="rlsc_bench_")
+        path = Path(tmp.name) / "model"
+    path = Path(path)
+    hf_logging.disable_progress_bar()
+    torch_model.save_pretrained(str(path))
+    jax_model = hf.load(path, dtype=jax_dtype)
+    return SharedModel(torch_model, jax_model, path, tmp)
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs
+
+def matmul_params(cfg) -> dict[str, int]:
+    """Weights that take part in a matmul per token, for an `rlsc_jax` ModelConfig.
+
+    `layers` = every decoder-layer parameter (projections; biases and norms are included, they are
+    <0.1%); `lm_head` = V*E (the tied embedding counts here, as it is the output projection). The input
+    embedding is a gather, not a matmul, so it is excluded.
+    """
+    e, v = cfg.hidden_size, cfg.vocab_size
+    head = e * v
+    embed = v * e
+    layers = cfg.num_params - embed - (0 if cfg.tie_word_embeddings else head) - e  # minus the final norm
+    return {"layers": layers, "lm_head": head}
+
+
+def forward_flops(cfg, batch: int, seq: int, causal: bool = True) -> int:
+    """FLOPs of one full-sequence forward that produces the full [B, T, V] logits.
+
+        2 * (decoder-layer params + LM head params) * B * T          (every weight: one multiply-add per token)
+      + 4 * L * B * H * T^2 * D  (/ 2 when causal)                   (QK^T and PV, 2 * T * T * D each per head)
+
+    Causal attention counts only the useful lower triangle (both implementations here compute the
+    full square and mask, so the count is conservative). Norms, RoPE, softmax and SiLU are ignored.
+    """
+    p = matmul_params(cfg)
+    tokens = batch * seq
+    attn = 4 * cfg.num_layers * batch * cfg.num_heads * seq * seq * cfg.head_dim
+    if causal:
+        attn //= 2
+    return 2 * (p["layers"] + p["lm_head"]) * tokens + attn
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+@dataclass
+class Timing:
+    """Wall-clock seconds of each timed call (warm-up and compile excluded)."""
+
+    times: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def best(self) -> float:
+        return min(self.times)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.times)
+
+
+def time_calls(fns: dict[str, Callable[[], object]], iters: int, warmup: int = 1,
+               interleave: bool = True) -> dict[str, Timing]:
+    """Times each zero-argument `fn` (which must block until its result is ready) `iters` times.
+
+    With `interleave` the calls alternate between the functions (a, b, a, b, ...), so background load
+    on a shared machine hits all sides alike instead of whichever ran during the noisy minute.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    order = [(i, name) for i in range(iters) for name in fns] if interleave else \
+        [(i, name) for name in fns for i in range(iters)]
+    for _, name in order:
+        t0 = time.perf_counter()
+        fns[name]()
+        times[name].append(time.perf_counter() - t0)
+    return {name: Timing(t) for name, t in times.items()}
+
+
+def jax_blocking(fn: Callable, *args) -> Callable[[], object]:
+    """A zero-argument call of a jitted `fn(*args)` that waits for the result."""
+    import jax
+
+    return lambda: jax.block_until_ready(fn(*args))
+
+
+def matmul_peak(n: int = 2048, iters: int = 10) -> dict[str, float]:
+    """The machine's fp32 matmul GFLOP/s: the best of `iters` n x n @ n x n matmuls, in jnp and torch."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rng = np.random.default_rng(0)
+    a_np = rng.standard_normal((n, n), dtype=np.float32)
+    b_np = rng.standard_normal((n, n), dtype=np.float32)
+    a_j, b_j = jnp.asarray(a_np), jnp.asarray(b_np)
+    mm = jax.jit(jnp.matmul)
+    a_t, b_t = torch.from_numpy(a_np), torch.from_numpy(b_np)
+
+    def torch_mm():
+        with torch.inference_mode():
+            return torch.matmul(a_t, b_t)
+
+    t = time_calls({"jax": jax_blocking(mm, a_j, b_j), "torch": torch_mm}, iters=iters, warmup=2)
+    flops = 2 * n ** 3
+    return {name: flops / timing.best / 1e9 for name, timing in t.items()}
+
+
+def max_abs_diff(a, b, chunk: int = 1) -> float:
+    """max |a - b| over the leading axis in chunks (no second full-size temporary of [B, T, V] logits)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
+    return float(max(np.max(np.abs(a[i:i + chunk] - b[i:i + chunk])) for i in range(0, a.shape[0], chunk)))
+
+
+# ------------------------------------------------------------------------------------------ output
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    """A GitHub markdown table; floats are printed with thousands separators and sensible precision."""
+
+    def fmt(x):
+        if isinstance(x, float):
+            if abs(x) >= 100:
+                return f"{x:,.0f}"
+            if abs(x) >= 10:
+                return f"{x:.1f}"
+            return f"{x:.3g}"
+        return str(x)
+
+    cells = [headers] + [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(r) for r in cells[1:]])
+
+
+def environment() -> dict:
+    """Versions and the machine, recorded next to every bench result."""
+    import jax
+    import torch
+    import transformers
+    import flax
+
+    return {
+        "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "jax": jax.__version__, "jax_backend": jax.default_backend(), "jax_devices": len(jax.devices()),
+        "flax": flax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__, "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    """Writes the results atomically (temporary sibling, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
