@@ -182,11 +182,10 @@ def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = N
     for m in tqdm(table, desc=f"loading {path.name}", unit="tensor", disable=_quiet(table)):
         host = np.ascontiguousarray(m.to_flax(_read(files[m.hf_name], m.hf_name)).astype(np_dtype, copy=False))
         if m.path in flat_shardings:
-            value = jax.make_array_from_callback(host.shape, flat_shardings[m.path], lambda idx: host[idx])
+            value = sharding_lib.host_to_global(host, flat_shardings[m.path])
         else:
             value = jnp.asarray(host)
         flat[m.path].set_value(value)
-        del host
     model = nnx.merge(graphdef, nnx.from_flat_state(flat))
     model.hf_source = str(path)
     return model

@@ -10,15 +10,6 @@ import pytest
 from rlsc_jax.benchmarks import BENCHMARKS, PROMPTS, Problem, build_messages, load_benchmark, load_jsonl_problems
 
 
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    """The shared benchmark files (outside the repo); skip when this checkout has none beside it."""
-    path = Path(__file__).resolve().parents[2] / "shared/data/benchmarks"
-    if not path.is_dir():
-        pytest.skip(f"benchmark data not found at {path}")
-    return path
-
-
 def _write(path: Path, lines: list[str]) -> Path:
     """A JSONL file holding exactly these lines."""
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -29,16 +20,16 @@ def _write(path: Path, lines: list[str]) -> Path:
     "name, count",
     [("aime24", 30), ("amc23", 40), ("gsm8k", 1319), ("math500", 500), ("minerva_math", 272), ("olympiadbench", 675)],
 )
-def test_benchmark_sizes(data_dir: Path, name: str, count: int) -> None:
-    problems = load_benchmark(name, data_dir)
+def test_benchmark_sizes(benchmark_dir: Path, name: str, count: int) -> None:
+    problems = load_benchmark(name, benchmark_dir)
     assert len(problems) == count
     assert len({p.id for p in problems}) == count
     assert all(p.question.strip() and p.gold for p in problems)
 
 
-def test_gold_extraction_rules(data_dir: Path) -> None:
+def test_gold_extraction_rules(benchmark_dir: Path) -> None:
     """The first problem of each benchmark, gold answer as the data README's rules give it."""
-    first = {name: load_benchmark(name, data_dir, limit=1)[0] for name in BENCHMARKS}
+    first = {name: load_benchmark(name, benchmark_dir, limit=1)[0] for name in BENCHMARKS}
     assert first["aime24"].gold == "204"
     assert first["amc23"].gold == "27.0"
     assert first["gsm8k"].gold == "18"
@@ -49,26 +40,26 @@ def test_gold_extraction_rules(data_dir: Path) -> None:
     assert first["math500"].id == "test/precalculus/807.json"
 
 
-def test_gold_edge_cases(data_dir: Path) -> None:
+def test_gold_edge_cases(benchmark_dir: Path) -> None:
     """AIME keeps leading zeros, GSM8K drops thousands commas, OlympiadBench drops every `$`."""
-    assert "025" in {p.gold for p in load_benchmark("aime24", data_dir)}
-    gsm8k = [json.loads(line) for line in (data_dir / "gsm8k.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert "025" in {p.gold for p in load_benchmark("aime24", benchmark_dir)}
+    gsm8k = [json.loads(line) for line in (benchmark_dir / "gsm8k.jsonl").read_text(encoding="utf-8").splitlines()]
     with_comma = next(i for i, row in enumerate(gsm8k) if "," in row["answer"].rsplit("####", 1)[1])
-    assert "," not in load_benchmark("gsm8k", data_dir)[with_comma].gold
-    assert "69,84" in {p.gold for p in load_benchmark("olympiadbench", data_dir)}  # raw: "$69$,$84$"
+    assert "," not in load_benchmark("gsm8k", benchmark_dir)[with_comma].gold
+    assert "69,84" in {p.gold for p in load_benchmark("olympiadbench", benchmark_dir)}  # raw: "$69$,$84$"
 
 
-def test_limit(data_dir: Path) -> None:
-    assert [p.id for p in load_benchmark("math500", data_dir, limit=3)] == [
-        p.id for p in load_benchmark("math500", data_dir)[:3]
+def test_limit(benchmark_dir: Path) -> None:
+    assert [p.id for p in load_benchmark("math500", benchmark_dir, limit=3)] == [
+        p.id for p in load_benchmark("math500", benchmark_dir)[:3]
     ]
     with pytest.raises(ValueError, match="limit"):
-        load_benchmark("math500", data_dir, limit=0)
+        load_benchmark("math500", benchmark_dir, limit=0)
 
 
-def test_unknown_benchmark_lists_known(data_dir: Path) -> None:
+def test_unknown_benchmark_lists_known(benchmark_dir: Path) -> None:
     with pytest.raises(ValueError, match="unknown benchmark 'aime25'.*aime24, amc23, math500"):
-        load_benchmark("aime25", data_dir)
+        load_benchmark("aime25", benchmark_dir)
 
 
 def test_missing_data_dir(tmp_path: Path) -> None:

@@ -13,15 +13,6 @@ from rlsc_jax.benchmarks import BENCHMARKS, load_benchmark
 from rlsc_jax.grading import extract_answer, is_equivalent, last_boxed, majority_answer, pass_at_k
 
 
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    """The shared benchmark files (outside the repo); skip when this checkout has none beside it."""
-    path = Path(__file__).resolve().parents[2] / "shared/data/benchmarks"
-    if not path.is_dir():
-        pytest.skip(f"benchmark data not found at {path}")
-    return path
-
-
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -164,9 +155,9 @@ README_FLOOR = {"aime24": 30, "amc23": 40, "gsm8k": 1319, "math500": 500, "miner
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
-def test_gold_answers_grade_themselves(data_dir: Path, name: str) -> None:
+def test_gold_answers_grade_themselves(benchmark_dir: Path, name: str) -> None:
     """Every gold answer, written by a model as `... \\boxed{gold}`, is extracted and graded correct."""
-    problems = load_benchmark(name, data_dir)
+    problems = load_benchmark(name, benchmark_dir)
     completions = [f"So the answer is $\\boxed{{{p.gold}}}$." for p in problems]
     failures = [p.gold for p, text in zip(problems, completions) if not is_equivalent(p.gold, extract_answer(text))]
     assert len(problems) - len(failures) >= README_FLOOR[name], failures[:5]
