@@ -5,8 +5,9 @@ Metrics. With `num_samples == 1` (the default; temperature 0 is greedy decoding)
 (temperature > 0 required: greedy samples would all be identical) `accuracy` is the mean fraction of
 correct samples and the summary adds `mean@n` (the same number), `maj@n` (the majority answer, votes
 counted up to math equivalence, is correct) and unbiased `pass@k` for k = 1, 2, 4, ... <= n and k = n.
-Every summary has `mean_length` (tokens per completion, EOS included) and `truncated_frac` (completions
-that spent `max_new_tokens` without an EOS).
+Every summary has `mean_length` (tokens per completion, EOS included), `truncated_frac` (completions
+that spent `max_new_tokens` without an EOS) and `mean_token_nll`, the mean −log p of the generated
+tokens at the sampling temperature: for sampled completions, an estimate of the per-token entropy.
 
 The command line writes one JSONL record per problem as soon as it is graded (appended and flushed),
 so an interrupted run resumes: problems already in the file are skipped, a partially written last line
@@ -96,12 +97,14 @@ def generation_eos(model_dir: str | Path | None) -> int | list[int] | None:
         raise ValueError(f"{path}: not a JSON object ({e})") from None
 
 
-def make_record(problem: Problem, completions: list[str], lengths: list[int], truncated: list[bool]) -> dict:
+def make_record(problem: Problem, completions: list[str], lengths: list[int], truncated: list[bool],
+                logprob_sums: list[float] | None = None) -> dict:
     """One problem's graded completions: extracted answers, correctness, the majority answer."""
     answers = [extract_answer(text) for text in completions]
     majority, _ = majority_answer(answers)
     return dict(id=problem.id, question=problem.question, gold=problem.gold, completions=completions,
                 answers=answers, correct=[is_equivalent(problem.gold, a) for a in answers], lengths=lengths,
+                logprob_sums=logprob_sums if logprob_sums is not None else [0.0] * len(lengths),
                 truncated=truncated, majority=majority, majority_correct=is_equivalent(problem.gold, majority))
 
 
@@ -122,6 +125,7 @@ def summarize(records: list[dict]) -> dict[str, float | int]:
         for k in sorted({1 << i for i in range(n.bit_length()) if 1 << i <= n} | {n}):
             summary[f"pass@{k}"] = float(np.mean([pass_at_k(n, c, k) for c in counts]))
     summary["mean_length"] = float(np.mean(lengths))
+    summary["mean_token_nll"] = -sum(x for r in records for x in r.get("logprob_sums", [0.0])) / max(sum(lengths), 1)
     summary["truncated_frac"] = float(np.mean([x for r in records for x in r["truncated"]]))
     return summary
 
@@ -160,11 +164,13 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
                          temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=eos,
                          seed=jax.random.fold_in(key, batch[0][0]))
             tokens, lengths = to_host(out.tokens), to_host(out.lengths).tolist()
+            logprob_sums = to_host(out.logprobs).sum(axis=1).tolist()
             for j, (_, problem) in enumerate(batch):
                 rows = range(j * num_samples, (j + 1) * num_samples)
                 texts = [tokenizer.decode(tokens[r, :lengths[r]].tolist(), skip_special_tokens=True) for r in rows]
                 truncated = [int(tokens[r, lengths[r] - 1]) not in eos for r in rows]  # no EOS within the budget
-                record = make_record(problem, texts, [lengths[r] for r in rows], truncated)
+                record = make_record(problem, texts, [lengths[r] for r in rows], truncated,
+                                     [logprob_sums[r] for r in rows])
                 records[problem.id] = record
                 if on_record is not None:
                     on_record(record)

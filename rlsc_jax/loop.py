@@ -55,12 +55,14 @@ def _answer_stats(tokenizer, tokens: np.ndarray, lengths: np.ndarray, num_sample
 
 
 def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
-    """Held-out greedy accuracy and, with N samples at the eval temperature, mean@N / maj@N."""
+    """Held-out greedy accuracy and, with N samples at the eval temperature, mean@N / maj@N, mean length and
+    the mean token entropy of the samples (estimated as the mean -log p of the sampled tokens)."""
     kw = dict(template=cfg.data.template, max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.eval.batch_size,
               seed=cfg.seed, progress=False)
     _, greedy = evaluate_problems(model, tokenizer, problems, **kw)
     _, sampled = evaluate_problems(model, tokenizer, problems, num_samples=cfg.eval.num_samples,
                                    temperature=cfg.eval.temperature, **kw)
+    sampled["mean_token_entropy"] = sampled.pop("mean_token_nll")  # -log p of sampled tokens: an entropy estimate
     return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"}}
 
 

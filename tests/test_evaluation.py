@@ -56,9 +56,12 @@ def test_majority_vote_counts_equivalent_answers() -> None:
 
 
 def test_greedy_summary_has_accuracy_only() -> None:
-    summary = summarize([_record([True], [4]), _record([False], [8]), _record([False], [6])])
+    records = [_record([True], [4]), _record([False], [8]), _record([False], [6])]
+    for record, logprob_sum in zip(records, (-2.0, -4.0, -3.0)):
+        record["logprob_sums"] = [logprob_sum]
+    summary = summarize(records)
     assert summary == dict(problems=3, num_samples=1, accuracy=pytest.approx(1 / 3), mean_length=6.0,
-                           truncated_frac=0.0)
+                           truncated_frac=0.0, mean_token_nll=pytest.approx(9 / 18))
 
 
 def test_read_records_drops_partial_last_line_and_rejects_bad_lines(tmp_path: Path) -> None:
