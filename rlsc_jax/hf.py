@@ -270,3 +270,8 @@ def _finish(model: Decoder, tmp: Path, files: list[Path], weight_map: dict[str, 
     for fname in TOKENIZER_FILES:
         if source and (Path(source) / fname).is_file():
             shutil.copy2(Path(source) / fname, tmp / fname)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; the export should look like any other directory
+    for f in tmp.iterdir():
+        f.chmod(0o666 & ~umask)

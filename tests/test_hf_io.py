@@ -1,6 +1,7 @@
 """HF checkpoint I/O: HF -> Flax -> HF round trip, sharded index files, and bad inputs."""
 
 import json
+import os
 import shutil
 
 import jax.numpy as jnp
@@ -184,3 +185,11 @@ def test_save_failure_leaves_nothing(tmp_path, ckpt, monkeypatch):
     with pytest.raises(OSError):
         hf.save(model, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_saved_files_follow_the_umask(tmp_path, ckpt):
+    umask = os.umask(0)
+    os.umask(umask)
+    out = hf.save(hf.load(ckpt[1]), tmp_path / "out")
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert all(f.stat().st_mode & 0o777 == 0o666 & ~umask for f in out.iterdir())
