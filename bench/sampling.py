@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--prompts", type=int, nargs="+", default=[1, 4], help="prompts per call, one case each")
     p.add_argument("--iters", type=int, default=2, help="timed calls per side and case")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16-parameter JAX rows")
     p.add_argument("--json", type=Path, default=None)
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
         flops_per_token = 2 * sum(matmul_params(cfg).values())
         rng = np.random.default_rng(0)
         rows, results = [], {}
-        for num_prompts in (1, 4):
+        for num_prompts in args.prompts:
             prompts = [rng.integers(0, 150000, args.prompt_len).tolist() for _ in range(num_prompts)]
             kw = dict(num_samples=args.samples, max_new_tokens=args.new_tokens, temperature=1.0, eos_ids=[EOS])
             ids = torch.tensor(prompts)

@@ -163,7 +163,9 @@ def main(argv=None) -> int:
         results = {}
         for side in ("jax", "torch"):
             cmd = [sys.executable, __file__, "--side", side, "--model", str(Path(tmp) / "model"),
-                   *[a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--json")]]
+                   "--layers", str(args.layers), "--rows", str(args.rows), "--prompt-len", str(args.prompt_len),
+                   "--completion-len", str(args.completion_len), "--iters", str(args.iters),
+                   *(["--no-remat"] if args.no_remat else [])]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
                 print(proc.stderr[-3000:], file=sys.stderr)
