@@ -9,6 +9,7 @@ sharded by their logical axes and donated to the step; the batch is sharded over
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -158,13 +159,16 @@ class Trainer:
                        skipped=(~finite).astype(jnp.int32))
         return state, metrics
 
+    @functools.cached_property
+    def _jitted_step(self):
+        """`_step` jitted once with explicit shardings; the train state is donated (updated in place)."""
+        rows = sharding_lib.batch_sharding(self.mesh, 2)
+        replicated = sharding_lib.replicated(self.mesh)
+        return jax.jit(self._step, donate_argnums=(0,),
+                       in_shardings=(self.state_shardings, {k: rows for k in BATCH_KEYS}, replicated),
+                       out_shardings=(self.state_shardings, replicated))
+
     def step(self, state: dict, batch: dict, temperature: float) -> tuple[dict, dict]:
-        """The jitted, sharded, donated step (compiled once per batch shape)."""
-        if not hasattr(self, "_jitted"):
-            rows = sharding_lib.batch_sharding(self.mesh, 2)
-            self._jitted = jax.jit(
-                self._step, donate_argnums=(0,),
-                in_shardings=(self.state_shardings, {k: rows for k in BATCH_KEYS}, sharding_lib.replicated(self.mesh)),
-                out_shardings=(self.state_shardings, sharding_lib.replicated(self.mesh)))
+        """One jitted, sharded, donated step (compiled once per batch shape)."""
         temp = sharding_lib.host_to_global(np.float32(temperature), sharding_lib.replicated(self.mesh))
-        return self._jitted(state, batch, temp)
+        return self._jitted_step(state, batch, temp)
