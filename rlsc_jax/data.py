@@ -12,10 +12,11 @@ SYNTHETIC_DEFAULT_SIZE = 256
 
 
 def load_questions(source: str, *, data_dir: str | Path = ".", question_field: str = "question",
-                   num_questions: int = 0, split: str = "train") -> list[Problem]:
+                   num_questions: int = 0, split: str = "train", answer_field: str | None = None) -> list[Problem]:
     """Questions from `synthetic` (the given split), a benchmark name (from data_dir), or a `.jsonl` path.
 
-    Gold answers are kept when the source has them (for evaluation) and never used by training.
+    Gold answers are kept when the source has them (for evaluation) and never used by training; a JSONL
+    file's gold comes from `answer_field` (required in every row when given, ignored when None).
     """
     limit = num_questions or None
     if source == "synthetic":
@@ -23,7 +24,7 @@ def load_questions(source: str, *, data_dir: str | Path = ".", question_field: s
     elif source in BENCHMARKS:
         problems = load_benchmark(source, data_dir, limit)
     elif source.endswith(".jsonl"):
-        problems = load_jsonl_problems(source, question_field, None, limit)
+        problems = load_jsonl_problems(source, question_field, answer_field, limit)
     else:
         raise ValueError(f"data source {source!r}: expected 'synthetic', a benchmark ({', '.join(BENCHMARKS)}) "
                          "or a path ending in .jsonl")

@@ -30,7 +30,8 @@ from rlsc_jax.tokenizer import load_tokenizer  # noqa: E402
 def baseline(cfg, temperatures: list[float]) -> dict[str, dict]:
     """The untrained model's held-out metrics at each sampling temperature (same questions and budget)."""
     model, tokenizer = hf.load(cfg.model), load_tokenizer(cfg.model)
-    problems = load_questions(cfg.eval.source, num_questions=cfg.eval.num_questions, split="heldout")
+    problems = load_questions(cfg.eval.source, data_dir=cfg.data.data_dir, num_questions=cfg.eval.num_questions,
+                              split="heldout", answer_field="answer")
     out = {}
     for t in temperatures:
         _, summary = evaluate_problems(model, tokenizer, problems, template=cfg.data.template,

@@ -86,7 +86,7 @@ def run(cfg: TrainConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     eos = eos_ids(tokenizer, generation_eos(cfg.model))
     heldout = (load_questions(cfg.eval.source, data_dir=cfg.data.data_dir, num_questions=cfg.eval.num_questions,
-                              split="heldout") if cfg.eval.num_questions else [])
+                              split="heldout", answer_field="answer") if cfg.eval.num_questions else [])
     trainer, state = Trainer.create(model, cfg, mesh)
     ckpt = Checkpointer(out / "checkpoints", cfg.keep_checkpoints)
     start = ckpt.latest_step() or 0

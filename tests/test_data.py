@@ -1,0 +1,36 @@
+"""Question sources for training (unlabeled) and held-out evaluation (gold kept)."""
+
+import json
+
+import pytest
+
+from rlsc_jax.data import load_questions
+
+
+@pytest.fixture
+def jsonl(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) for i in range(3)))
+    return path
+
+
+def test_jsonl_training_questions_are_unlabeled(jsonl):
+    problems = load_questions(str(jsonl))
+    assert [p.question for p in problems] == ["What is 0 + 1?", "What is 1 + 1?", "What is 2 + 1?"]
+    assert {p.gold for p in problems} == {""}
+
+
+def test_jsonl_eval_questions_keep_gold(jsonl):
+    assert [p.gold for p in load_questions(str(jsonl), answer_field="answer", num_questions=2)] == ["1", "2"]
+
+
+def test_jsonl_eval_without_answers_is_one_line_error(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question": "What is 1 + 1?"}) + "\n")
+    with pytest.raises(ValueError, match=r"q.jsonl:1: missing field 'answer'"):
+        load_questions(str(path), answer_field="answer")
+
+
+def test_synthetic_heldout_has_gold():
+    problems = load_questions("synthetic", num_questions=5, split="heldout")
+    assert len(problems) == 5 and all(p.gold for p in problems)
