@@ -44,6 +44,21 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTr
     return tx, schedule
 
 
+def trimmed_width(used: int, total: int, parts: int = 8) -> int:
+    """The smallest multiple of total/parts (rounded up) that holds `used` columns, at most `total`.
+
+    Rounding to eighths of the sampler's width bounds the number of step shapes, hence of compilations.
+    """
+    step = -(-total // parts)
+    return min(total, max(step, -(-used // step) * step))
+
+
+def _used_columns(mask: np.ndarray) -> int:
+    """1 + the last column index holding a 1 in any row of a host [rows, width] mask (0 if none)."""
+    hit = np.flatnonzero(np.asarray(mask).any(axis=0))
+    return int(hit[-1]) + 1 if hit.size else 0
+
+
 def objective_fn(name: str, alpha: float) -> Callable:
     """The registered objective with only the hyper-parameters it accepts bound (alpha for rlsc_l2)."""
     fn = get_objective(name)
@@ -89,13 +104,26 @@ class Trainer:
         return nnx.merge(self.graphdef, state["params"])
 
     def batch(self, samples: Samples) -> dict[str, jax.Array]:
-        """Training inputs from samples as global arrays sharded over rows (prompt parts come from the host)."""
+        """Training inputs from samples as global arrays sharded over rows (prompt parts come from the host).
+
+        Columns that are padding in every row are cut (the prompt's leftmost, the completion's rightmost):
+        the step is the same, and costs what the longest answer needs rather than `max_new_tokens`.
+        """
         rows = sharding_lib.batch_sharding(self.mesh, 2)
+        prompt_width = samples.prompt_mask.shape[1]
+        completion_width = samples.completion_mask.shape[1]
+        keep_prompt = trimmed_width(_used_columns(sharding_lib.to_host(samples.prompt_mask)[:, ::-1]), prompt_width)
+        keep_completion = trimmed_width(_used_columns(sharding_lib.to_host(samples.completion_mask)), completion_width)
+        span = {"prompt_ids": (prompt_width - keep_prompt, prompt_width),
+                "prompt_mask": (prompt_width - keep_prompt, prompt_width),
+                "tokens": (0, keep_completion), "completion_mask": (0, keep_completion)}
         out = {}
         for key in BATCH_KEYS:
-            value = getattr(samples, key)
-            out[key] = (jax.device_put(value, rows) if isinstance(value, jax.Array)
-                        else sharding_lib.host_to_global(value, rows))
+            value, (start, stop) = getattr(samples, key), span[key]
+            if isinstance(value, jax.Array):
+                out[key] = jax.device_put(jax.lax.slice_in_dim(value, start, stop, axis=1), rows)
+            else:
+                out[key] = sharding_lib.host_to_global(np.asarray(value)[:, start:stop], rows)
         return out
 
     def _seq_logp(self, params, batch, temperature):

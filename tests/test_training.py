@@ -11,7 +11,7 @@ from rlsc_jax.config import load_config
 from rlsc_jax.objectives import OBJECTIVES, register
 from rlsc_jax.sampling import Samples
 from rlsc_jax.sharding import make_mesh
-from rlsc_jax.training import Trainer
+from rlsc_jax.training import Trainer, trimmed_width
 from tests.hf_models import VOCAB, make_hf_model, save_hf_model
 
 Q, N, P, M = 2, 4, 6, 5
@@ -135,6 +135,39 @@ def test_gradient_accumulation_is_exact(ckpt, single_device_run, grad_accum):
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     for name, value in ref_params.items():
         np.testing.assert_allclose(params[name], value, atol=1e-6, err_msg=name)
+
+
+def _with_padding_columns(samples: Samples, prompt_pad: int, completion_pad: int) -> Samples:
+    """The same samples inside wider arrays: extra all-padding columns left of the prompts, right of the answers."""
+    rows = samples.tokens.shape[0]
+    return Samples(
+        tokens=np.concatenate([samples.tokens, np.full((rows, completion_pad), VOCAB - 1, np.int32)], 1),
+        completion_mask=np.pad(samples.completion_mask, ((0, 0), (0, completion_pad))),
+        lengths=samples.lengths, logprobs=np.pad(samples.logprobs, ((0, 0), (0, completion_pad))),
+        prompt_ids=np.pad(samples.prompt_ids, ((0, 0), (prompt_pad, 0))),
+        prompt_mask=np.pad(samples.prompt_mask, ((0, 0), (prompt_pad, 0))))
+
+
+def test_padding_columns_are_cut_and_change_nothing(ckpt):
+    compact, padded = _samples(), _with_padding_columns(_samples(), prompt_pad=10, completion_pad=27)
+    results = []
+    for samples in (compact, padded):
+        trainer, state = Trainer.create(hf.load(ckpt[1]), _cfg(), make_mesh(1, 8, 1))
+        batch = trainer.batch(samples)
+        state, metrics = trainer.step(state, batch, TEMPERATURE)
+        results.append((batch, float(metrics["loss"]), _flax_by_hf_name(trainer.model(state))))
+    (_, loss, params), (batch, padded_loss, padded_params) = results
+    # 16 prompt columns hold 6 used ones, cut in steps of 2; 32 completion columns hold 5, in steps of 4
+    assert batch["prompt_ids"].shape == (Q * N, 6) and batch["tokens"].shape == (Q * N, 8)
+    assert abs(padded_loss - loss) <= 1e-6 * abs(loss)
+    for name, value in params.items():
+        np.testing.assert_allclose(padded_params[name], value, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("used,total,expected", [(5, 96, 12), (57, 96, 60), (96, 96, 96), (0, 96, 12), (75, 128, 80),
+                                                 (1000, 3072, 1152), (3, 5, 3)])
+def test_trimmed_width_rounds_up_to_eighths(used, total, expected):
+    assert trimmed_width(used, total) == expected
 
 
 @pytest.fixture
