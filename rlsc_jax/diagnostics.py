@@ -1,0 +1,133 @@
+"""Gradient diagnostics of a label-free objective: how much of one question's gradient is signal, and how much
+of it other questions share.
+
+    python -m rlsc_jax.diagnostics [--questions 8] [--draws 32] [--output FILE] [key=value ...]
+
+For each of the first `--questions` training questions (same config keys as train.py), draws `--draws`
+independent sets of N completions and takes the objective's gradient on each set. Per question it reports
+
+- `signal`: ‖E g‖², the squared norm of the expected gradient (bias-corrected for the finite draws);
+- `noise`: E‖g − E g‖², the mean squared deviation of one set's gradient from it; `snr` = signal / noise;
+
+and across questions `mean_cosine`, the mean pairwise cosine between the questions' mean gradients. A
+cosine near 0 says every question pulls the parameters its own way: an update from one question is
+almost all question-specific, and only the average over many questions points a shared way.
+Memory: two gradient-sized buffers (running sums), whatever the number of draws and questions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from rlsc_jax import hf, sharding as sharding_lib
+from rlsc_jax.benchmarks import build_messages
+from rlsc_jax.config import TrainConfig, load_config
+from rlsc_jax.data import load_questions
+from rlsc_jax.evaluation import generation_eos
+from rlsc_jax.sampling import sample
+from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
+from rlsc_jax.training import Trainer
+
+
+def _tree_dot(a, b) -> jax.Array:
+    """Σ a·b over every leaf of two same-structure pytrees, in fp32."""
+    return sum(jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32)) for x, y in
+               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def summarize(draw_dots: list[list[float]], sum_dots: list[float], unit_sum_sq: float) -> dict:
+    """Per-question signal / noise / SNR and the mean cross-question cosine, from streamed inner products.
+
+    draw_dots[q] holds ‖g_k‖² of each draw k of question q; sum_dots[q] = ‖Σ_k g_k‖²; unit_sum_sq is
+    ‖Σ_q G_q / ‖G_q‖‖² over the questions' mean gradients G_q, which equals Q + Σ_{q≠q'} cos(G_q, G_q').
+    """
+    per_question = []
+    for dots, total in zip(draw_dots, sum_dots):
+        k = len(dots)
+        mean_sq = total / k ** 2  # ‖G‖², G = Σ g_k / k
+        noise = (sum(dots) - k * mean_sq) / (k - 1)  # unbiased E‖g − E g‖²
+        signal = mean_sq - noise / k  # ‖G‖² overestimates ‖E g‖² by noise / k
+        per_question.append({"signal": signal, "noise": noise, "snr": signal / noise if noise > 0 else float("inf")})
+    q = len(per_question)
+    cosine = (unit_sum_sq - q) / (q * (q - 1)) if q > 1 else float("nan")
+    return {"questions": per_question, "median_snr": float(np.median([p["snr"] for p in per_question])),
+            "mean_cosine": cosine}
+
+
+def gradient_statistics(cfg: TrainConfig, num_questions: int, draws: int, progress: bool = True) -> dict:
+    """Samples `draws` sets of N completions for each of the first `num_questions` questions and summarises
+    the objective's gradients (see the module doc)."""
+    if num_questions < 2 or draws < 2:
+        raise ValueError(f"need at least 2 questions and 2 draws (got {num_questions} and {draws})")
+    mesh = sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if cfg.sampling.num_samples % ways:
+        raise ValueError(f"sampling.num_samples = {cfg.sampling.num_samples} rows per gradient must be divisible by "
+                         f"mesh.data * mesh.fsdp = {ways}")
+    model, tokenizer = hf.load(cfg.model, dtype=cfg.dtype, mesh=mesh), load_tokenizer(cfg.model)
+    eos = eos_ids(tokenizer, generation_eos(cfg.model))
+    questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
+                               num_questions=num_questions)
+    trainer, state = Trainer.create(model, cfg, mesh)
+    params, s = state["params"], cfg.sampling
+
+    @jax.jit
+    def grad(batch):
+        def loss(p):
+            return trainer.objective(trainer._seq_logp(p, batch, s.temperature)[0], s.num_samples)[0]
+        return jax.grad(loss)(params)
+
+    add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+    unit_sum = jax.tree.map(jnp.zeros_like, params)
+    draw_dots, sum_dots = [], []
+    key = jax.random.key(cfg.seed)
+    for qi, question in enumerate(tqdm(questions[:num_questions], unit="question", disable=not progress)):
+        system, user = build_messages(cfg.data.template, question.question)
+        prompt = chat_prompt_ids(tokenizer, user, system)
+        total, dots = jax.tree.map(jnp.zeros_like, params), []
+        for k in range(draws):
+            samples = sample(trainer.model(state), [prompt], num_samples=s.num_samples,
+                             max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+                             top_p=s.top_p, eos_ids=eos, seed=jax.random.fold_in(key, qi * draws + k))
+            g = grad(trainer.batch(samples))
+            dots.append(float(_tree_dot(g, g)))
+            total = add(total, g)
+        norm_sq = float(_tree_dot(total, total))
+        unit_sum = add(unit_sum, jax.tree.map(lambda x: x / np.sqrt(norm_sq), total))
+        draw_dots.append(dots)
+        sum_dots.append(norm_sq)
+    return summarize(draw_dots, sum_dots, float(_tree_dot(unit_sum, unit_sum)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="YAML config file (as for train.py)")
+    p.add_argument("--questions", type=int, default=8)
+    p.add_argument("--draws", type=int, default=32)
+    p.add_argument("--output", type=Path, help="also write the statistics as JSON here")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args(argv)
+    try:
+        stats = gradient_statistics(load_config(args.config, args.overrides), args.questions, args.draws)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for i, q in enumerate(stats["questions"]):
+        print(f"question {i}: signal {q['signal']:.4g}  noise {q['noise']:.4g}  snr {q['snr']:.3f}")
+    print(f"median snr {stats['median_snr']:.3f}; mean cosine between questions' mean gradients "
+          f"{stats['mean_cosine']:.4f}")
+    if args.output:
+        args.output.write_text(json.dumps(stats, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
