@@ -28,7 +28,7 @@ class DataConfig:
     source: str = "synthetic"
     data_dir: str = "../shared/data/benchmarks"
     question_field: str = "question"
-    num_questions: int = 0  # 0 = all (synthetic: 256)
+    num_questions: int = 100  # 0 = all (synthetic: 256)
     template: str = "plain"
     shuffle: bool = True
 
@@ -46,9 +46,10 @@ class SamplingConfig:
 
 @dataclasses.dataclass
 class OptimConfig:
-    """AdamW (paper: lr 1e-5) with optional warmup, cosine decay and global-norm clipping (0 = off)."""
+    """AdamW (paper: lr 1e-5; the CPU default's 3e-5 was chosen on validation questions) with optional warmup,
+    cosine decay and global-norm clipping (0 = off)."""
 
-    lr: float = 1e-5
+    lr: float = 3e-5
     weight_decay: float = 0.01
     b1: float = 0.9
     b2: float = 0.999
@@ -64,6 +65,7 @@ class EvalConfig:
 
     source: str = "synthetic"
     num_questions: int = 100
+    offset: int = 0  # skip the first held-out questions: offset=100 is a validation slice disjoint from the default's
     num_samples: int = 16
     temperature: float = 0.5
     batch_size: int = 16
@@ -75,12 +77,12 @@ class TrainConfig:
 
     model: str = DEFAULT_MODEL
     output_dir: str = "runs/default"
-    steps: int = 20
+    steps: int = 30
     seed: int = 0
     dtype: str = "float32"
     objective: str = "rlsc_l2"
     alpha: float = 0.1
-    questions_per_step: int = 1
+    questions_per_step: int = 16
     grad_accum: int = 1
     remat: bool = False
     logprob_chunk: int = 1024

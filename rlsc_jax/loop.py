@@ -40,6 +40,19 @@ def _check(cfg: TrainConfig) -> None:
     get_objective(cfg.objective)
 
 
+def heldout_questions(cfg: TrainConfig) -> list:
+    """The evaluation questions: `eval.num_questions` of `eval.source`'s held-out split after the first `eval.offset`."""
+    if not cfg.eval.num_questions:
+        return []
+    if cfg.eval.offset < 0:
+        raise ValueError(f"eval.offset must be >= 0 (got {cfg.eval.offset})")
+    problems = load_questions(cfg.eval.source, data_dir=cfg.data.data_dir, split="heldout", answer_field="answer",
+                              num_questions=cfg.eval.offset + cfg.eval.num_questions)[cfg.eval.offset:]
+    if not problems:
+        raise ValueError(f"eval.source {cfg.eval.source!r}: no questions after eval.offset={cfg.eval.offset}")
+    return problems
+
+
 def _answer_stats(tokenizer, tokens: np.ndarray, lengths: np.ndarray, num_samples: int) -> dict:
     """Distinct final answers among each question's N samples and the majority answer's share (0 when no
     sample has an answer): label-free signals of how confident the model is."""
@@ -71,6 +84,7 @@ def run(cfg: TrainConfig) -> dict:
     _check(cfg)
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=cfg.data.num_questions)
+    heldout = heldout_questions(cfg)
     mesh = sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     ways = mesh.shape["data"] * mesh.shape["fsdp"]
     rows = cfg.questions_per_step * cfg.sampling.num_samples // cfg.grad_accum
@@ -85,8 +99,6 @@ def run(cfg: TrainConfig) -> dict:
     model = hf.load(cfg.model, dtype=cfg.dtype, mesh=mesh)
     tokenizer = load_tokenizer(cfg.model)
     eos = eos_ids(tokenizer, generation_eos(cfg.model))
-    heldout = (load_questions(cfg.eval.source, data_dir=cfg.data.data_dir, num_questions=cfg.eval.num_questions,
-                              split="heldout", answer_field="answer") if cfg.eval.num_questions else [])
     trainer, state = Trainer.create(model, cfg, mesh)
     ckpt = Checkpointer(out / "checkpoints", cfg.keep_checkpoints)
     start = ckpt.latest_step() or 0

@@ -22,7 +22,7 @@ def test_paper_configs(name, steps):
     cfg = load_config(CONFIGS / name)
     assert (cfg.steps, cfg.sampling.num_samples, cfg.sampling.temperature) == (steps, 16, 0.5)
     assert (cfg.sampling.max_new_tokens, cfg.optim.lr, cfg.objective, cfg.alpha) == (3072, 1e-5, "rlsc_l2", 0.1)
-    assert (cfg.data.source, cfg.mesh.fsdp, cfg.questions_per_step) == ("aime24", -1, 1)
+    assert (cfg.data.source, cfg.data.num_questions, cfg.mesh.fsdp, cfg.questions_per_step) == ("aime24", 0, -1, 1)
 
 
 def test_overrides_apply_after_the_file():

@@ -14,6 +14,8 @@ from safetensors.numpy import load_file
 
 import train
 from rlsc_jax import synthetic
+from rlsc_jax.config import load_config
+from rlsc_jax.loop import heldout_questions
 from tests.hf_models import make_chat_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +55,22 @@ def test_end_to_end_outputs(chat_model, tmp_path):
     assert list((out / "tensorboard").iterdir())
 
 
+def test_default_run_smoke(tmp_path, capsys):
+    """`python train.py` as shipped (model, batch, sampling), cut to 2 steps and a few held-out questions."""
+    out = tmp_path / "default"
+    assert train.main([f"output_dir={out}", "steps=2", "eval.num_questions=4"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and not any(r["skipped"] for r in rows)
+    assert "| greedy_accuracy |" in capsys.readouterr().out
+    assert (out / "curves.png").is_file() and (out / "final" / "model.safetensors").is_file()
+
+
+def test_eval_offset_skips_the_first_heldout_questions():
+    first = heldout_questions(load_config(None, ["eval.num_questions=8"]))
+    later = heldout_questions(load_config(None, ["eval.num_questions=5", "eval.offset=3"]))
+    assert [p.id for p in later] == [p.id for p in first[3:]]
+
+
 def _final_params(out):
     return load_file(str(out / "final" / "model.safetensors"))
 
@@ -86,11 +104,14 @@ def test_sigkill_and_resume_equals_uninterrupted(chat_model, tmp_path):
     (["mesh.data=3"], "mesh"),
     (["stepz=3"], "did you mean 'steps'"),
     (["data.source=EMPTY"], "empty"),
+    (["eval.source=TWO", "eval.offset=2", "eval.num_questions=4"], "no questions after eval.offset=2"),
+    (["eval.offset=-1"], "eval.offset must be >= 0"),
 ])
 def test_bad_input_is_one_line_error(chat_model, tmp_path, capsys, args, needle):
-    empty = tmp_path / "empty.jsonl"
+    empty, two = tmp_path / "empty.jsonl", tmp_path / "two.jsonl"
     empty.write_text("")
-    args = [a.replace("EMPTY", str(empty)) for a in args]
+    two.write_text('{"question": "1 + 1?", "answer": "2"}\n{"question": "2 + 2?", "answer": "4"}\n')
+    args = [a.replace("EMPTY", str(empty)).replace("TWO", str(two)) for a in args]
     code = train.main([f"model={chat_model}", f"output_dir={tmp_path / 'run'}", "steps=1", *FAST, *args])
     err = capsys.readouterr().err.strip()
     assert code == 2
