@@ -1,10 +1,13 @@
-"""The default experiment: RLSC L1 and L2 over several seeds against the base model at lower temperatures.
+"""The default experiment: RLSC arms over several seeds against the base model sampled at lower temperatures.
 
-    python -m rlsc_jax.experiment [--seeds 0 1 2] [--output runs/experiment] [key=value ...]
+    python -m rlsc_jax.experiment [--seeds 0 1 2] [--arms rlsc_l2 rlsc_l1 paper_batch] [--output DIR] [key=value ...]
 
-Every run is `train.py`'s default (the overrides apply to all runs) with one seed and objective; the
-baseline evaluates the untrained default model at lower sampling temperatures, which is the cheap way
-to sharpen a model without training. Writes `results.json`, `table.md` and `curves.png`.
+Every arm is `train.py`'s default with a few overrides (the command-line overrides apply to all of them);
+every seed sets the question order, the training samples and the evaluation samples. Per seed, the
+untrained model is evaluated once at the training temperature (the "before" of every arm, so changes are
+paired) and at each baseline temperature, the cheap way to sharpen a model without training. Every model
+is also scored on the unlabeled training questions themselves, the paper's setting (it trains and reports
+on AIME 2024), next to the held-out questions. Writes `results.json`, `table.md` and `curves.png`.
 """
 
 from __future__ import annotations
@@ -20,64 +23,109 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rlsc_jax import hf  # noqa: E402
-from rlsc_jax.config import load_config  # noqa: E402
+from rlsc_jax.config import TrainConfig, load_config  # noqa: E402
 from rlsc_jax.data import load_questions  # noqa: E402
 from rlsc_jax.evaluation import evaluate_problems  # noqa: E402
-from rlsc_jax.loop import run  # noqa: E402
+from rlsc_jax.loop import evaluate, heldout_questions, run  # noqa: E402
 from rlsc_jax.metrics import read_metrics  # noqa: E402
 from rlsc_jax.tokenizer import load_tokenizer  # noqa: E402
 
-def baseline(cfg, temperatures: list[float]) -> dict[str, dict]:
-    """The untrained model's held-out metrics at each sampling temperature (same questions and budget)."""
+# name -> (label, overrides on top of the default run)
+ARMS = {
+    "rlsc_l2": ("RLSC L2", ["objective=rlsc_l2"]),
+    "rlsc_l1": ("RLSC L1", ["objective=rlsc_l1"]),
+    "paper_batch": ("RLSC L2, paper's batch: 1 question x 20 steps, lr 1e-5",
+                    ["objective=rlsc_l2", "questions_per_step=1", "steps=20", "optim.lr=1e-5"]),
+}
+
+
+def _questions(cfg: TrainConfig) -> tuple[list, list]:
+    """(held-out questions, the first eval.num_questions training questions), gold answers kept for scoring."""
+    heldout = heldout_questions(cfg)
+    train = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
+                           num_questions=cfg.data.num_questions, answer_field="answer")
+    return heldout, train[:cfg.eval.num_questions]
+
+
+def sampled_summary(model, tokenizer, cfg: TrainConfig, problems, temperature: float) -> dict:
+    """mean@N / maj@N / length of `cfg.eval.num_samples` samples per problem at `temperature`, seeded by cfg.seed."""
+    return evaluate_problems(model, tokenizer, problems, template=cfg.data.template, num_samples=cfg.eval.num_samples,
+                             temperature=temperature, max_new_tokens=cfg.sampling.max_new_tokens,
+                             batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=False)[1]
+
+
+def base_model(cfg: TrainConfig, temperatures: list[float]) -> dict:
+    """The untrained model for one seed: held-out before-metrics, lower temperatures, and the training questions."""
     model, tokenizer = hf.load(cfg.model), load_tokenizer(cfg.model)
-    problems = load_questions(cfg.eval.source, data_dir=cfg.data.data_dir, num_questions=cfg.eval.num_questions,
-                              split="heldout", answer_field="answer")
-    out = {}
+    heldout, train = _questions(cfg)
+    out = {"before": evaluate(model, tokenizer, cfg, heldout),
+           "train": sampled_summary(model, tokenizer, cfg, train, cfg.eval.temperature)}
     for t in temperatures:
-        _, summary = evaluate_problems(model, tokenizer, problems, template=cfg.data.template,
-                                       num_samples=cfg.eval.num_samples, temperature=t,
-                                       max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.eval.batch_size,
-                                       seed=cfg.seed, progress=False)
-        out[f"base T={t}"] = summary
+        out[f"T={t}"] = sampled_summary(model, tokenizer, cfg, heldout, t)
     return out
 
 
-def _mean_spread(values: list[float]) -> str:
-    """'mean ± sd' in percent (sd over seeds)."""
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.1f} ± {100 * sd:.1f}"
+def train_arm(cfg: TrainConfig, before: dict) -> dict:
+    """One RLSC run (reusing the seed's before-metrics) and its final model scored on its training questions."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval_before.json").write_text(json.dumps(before, indent=2))  # run() evaluates "before" only if absent
+    result = run(cfg)
+    final = out / "final"
+    result["train"] = sampled_summary(hf.load(final), load_tokenizer(final), cfg, _questions(cfg)[1],
+                                      cfg.eval.temperature)
+    return result
 
 
-def table(runs: dict[str, list[dict]], base: dict[str, dict], n: int) -> str:
-    """Markdown: held-out metrics of the base model (before), each objective after (mean ± sd over seeds)."""
-    keys = ["greedy_accuracy", f"mean@{n}", f"maj@{n}"]
-    lines = ["| model | " + " | ".join(keys) + " | mean length |", "|---" * (len(keys) + 2) + "|"]
-    first = next(iter(runs.values()))[0]["before"]
-    lines.append("| base (T=0.5) | " + " | ".join(f"{100 * first[k]:.1f}" for k in keys)
-                 + f" | {first['mean_length']:.1f} |")
-    for name, summary in base.items():
-        lines.append(f"| {name} | – | " + " | ".join(f"{100 * summary[k]:.1f}" for k in keys[1:])
-                     + f" | {summary['mean_length']:.1f} |")
-    for name, results in runs.items():
-        after = [r["after"] for r in results]
-        lines.append(f"| {name} (T=0.5), {len(after)} seeds | "
-                     + " | ".join(_mean_spread([a[k] for a in after]) for k in keys)
-                     + f" | {statistics.fmean(a['mean_length'] for a in after):.1f} |")
+def _mean_sd(values: list[float], scale: float = 100.0, signed: bool = False) -> str:
+    """'mean ± sd' over seeds (sd omitted for one seed)."""
+    mean = f"{scale * statistics.fmean(values):{'+' if signed else ''}.1f}"
+    return f"{mean} ± {scale * statistics.stdev(values):.1f}" if len(values) > 1 else mean
+
+
+def table(base: dict[int, dict], runs: dict[str, dict[int, dict]], n: int, temperature: float) -> str:
+    """Markdown rows: the base model at each temperature, then each arm; mean ± sd over seeds, in %.
+
+    "change" is mean@n minus the same seed's base mean@n at the training temperature (paired by seed).
+    """
+    mean, maj = f"mean@{n}", f"maj@{n}"
+    header = ["model (held-out unless stated)", "greedy", mean, maj, f"change in {mean}", f"{mean} on training questions",
+              "length"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    seeds = sorted(base)
+    before = [base[s]["before"] for s in seeds]
+
+    def row(name, held, greedy="–", train=None):
+        cells = [name, greedy, _mean_sd([h[mean] for h in held]), _mean_sd([h[maj] for h in held]),
+                 _mean_sd([h[mean] - b[mean] for h, b in zip(held, before)], signed=True),
+                 _mean_sd([t[mean] for t in train]) if train else "–",
+                 f"{statistics.fmean(h['mean_length'] for h in held):.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    temps = [k for k in base[seeds[0]] if k.startswith("T=")]
+    row(f"base, T={temperature}", before, _mean_sd([b["greedy_accuracy"] for b in before]),
+        [base[s]["train"] for s in seeds])
+    for key in temps:
+        row(f"base, {key}", [base[s][key] for s in seeds])
+    for name, by_seed in runs.items():
+        after = [by_seed[s]["after"] for s in seeds]
+        row(ARMS[name][0], after, _mean_sd([a["greedy_accuracy"] for a in after]), [by_seed[s]["train"] for s in seeds])
     return "\n".join(lines)
 
 
-def plot(output: Path, runs: dict[str, list[str]]) -> None:
-    """Per-step curves of every run (one colour per objective)."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for colour, (name, dirs) in zip(("tab:blue", "tab:orange"), runs.items()):
-        for i, d in enumerate(dirs):
+def plot(output: Path, runs: dict[str, dict[int, str]]) -> None:
+    """Per-step curves of every run, one colour per arm."""
+    keys = ("seq_logp_mean", "mean_token_entropy", "majority_share")
+    fig, axes = plt.subplots(1, len(keys), figsize=(13, 3.6))
+    for colour, (name, dirs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], runs.items()):
+        for i, d in enumerate(dirs.values()):
             rows = read_metrics(d)
-            steps = [r["step"] for r in rows]
-            for ax, key in zip(axes, ("seq_logp_mean", "mean_token_entropy", "majority_share")):
-                ax.plot(steps, [r[key] for r in rows], color=colour, alpha=0.7, label=name if i == 0 else None)
+            for ax, key in zip(axes, keys):
+                ax.plot([r["step"] for r in rows], [r[key] for r in rows], color=colour, alpha=0.7,
+                        label=ARMS[name][0] if i == 0 else None)
                 ax.set_title(key)
                 ax.set_xlabel("step")
-    axes[0].legend()
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(output / "curves.png", dpi=90)
     plt.close(fig)
@@ -86,25 +134,27 @@ def plot(output: Path, runs: dict[str, list[str]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--objectives", nargs="+", default=["rlsc_l2", "rlsc_l1"])
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--baseline-temperatures", type=float, nargs="+", default=[0.3, 0.1])
     p.add_argument("--output", type=Path, default=Path("runs/experiment"))
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
-    results: dict[str, list[dict]] = {}
-    dirs: dict[str, list[str]] = {}
-    for objective in args.objectives:
+    config = lambda seed, *extra: load_config(None, [*args.overrides, f"seed={seed}", *extra])  # noqa: E731
+    base, runs, dirs = {}, {}, {}
+    for seed in args.seeds:
+        print(f"== base model, seed {seed}")
+        base[seed] = base_model(config(seed), args.baseline_temperatures)
+    for name in args.arms:
         for seed in args.seeds:
-            out = args.output / f"{objective}-seed{seed}"
-            cfg = load_config(None, [*args.overrides, f"objective={objective}", f"seed={seed}", f"output_dir={out}",
-                                     "export_final=false"])
-            print(f"== {objective}, seed {seed} -> {out}")
-            results.setdefault(objective, []).append(run(cfg))
-            dirs.setdefault(objective, []).append(str(out))
-    cfg = load_config(None, list(args.overrides))
-    base = baseline(cfg, args.baseline_temperatures)
-    md = table(results, base, cfg.eval.num_samples)
-    (args.output / "results.json").write_text(json.dumps({"runs": results, "baseline": base}, indent=2))
+            out = args.output / f"{name}-seed{seed}"
+            print(f"== {ARMS[name][0]}, seed {seed} -> {out}")
+            runs.setdefault(name, {})[seed] = train_arm(config(seed, *ARMS[name][1], f"output_dir={out}"),
+                                                        base[seed]["before"])
+            dirs.setdefault(name, {})[seed] = str(out)
+    cfg = config(args.seeds[0])
+    md = table(base, runs, cfg.eval.num_samples, cfg.eval.temperature)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "results.json").write_text(json.dumps({"base": base, "runs": runs}, indent=2))
     (args.output / "table.md").write_text(md + "\n")
     plot(args.output, dirs)
     print(md)

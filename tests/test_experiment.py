@@ -1,0 +1,31 @@
+"""The default experiment end to end on a tiny model: paired before-metrics, table rows, outputs."""
+
+import json
+
+from rlsc_jax import experiment, synthetic
+from tests.hf_models import make_chat_model_dir
+
+TINY = ["steps=2", "questions_per_step=2", "sampling.num_samples=8", "sampling.max_new_tokens=8",
+        "data.num_questions=8", "eval.num_questions=4", "eval.num_samples=4", "checkpoint_every=100"]
+
+
+def test_experiment_pairs_every_arm_with_its_seeds_base(tmp_path):
+    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 200)]
+    model = make_chat_model_dir(tmp_path / "model", texts)
+    out = tmp_path / "exp"
+    code = experiment.main(["--seeds", "0", "1", "--arms", "rlsc_l2", "paper_batch", "--baseline-temperatures", "0.2",
+                            "--output", str(out), f"model={model}", *TINY])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["base"]) == {"0", "1"} and set(results["runs"]) == {"rlsc_l2", "paper_batch"}
+    for name, by_seed in results["runs"].items():
+        for seed, result in by_seed.items():
+            assert result["before"] == results["base"][seed]["before"], (name, seed)
+            assert result["train"]["problems"] == 4 and result["after"]["num_samples"] == 4
+            rows = (out / f"{name}-seed{seed}" / "metrics.jsonl").read_text().splitlines()
+            assert len(rows) == (20 if name == "paper_batch" else 2)
+    lines = (out / "table.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == [
+        "| base, T=0.5", "| base, T=0.2", "| RLSC L2", "| RLSC L2, paper's batch: 1 question x 20 steps, lr 1e-5"]
+    assert lines[2].split(" | ")[4] == "+0.0 ± 0.0"  # the base row's change against itself
+    assert (out / "curves.png").stat().st_size > 0
