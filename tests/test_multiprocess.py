@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import json
+
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -14,8 +16,10 @@ from rlsc_jax import synthetic
 from tests.hf_models import make_chat_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
-COMMON = ["steps=2", "checkpoint_every=1", "plot=false", "sampling.num_samples=8", "sampling.max_new_tokens=12",
-          "data.num_questions=16", "eval.num_questions=2", "eval.num_samples=2"]
+STEPS, LR = 2, 3e-5
+COMMON = [f"steps={STEPS}", f"optim.lr={LR}", "checkpoint_every=1", "plot=false", "questions_per_step=2",
+          "sampling.num_samples=8", "sampling.max_new_tokens=12", "data.num_questions=16", "eval.num_questions=2",
+          "eval.num_samples=2"]
 
 
 def _free_port() -> int:
@@ -42,9 +46,15 @@ def test_two_processes_equal_one(tmp_path):
              for i in range(2)]
     outputs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    rows = [[json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("one", "two")]
+    assert len(rows[0]) == len(rows[1]) == STEPS
+    for a, b in zip(*rows):
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5)
     one = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
-    for name in one:
-        np.testing.assert_allclose(two[name], one[name], atol=1e-6, err_msg=name)
-    assert (tmp_path / "one" / "metrics.jsonl").read_text().count("\n") == 2
-    assert (tmp_path / "two" / "metrics.jsonl").read_text().count("\n") == 2
+    diffs = np.concatenate([np.abs(two[name] - one[name]).ravel() for name in one])
+    # Adam divides by sqrt(v): where a gradient is ~0, the other all-reduce order's roundoff can move an
+    # element by up to ~lr per step, so a handful of elements may differ by that much and no more.
+    assert diffs.max() <= 2 * STEPS * LR
+    assert (diffs > 1e-6).mean() < 1e-3
