@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+import optax
 from tqdm import tqdm
 
 from rlsc_jax import hf, sharding as sharding_lib
@@ -35,12 +35,6 @@ from rlsc_jax.evaluation import generation_eos
 from rlsc_jax.sampling import sample
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
 from rlsc_jax.training import Trainer
-
-
-def _tree_dot(a, b) -> jax.Array:
-    """Σ a·b over every leaf of two same-structure pytrees, in fp32."""
-    return sum(jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32)) for x, y in
-               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def summarize(draw_dots: list[list[float]], sum_dots: list[float], unit_sum_sq: float) -> dict:
@@ -78,33 +72,27 @@ def gradient_statistics(cfg: TrainConfig, num_questions: int, draws: int, progre
                                num_questions=num_questions)
     trainer, state = Trainer.create(model, cfg, mesh)
     params, s = state["params"], cfg.sampling
-
-    @jax.jit
-    def grad(batch):
-        def loss(p):
-            return trainer.objective(trainer._seq_logp(p, batch, s.temperature)[0], s.num_samples)[0]
-        return jax.grad(loss)(params)
-
-    add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
-    unit_sum = jax.tree.map(jnp.zeros_like, params)
+    grad = jax.jit(lambda p, batch: trainer.loss_and_grads(p, batch, s.temperature)[-1])  # the train step's gradient
+    add, sq_norm = jax.jit(optax.tree.add), jax.jit(lambda t: optax.tree.vdot(t, t))
+    policy, unit_sum = trainer.model(state), optax.tree.zeros_like(params)
     draw_dots, sum_dots = [], []
     key = jax.random.key(cfg.seed)
     for qi, question in enumerate(tqdm(questions[:num_questions], unit="question", disable=not progress)):
         system, user = build_messages(cfg.data.template, question.question)
         prompt = chat_prompt_ids(tokenizer, user, system)
-        total, dots = jax.tree.map(jnp.zeros_like, params), []
+        total, dots = optax.tree.zeros_like(params), []
         for k in range(draws):
-            samples = sample(trainer.model(state), [prompt], num_samples=s.num_samples,
+            samples = sample(policy, [prompt], num_samples=s.num_samples,
                              max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
                              top_p=s.top_p, eos_ids=eos, seed=jax.random.fold_in(key, qi * draws + k))
-            g = grad(trainer.batch(samples))
-            dots.append(float(_tree_dot(g, g)))
+            g = grad(params, trainer.batch(samples))
+            dots.append(float(sq_norm(g)))
             total = add(total, g)
-        norm_sq = float(_tree_dot(total, total))
-        unit_sum = add(unit_sum, jax.tree.map(lambda x: x / np.sqrt(norm_sq), total))
+        norm_sq = float(sq_norm(total))
+        unit_sum = add(unit_sum, optax.tree.scale(1 / np.sqrt(norm_sq), total))
         draw_dots.append(dots)
         sum_dots.append(norm_sq)
-    return summarize(draw_dots, sum_dots, float(_tree_dot(unit_sum, unit_sum)))
+    return summarize(draw_dots, sum_dots, float(sq_norm(unit_sum)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,8 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rlsc_jax import hf  # noqa: E402
 from rlsc_jax.config import TrainConfig, load_config  # noqa: E402
 from rlsc_jax.data import load_questions  # noqa: E402
-from rlsc_jax.evaluation import evaluate_problems  # noqa: E402
-from rlsc_jax.loop import evaluate, heldout_questions, run  # noqa: E402
+from rlsc_jax.loop import evaluate, heldout_questions, run, sampled_metrics  # noqa: E402
 from rlsc_jax.metrics import read_metrics  # noqa: E402
 from rlsc_jax.tokenizer import load_tokenizer  # noqa: E402
 
@@ -39,29 +38,20 @@ ARMS = {
 }
 
 
-def _questions(cfg: TrainConfig) -> tuple[list, list]:
-    """(held-out questions, the first eval.num_questions training questions), gold answers kept for scoring."""
-    heldout = heldout_questions(cfg)
-    train = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
-                           num_questions=cfg.data.num_questions, answer_field="answer")
-    return heldout, train[:cfg.eval.num_questions]
-
-
-def sampled_summary(model, tokenizer, cfg: TrainConfig, problems, temperature: float) -> dict:
-    """mean@N / maj@N / length of `cfg.eval.num_samples` samples per problem at `temperature`, seeded by cfg.seed."""
-    return evaluate_problems(model, tokenizer, problems, template=cfg.data.template, num_samples=cfg.eval.num_samples,
-                             temperature=temperature, max_new_tokens=cfg.sampling.max_new_tokens,
-                             batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=False)[1]
+def _train_questions(cfg: TrainConfig) -> list:
+    """The first eval.num_questions training questions, gold answers kept for scoring."""
+    return load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
+                          num_questions=cfg.data.num_questions, answer_field="answer")[:cfg.eval.num_questions]
 
 
 def base_model(cfg: TrainConfig, temperatures: list[float]) -> dict:
     """The untrained model for one seed: held-out before-metrics, lower temperatures, and the training questions."""
     model, tokenizer = hf.load(cfg.model), load_tokenizer(cfg.model)
-    heldout, train = _questions(cfg)
+    heldout = heldout_questions(cfg)
     out = {"before": evaluate(model, tokenizer, cfg, heldout),
-           "train": sampled_summary(model, tokenizer, cfg, train, cfg.eval.temperature)}
+           "train": sampled_metrics(model, tokenizer, cfg, _train_questions(cfg), cfg.eval.temperature)}
     for t in temperatures:
-        out[f"T={t}"] = sampled_summary(model, tokenizer, cfg, heldout, t)
+        out[f"T={t}"] = sampled_metrics(model, tokenizer, cfg, heldout, t)
     return out
 
 
@@ -72,7 +62,7 @@ def train_arm(cfg: TrainConfig, before: dict) -> dict:
     (out / "eval_before.json").write_text(json.dumps(before, indent=2))  # run() evaluates "before" only if absent
     result = run(cfg)
     final = out / "final"
-    result["train"] = sampled_summary(hf.load(final), load_tokenizer(final), cfg, _questions(cfg)[1],
+    result["train"] = sampled_metrics(hf.load(final), load_tokenizer(final), cfg, _train_questions(cfg),
                                       cfg.eval.temperature)
     return result
 

@@ -67,14 +67,20 @@ def _answer_stats(tokenizer, tokens: np.ndarray, lengths: np.ndarray, num_sample
     return {"distinct_answers": float(np.mean(distinct)), "majority_share": float(np.mean(share))}
 
 
+def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: float) -> dict:
+    """mean@N / maj@N / pass@k / length of `eval.num_samples` samples per problem at `temperature`, seeded by cfg.seed."""
+    return evaluate_problems(model, tokenizer, problems, template=cfg.data.template, num_samples=cfg.eval.num_samples,
+                             temperature=temperature, max_new_tokens=cfg.sampling.max_new_tokens,
+                             batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=False)[1]
+
+
 def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
     """Held-out greedy accuracy and, with N samples at the eval temperature, mean@N / maj@N, mean length and
     the mean token entropy of the samples (estimated as the mean -log p of the sampled tokens)."""
-    kw = dict(template=cfg.data.template, max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.eval.batch_size,
-              seed=cfg.seed, progress=False)
-    _, greedy = evaluate_problems(model, tokenizer, problems, **kw)
-    _, sampled = evaluate_problems(model, tokenizer, problems, num_samples=cfg.eval.num_samples,
-                                   temperature=cfg.eval.temperature, **kw)
+    _, greedy = evaluate_problems(model, tokenizer, problems, template=cfg.data.template,
+                                  max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.eval.batch_size,
+                                  seed=cfg.seed, progress=False)
+    sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature)
     sampled["mean_token_entropy"] = sampled.pop("mean_token_nll")  # -log p of sampled tokens: an entropy estimate
     return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"}}
 

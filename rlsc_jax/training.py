@@ -135,7 +135,7 @@ class Trainer:
         return sequence_logprobs(model, ids, attention, loss_mask, temperature, remat=self.remat,
                                  chunk_size=self.chunk_size)
 
-    def _loss_and_grads(self, params, batch, temperature):
+    def loss_and_grads(self, params, batch, temperature):
         """Loss, metrics and gradients; with grad_accum > 1, exact accumulation over row micro-batches.
 
         Accumulation first scores every row without gradients, takes dL/dlog p_i from the objective,
@@ -176,7 +176,7 @@ class Trainer:
     def _step(self, state, batch, temperature):
         """One AdamW step; a non-finite loss or gradient leaves the state untouched and is reported."""
         params, opt_state = state["params"], state["opt_state"]
-        loss, metrics, entropy, tokens, grads = self._loss_and_grads(params, batch, temperature)
+        loss, metrics, entropy, tokens, grads = self.loss_and_grads(params, batch, temperature)
         grad_norm = optax.global_norm(grads)
         updates, new_opt = self.tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)

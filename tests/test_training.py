@@ -84,7 +84,7 @@ def test_one_step_matches_pytorch_algorithm_1(ckpt, objective):
     mesh = make_mesh(devices=jax.devices()[:1])
     trainer, state = Trainer.create(model, _cfg(objective=objective), mesh)
     before = _flax_by_hf_name(trainer.model(state))
-    grads_fn = jax.jit(lambda st, b: trainer._loss_and_grads(st["params"], b, TEMPERATURE))
+    grads_fn = jax.jit(lambda st, b: trainer.loss_and_grads(st["params"], b, TEMPERATURE))
     loss, _, _, _, grads = grads_fn(state, trainer.batch(samples))
     grads = _flax_by_hf_name(trainer.model({"params": grads}))
     state, step_metrics = trainer.step(state, trainer.batch(samples), TEMPERATURE)
