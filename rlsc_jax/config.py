@@ -79,12 +79,14 @@ class TrainConfig:
     output_dir: str = "runs/default"
     steps: int = 30
     seed: int = 0
-    dtype: str = "float32"
+    dtype: str = "float32"  # storage of parameters and optimizer state (the masters)
+    compute_dtype: str = "float32"  # matmuls and attention (bfloat16 on GPU/TPU)
     objective: str = "rlsc_l2"
     alpha: float = 0.1
     questions_per_step: int = 16
     grad_accum: int = 1
     remat: bool = False
+    remat_policy: str = "nothing"  # what a rematerialised layer keeps: "nothing" or "dots" (matmul outputs)
     logprob_chunk: int = 1024
     checkpoint_every: int = 10
     keep_checkpoints: int = 2

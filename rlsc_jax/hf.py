@@ -2,19 +2,21 @@
 
 `load` reads `config.json` and `model.safetensors` or a sharded `model.safetensors.index.json`, checks
 every tensor name and shape from the headers before reading any data, then reads one tensor at a
-time and places it directly on its target sharding. `save` writes a directory that
+time and places it directly on its target sharding (a decoder layer's tensor goes into its slot of
+the stacked `layers` parameter, on the devices). `save` writes a directory that
 `transformers.AutoModelForCausalLM.from_pretrained` loads, atomically (a temporary sibling renamed
 into place), and copies the tokenizer files of the source checkpoint through.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm import tqdm
@@ -36,17 +39,19 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "generation_config.json")
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 DEFAULT_SHARD_BYTES = 4 * 1024**3
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 class Mapping(NamedTuple):
-    """One parameter: its path in the Flax state, its HF name and shape, and the layout change between them."""
+    """One HF tensor: its Flax parameter path (and slot on the stacked `layers` axis, for a decoder layer's
+    tensor), its HF name and shape, and the layout change between them."""
 
     path: tuple
     hf_name: str
     hf_shape: tuple[int, ...]
     to_flax: Callable[[np.ndarray], np.ndarray]
     to_hf: Callable[[np.ndarray], np.ndarray]
+    layer: int | None = None
 
 
 def _transpose_to(shape):
@@ -67,8 +72,8 @@ def mappings(cfg: ModelConfig) -> list[Mapping]:
     same = lambda a: a  # noqa: E731
     out = [Mapping(("embed",), "model.embed_tokens.weight", (v, e), same, same)]
     for i in range(cfg.num_layers):
-        p, n = ("layers", i), f"model.layers.{i}."
-        out += [
+        p, n = ("layers",), f"model.layers.{i}."
+        layer = [
             Mapping(p + ("input_norm", "weight"), n + "input_layernorm.weight", (e,), same, same),
             Mapping(p + ("attn", "q"), n + "self_attn.q_proj.weight", (h * d, e), _transpose_to((e, h, d)),
                     lambda a: _from_flax_transposed(a, 1)),
@@ -80,7 +85,7 @@ def mappings(cfg: ModelConfig) -> list[Mapping]:
                     lambda a: _from_flax_transposed(a, 2)),
         ]
         if cfg.attention_bias:
-            out += [
+            layer += [
                 Mapping(p + ("attn", "q_bias"), n + "self_attn.q_proj.bias", (h * d,), lambda a: a.reshape(h, d),
                         lambda a: a.reshape(-1)),
                 Mapping(p + ("attn", "k_bias"), n + "self_attn.k_proj.bias", (k * d,), lambda a: a.reshape(k, d),
@@ -88,12 +93,13 @@ def mappings(cfg: ModelConfig) -> list[Mapping]:
                 Mapping(p + ("attn", "v_bias"), n + "self_attn.v_proj.bias", (k * d,), lambda a: a.reshape(k, d),
                         lambda a: a.reshape(-1)),
             ]
-        out += [
+        layer += [
             Mapping(p + ("post_attn_norm", "weight"), n + "post_attention_layernorm.weight", (e,), same, same),
             Mapping(p + ("mlp", "gate"), n + "mlp.gate_proj.weight", (m, e), _transpose_to((e, m)), lambda a: a.T),
             Mapping(p + ("mlp", "up"), n + "mlp.up_proj.weight", (m, e), _transpose_to((e, m)), lambda a: a.T),
             Mapping(p + ("mlp", "down"), n + "mlp.down_proj.weight", (e, m), _transpose_to((m, e)), lambda a: a.T),
         ]
+        out += [t._replace(layer=i) for t in layer]
     out.append(Mapping(("final_norm", "weight"), "model.norm.weight", (e,), same, same))
     if not cfg.tie_word_embeddings:
         out.append(Mapping(("lm_head",), "lm_head.weight", (v, e), _transpose_to((e, v)), lambda a: a.T))
@@ -159,36 +165,74 @@ def _read(file: Path, name: str) -> np.ndarray:
 
 
 def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
-         rules=sharding_lib.DEFAULT_RULES) -> Decoder:
+         rules=sharding_lib.DEFAULT_RULES, compute_dtype=None) -> Decoder:
     """Loads an HF Qwen2/Llama checkpoint directory as a `Decoder` with parameters of `dtype`.
 
-    With a mesh every tensor goes straight to its sharding (each device copies only its shard).
+    `compute_dtype` (default: `dtype`) is what the model's matmuls run in. With a mesh every tensor goes
+    straight to its sharding (each device copies only its shard).
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: model directory not found")
-    dtype = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    dtype, compute_dtype = _dtype(dtype), _dtype(compute_dtype)
     cfg = ModelConfig.from_file(path)
     table = mappings(cfg)
     files = _tensor_files(path)
     _check_names_and_shapes(cfg, table, files)
 
-    abstract = nnx.eval_shape(lambda: Decoder(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: Decoder(cfg, dtype=dtype, compute_dtype=compute_dtype, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     shardings = sharding_lib.param_shardings(state, mesh, rules) if mesh is not None else None
     flat = dict(nnx.to_flat_state(state))
     flat_shardings = {k: v.get_value() for k, v in nnx.to_flat_state(shardings)} if shardings is not None else {}
     np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == jnp.bfloat16 else np.dtype(dtype)
+    values: dict[tuple, jax.Array] = {}
     for m in tqdm(table, desc=f"loading {path.name}", unit="tensor", disable=_quiet(table)):
         host = np.ascontiguousarray(m.to_flax(_read(files[m.hf_name], m.hf_name)).astype(np_dtype, copy=False))
-        if m.path in flat_shardings:
-            value = sharding_lib.host_to_global(host, flat_shardings[m.path])
-        else:
-            value = jnp.asarray(host)
-        flat[m.path].set_value(value)
+        sharding = flat_shardings.get(m.path)
+        if m.layer is None:
+            values[m.path] = _place(host, sharding)
+            continue
+        if m.path not in values:
+            values[m.path] = _zeros(flat[m.path].get_value(), sharding)
+        layer_sharding = None if sharding is None else NamedSharding(sharding.mesh, P(*sharding.spec[1:]))
+        values[m.path] = _set_layer(values[m.path], _place(host, layer_sharding), m.layer)
+    for key, value in values.items():
+        flat[key].set_value(value)
     model = nnx.merge(graphdef, nnx.from_flat_state(flat))
     model.hf_source = str(path)
     return model
+
+
+def _dtype(name):
+    """A dtype from its name ('float32', 'bfloat16', 'float16') or as given (None stays None)."""
+    return DTYPES.get(name, name) if isinstance(name, str) else name
+
+
+def _place(host: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
+    """A host array on its sharding (each device copies its shard), or on the default device."""
+    return jnp.asarray(host) if sharding is None else sharding_lib.host_to_global(host, sharding)
+
+
+def _zeros(abstract: jax.ShapeDtypeStruct, sharding: NamedSharding | None) -> jax.Array:
+    """A zero array of `abstract`'s shape and dtype, created directly on its sharding."""
+    make = functools.partial(jnp.zeros, abstract.shape, abstract.dtype)
+    return jax.jit(make, out_shardings=sharding)() if sharding is not None else make()
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_layer(stacked: jax.Array, value: jax.Array, index) -> jax.Array:
+    """`stacked` with slot `index` of its leading `layers` axis set to `value`, in place (donated)."""
+    return jax.lax.dynamic_update_slice_in_dim(stacked, value[None].astype(stacked.dtype), index, axis=0)
+
+
+def hf_tensors(model: Decoder) -> Iterator[tuple[Mapping, np.ndarray]]:
+    """Every parameter as a host array in HF layout, one tensor at a time, in HF order (with its mapping)."""
+    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    for m in mappings(model.cfg):
+        value = flat[m.path].get_value()
+        value = value if m.layer is None else value[m.layer]
+        yield m, np.ascontiguousarray(m.to_hf(sharding_lib.to_host(value)))
 
 
 def _hf_config(model: Decoder, dtype_name: str) -> dict:
@@ -213,18 +257,17 @@ def save(model: Decoder, path: str | Path, max_shard_bytes: int = DEFAULT_SHARD_
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise FileExistsError(f"{path}: exists and is not empty; refusing to overwrite")
     table = mappings(model.cfg)
-    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     writer = jax.process_index() == 0
     dtype_name = {np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float16): "float16"}.get(
-        np.dtype(flat[("embed",)].get_value().dtype), "float32")
+        np.dtype(model.embed[...].dtype), "float32")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) if writer else None
     try:
         shard: dict[str, np.ndarray] = {}
         files: list[Path] = []
         weight_map: dict[str, int] = {}
-        for m in tqdm(table, desc=f"saving {path.name}", unit="tensor", disable=_quiet(table)):
-            arr = np.ascontiguousarray(m.to_hf(sharding_lib.to_host(flat[m.path].get_value())))
+        for m, arr in tqdm(hf_tensors(model), desc=f"saving {path.name}", unit="tensor", total=len(table),
+                           disable=_quiet(table)):
             if shard and sum(a.nbytes for a in shard.values()) + arr.nbytes > max_shard_bytes:
                 files.append(_flush(shard, tmp, len(files)))
                 shard = {}

@@ -3,7 +3,9 @@
 `token_logprobs` scores targets under softmax(h·W / temperature) over chunks of tokens with a custom
 VJP: the forward keeps only each token's log-sum-exp, the backward recomputes each chunk's logits and
 accumulates dH and dW chunk by chunk, so peak memory is O(chunk_size · V) in both passes. The LM
-head accumulates in fp32 and the softmax is fp32; gradients come back in the input dtypes.
+head's matmuls run in a compute dtype (bf16 on accelerators) with fp32 accumulation, the softmax is
+fp32, and dW is accumulated in fp32 and returned in W's (master) dtype, so bf16 compute loses nothing
+in the head's update.
 
 `sequence_logprobs` runs the decoder once over prompt + completion and sums completion-token
 log-probs per sequence, with no length normalisation. The same function serves RLSC (temperature τ,
@@ -11,6 +13,8 @@ the sum is log p_i of DESIGN.md step 2) and supervised NLL (temperature 1, loss 
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +43,8 @@ def _from_chunks(x: jax.Array, n: int) -> jax.Array:
 
 
 def _chunk_logits(h: jax.Array, w: jax.Array, inv_temp: jax.Array) -> jax.Array:
-    """Tempered fp32 logits [c, V] of one chunk of hidden states [c, E]."""
-    return jnp.einsum("ce,ev->cv", h, w, preferred_element_type=jnp.float32) * inv_temp
+    """Tempered fp32 logits [c, V] of one chunk of hidden states [c, E] (w already in the compute dtype)."""
+    return jnp.einsum("ce,ev->cv", h.astype(w.dtype), w, preferred_element_type=jnp.float32) * inv_temp
 
 
 def _scan_forward(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.Array):
@@ -56,35 +60,37 @@ def _scan_forward(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.
     return jax.lax.scan(step, None, (h, targets))[1]
 
 
-@jax.custom_vjp
-def _chunked_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.Array):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _chunked_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.Array, compute_dtype):
     """(log p, entropy) of chunked tokens [num_chunks, chunk_size]; differentiable in h and w via log p."""
-    logp, entropy, _ = _scan_forward(h, w, targets, inv_temp)
+    logp, entropy, _ = _scan_forward(h, w.astype(compute_dtype), targets, inv_temp)
     return logp, entropy
 
 
-def _chunked_fwd(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.Array):
+def _chunked_fwd(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.Array, compute_dtype):
     """Forward pass keeping hidden states, targets and the log-sum-exp (not the logits) for the backward."""
-    logp, entropy, lse = _scan_forward(h, w, targets, inv_temp)
+    logp, entropy, lse = _scan_forward(h, w.astype(compute_dtype), targets, inv_temp)
     return (logp, entropy), (h, w, targets, inv_temp, lse)
 
 
-def _chunked_bwd(res: tuple, cotangents: tuple[jax.Array, jax.Array]):
+def _chunked_bwd(compute_dtype, res: tuple, cotangents: tuple[jax.Array, jax.Array]):
     """Recomputes each chunk's logits; dz = g·(onehot − softmax)/τ gives dH per chunk and sums dW in fp32.
 
-    dz enters the two matmuls in the input dtypes (bf16 stays bf16) with fp32 accumulation. The entropy
-    cotangent is ignored: `token_logprobs` returns the entropy under stop_gradient.
+    dz enters the two matmuls in the compute dtype with fp32 accumulation; dH comes back in h's dtype
+    and dW, accumulated in fp32, in w's. The entropy cotangent is ignored: `token_logprobs` returns the
+    entropy under stop_gradient.
     """
     h, w, targets, inv_temp, lse = res
     g, _ = cotangents
+    wc = w.astype(compute_dtype)
 
     def step(dw, xs):
         hc, tc, lc, gc = xs
-        z = _chunk_logits(hc, w, inv_temp)
+        z = _chunk_logits(hc, wc, inv_temp)
         p = jnp.exp(z - lc[:, None])
-        dz = (jax.nn.one_hot(tc, w.shape[1], dtype=jnp.float32) - p) * (gc * inv_temp)[:, None]
-        dh = jnp.einsum("cv,ev->ce", dz.astype(w.dtype), w, preferred_element_type=jnp.float32)
-        dw = dw + jnp.einsum("ce,cv->ev", hc, dz.astype(hc.dtype), preferred_element_type=jnp.float32)
+        dz = ((jax.nn.one_hot(tc, w.shape[1], dtype=jnp.float32) - p) * (gc * inv_temp)[:, None]).astype(wc.dtype)
+        dh = jnp.einsum("cv,ev->ce", dz, wc, preferred_element_type=jnp.float32)
+        dw = dw + jnp.einsum("ce,cv->ev", hc.astype(wc.dtype), dz, preferred_element_type=jnp.float32)
         return dw, dh.astype(hc.dtype)
 
     dw, dh = jax.lax.scan(step, jnp.zeros(w.shape, jnp.float32), (h, targets, lse, g))
@@ -95,12 +101,13 @@ _chunked_logprobs.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def token_logprobs(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array, temperature: float = 1.0,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[jax.Array, jax.Array]:
+                   chunk_size: int = DEFAULT_CHUNK_SIZE, compute_dtype=None) -> tuple[jax.Array, jax.Array]:
     """log softmax(hidden·W / temperature)[targets] and the entropy of that distribution, both fp32 [B, T].
 
-    hidden [B, T, E] and head_weight [E, V] may be bf16 (their gradients come back bf16); the B*T
-    tokens are processed `chunk_size` at a time (the last chunk zero-padded) in forward and backward.
-    The entropy is for logging and carries no gradient (stop_gradient).
+    The matmuls run in `compute_dtype` (default: head_weight's dtype) with fp32 accumulation; gradients
+    come back in the dtypes of hidden [B, T, E] and head_weight [E, V]. The B*T tokens are processed
+    `chunk_size` at a time (the last chunk zero-padded) in forward and backward. The entropy is for
+    logging and carries no gradient (stop_gradient).
     """
     lead, e = hidden.shape[:-1], hidden.shape[-1]
     n = targets.size
@@ -109,12 +116,13 @@ def token_logprobs(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array
     h = _to_chunks(hidden.reshape(n, e), num_chunks, chunk_size)
     t = _to_chunks(targets.reshape(n).astype(jnp.int32), num_chunks, chunk_size)
     inv_temp = jnp.asarray(1.0 / temperature, jnp.float32)
-    logp, entropy = _chunked_logprobs(h, head_weight, t, inv_temp)
+    compute_dtype = jnp.dtype(head_weight.dtype if compute_dtype is None else compute_dtype)
+    logp, entropy = _chunked_logprobs(h, head_weight, t, inv_temp, compute_dtype)
     return _from_chunks(logp, n).reshape(lead), jax.lax.stop_gradient(_from_chunks(entropy, n).reshape(lead))
 
 
 def sequence_logprobs(model: Decoder, input_ids: jax.Array, attention_mask: jax.Array, loss_mask: jax.Array,
-                      temperature: float, *, remat: bool = False,
+                      temperature: float, *, remat: str | None = None,
                       chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Per-sequence Σ_t loss_mask[t] · log p(input_ids[t] | input_ids[:t]) at `temperature`, fp32 [B].
 
@@ -127,7 +135,8 @@ def sequence_logprobs(model: Decoder, input_ids: jax.Array, attention_mask: jax.
     temperature 1.
     """
     hidden, _ = model.hidden_states(input_ids, attention_mask=attention_mask, remat=remat)
-    logp, entropy = token_logprobs(hidden[:, :-1], model.head_weight(), input_ids[:, 1:], temperature, chunk_size)
+    logp, entropy = token_logprobs(hidden[:, :-1], model.head_weight(), input_ids[:, 1:], temperature, chunk_size,
+                                   model.compute_dtype)
     mask = loss_mask[:, 1:].astype(bool)
     token_logp = jnp.pad(jnp.where(mask, logp, 0.0), ((0, 0), (1, 0)))
     num_tokens = mask.sum()

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rlsc_jax import hf, sharding as sharding_lib
+from rlsc_jax.hf import DTYPES
 from rlsc_jax.benchmarks import build_messages
 from rlsc_jax.checkpoints import Checkpointer
 from rlsc_jax.config import TrainConfig, to_yaml
@@ -22,6 +23,7 @@ from rlsc_jax.data import load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, generation_eos
 from rlsc_jax.grading import extract_answer, majority_answer
 from rlsc_jax.metrics import MetricsLog, read_metrics
+from rlsc_jax.models.decoder import REMAT_POLICIES
 from rlsc_jax.objectives import get_objective
 from rlsc_jax.sampling import sample
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
@@ -37,6 +39,11 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError(f"grad_accum={cfg.grad_accum} must divide questions_per_step * sampling.num_samples = {rows}")
     if not Path(cfg.model).is_dir():
         raise FileNotFoundError(f"{cfg.model}: model directory not found")
+    for key in ("dtype", "compute_dtype"):
+        if getattr(cfg, key) not in DTYPES:
+            raise ValueError(f"{key}={getattr(cfg, key)!r}: expected one of {', '.join(DTYPES)}")
+    if cfg.remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy={cfg.remat_policy!r}: expected one of {', '.join(REMAT_POLICIES)}")
     get_objective(cfg.objective)
 
 
@@ -102,7 +109,7 @@ def run(cfg: TrainConfig) -> dict:
     if writer:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
-    model = hf.load(cfg.model, dtype=cfg.dtype, mesh=mesh)
+    model = hf.load(cfg.model, dtype=cfg.dtype, compute_dtype=cfg.compute_dtype, mesh=mesh)
     tokenizer = load_tokenizer(cfg.model)
     eos = eos_ids(tokenizer, generation_eos(cfg.model))
     trainer, state = Trainer.create(model, cfg, mesh)

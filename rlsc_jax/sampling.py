@@ -109,15 +109,21 @@ def _inverse_cdf(key, logits, block: int = 1024):
     return chosen[:, 0] * block + index
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _decode_layout(graphdef, state) -> list[nnx.State]:
+    """Per-layer weights in the compute dtype (`Decoder.unstacked_layers`), built once per `sample` call."""
+    return nnx.merge(graphdef, state).unstacked_layers()
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_samples", "cache_len"))
-def _prefill(graphdef, state, prompt_ids, prompt_mask, *, num_samples: int, cache_len: int):
+def _prefill(graphdef, state, layers, prompt_ids, prompt_mask, *, num_samples: int, cache_len: int):
     """Runs each prompt once, then repeats its cache and last-position logits for its N samples."""
     model = nnx.merge(graphdef, state)
     batch, length = prompt_ids.shape
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
     key_mask = jnp.pad(prompt_mask, ((0, 0), (0, cache_len - length)), constant_values=1)
-    cache = init_cache(model.cfg, batch, cache_len, model.dtype)
-    hidden, cache = model.hidden_states(prompt_ids, positions, key_mask, cache, 0)
+    cache = init_cache(model.cfg, batch, cache_len, model.compute_dtype, per_layer=True)
+    hidden, cache = model.hidden_states(prompt_ids, positions, key_mask, cache, 0, layers=layers)
     logits = model.logits(hidden[:, -1])
     repeat = lambda x: jnp.repeat(x, num_samples, axis=0)  # noqa: E731
     mesh = mesh_of(state)
@@ -127,7 +133,7 @@ def _prefill(graphdef, state, prompt_ids, prompt_mask, *, num_samples: int, cach
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "top_k", "eos_ids", "pad_id"),
                    donate_argnames=("cache",))
-def _decode(graphdef, state, cache, first_logits, key_mask, next_position, key_data, temperature, top_p, *,
+def _decode(graphdef, state, layers, cache, first_logits, key_mask, next_position, key_data, temperature, top_p, *,
             max_new_tokens: int, greedy: bool, top_k: int, eos_ids: tuple[int, ...], pad_id: int):
     """The decode loop: sample, append, feed back, until every row hit EOS or the budget is spent.
 
@@ -154,7 +160,8 @@ def _decode(graphdef, state, cache, first_logits, key_mask, next_position, key_d
         step = carry["step"]
         last = jax.lax.dynamic_slice(carry["tokens"], (0, step - 1), (rows, 1))
         positions = (next_position + step - 1)[:, None]
-        hidden, cache = model.hidden_states(last, positions, key_mask, carry["cache"], prompt_len + step - 1)
+        hidden, cache = model.hidden_states(last, positions, key_mask, carry["cache"], prompt_len + step - 1,
+                                            layers=layers)
         carry = emit(dict(carry, cache=_constrain_rows(cache, mesh)), model.logits(hidden[:, 0]), step)
         return dict(carry, step=step + 1)
 
@@ -220,11 +227,12 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     key = jax.random.key(seed) if isinstance(seed, int) else seed
     key_data = np.asarray(jax.random.key_data(key))
     put = (lambda x: sharding_lib.host_to_global(x, sharding_lib.replicated(mesh))) if mesh else jnp.asarray
+    layers = _decode_layout(graphdef, state)
     cache, logits, key_mask, next_position = _prefill(
-        graphdef, state, put(prompt_ids), put(prompt_mask), num_samples=num_samples,
+        graphdef, state, layers, put(prompt_ids), put(prompt_mask), num_samples=num_samples,
         cache_len=prompt_ids.shape[1] + max_new_tokens)
     tokens, mask, lengths, logprobs, _ = _decode(
-        graphdef, state, cache, logits, key_mask, next_position, put(key_data),
+        graphdef, state, layers, cache, logits, key_mask, next_position, put(key_data),
         put(np.float32(max(temperature, 1e-6))), None if top_p >= 1.0 else put(np.float32(top_p)),
         max_new_tokens=max_new_tokens, greedy=temperature == 0, top_k=top_k, eos_ids=tuple(int(e) for e in eos_ids),
         pad_id=pad_id)

@@ -79,7 +79,7 @@ class Trainer:
     objective: Callable
     num_samples: int
     grad_accum: int
-    remat: bool
+    remat: str | None
     chunk_size: int
 
     @classmethod
@@ -96,7 +96,8 @@ class Trainer:
         params = jax.device_put(params, param_sh)
         state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params)}
         trainer = cls(graphdef, tx, schedule, mesh, shardings, objective_fn(cfg.objective, cfg.alpha),
-                      cfg.sampling.num_samples, cfg.grad_accum, cfg.remat, cfg.logprob_chunk)
+                      cfg.sampling.num_samples, cfg.grad_accum, cfg.remat_policy if cfg.remat else None,
+                      cfg.logprob_chunk)
         return trainer, state
 
     def model(self, state: dict) -> nnx.Module:

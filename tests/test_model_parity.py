@@ -32,7 +32,7 @@ def test_layer_by_layer_then_logits(pair):
     with torch.no_grad():
         out = ref(torch.tensor(ids), output_hidden_states=True)
     final, collected = model.hidden_states(jnp.asarray(ids), collect=True)
-    n = len(model.layers)
+    n = model.cfg.num_layers
     for i in range(n):
         err = np.abs(np.asarray(collected[i]) - out.hidden_states[i].numpy()).max()
         assert err < TOL, f"input of layer {i}: max abs error {err}"
@@ -103,7 +103,7 @@ def test_sharded_load_matches_single_device(pair, tmp_path):
     path = save_hf_model(ref, tmp_path / "m")
     mesh = make_mesh(data=1, fsdp=4, tensor=2)
     sharded = hf.load(path, mesh=mesh)
-    assert len(sharded.layers[0].mlp.up[...].sharding.device_set) == 8
+    assert len(sharded.layers.mlp.up[...].sharding.device_set) == 8
     ids = jnp.asarray(_ids((2, 12)))
     err = np.abs(np.asarray(jax.jit(lambda x: sharded(x))(ids)) - np.asarray(model(ids))).max()
     assert err < 1e-5, f"sharded vs single-device logits: max abs error {err}"

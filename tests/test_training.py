@@ -70,8 +70,7 @@ def _torch_step(ref, samples, objective, alpha=0.1, lr=1e-3, weight_decay=0.01, 
 
 def _flax_by_hf_name(model):
     """Every parameter in HF layout, keyed by its HF name."""
-    state = dict(nnx.to_flat_state(nnx.state(model)))
-    return {m.hf_name: m.to_hf(np.asarray(state[m.path].get_value())) for m in hf.mappings(model.cfg)}
+    return {m.hf_name: arr for m, arr in hf.hf_tensors(model)}
 
 
 @pytest.mark.parametrize("objective", ["rlsc_l2", "rlsc_l1"])

@@ -1,7 +1,13 @@
 """The Qwen2/Llama decoder in Flax NNX: one module for full forwards, KV-cache decoding and training.
 
-Parameters carry logical axis names in their `logical_axes` metadata (vocab, embed, heads, kv_heads,
-head_dim, mlp); `rlsc_jax.sharding` maps those names to mesh axes. Nothing here knows about meshes.
+Parameters carry logical axis names in their `logical_axes` metadata (layers, vocab, embed, heads,
+kv_heads, head_dim, mlp); `rlsc_jax.sharding` maps those names to mesh axes. Nothing here knows about
+meshes. The decoder layers' parameters are stacked on a leading `layers` axis and run as one
+`jax.lax.scan` (docs/memory.md): compile time and, with remat, training memory stay flat in depth.
+
+Mixed precision: parameters live in `dtype` (fp32 masters by default); matmuls and attention run in
+`compute_dtype`. RMSNorm statistics, softmax, RoPE, the residual stream and the LM head's accumulation
+are fp32 whatever the compute dtype.
 """
 
 from __future__ import annotations
@@ -12,27 +18,42 @@ from flax import nnx
 
 from rlsc_jax.models.config import ModelConfig
 
-KVCache = list[tuple[jax.Array, jax.Array]]
+KVCache = tuple[jax.Array, jax.Array]  # (k, v), each [layers, batch, slots, kv_heads, head_dim]
 _INIT = nnx.initializers.normal(0.02)
 
+# What a rematerialised layer keeps for the backward pass: "nothing" (only each layer's input; the
+# layer is recomputed) or "dots" (also the weight-matmul outputs: less recomputation, more memory).
+REMAT_POLICIES = {
+    "nothing": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
-def _param(rngs: nnx.Rngs | None, init, shape, dtype, axes: tuple[str, ...]) -> nnx.Param:
-    """A parameter tagged with its logical axis names."""
+
+def _stacked(shape: tuple[int, ...], axes: tuple[str, ...], stack: int | None):
+    """Shape and logical axes with a leading `layers` axis of size `stack` (unchanged when None)."""
+    return (shape, axes) if stack is None else ((stack, *shape), ("layers", *axes))
+
+
+def _param(rngs: nnx.Rngs | None, init, shape, dtype, axes: tuple[str, ...], stack: int | None = None) -> nnx.Param:
+    """A parameter tagged with its logical axis names; with `stack`, `stack` of them on a leading `layers` axis."""
+    shape, axes = _stacked(shape, axes, stack)
     value = init(rngs.params(), shape, dtype) if rngs is not None else jnp.zeros(shape, dtype)
     return nnx.Param(value, logical_axes=axes)
 
 
 class RMSNorm(nnx.Module):
-    """RMSNorm computed in fp32 and cast back, as transformers does."""
+    """RMSNorm with fp32 statistics; the normalised input is cast to the weight's dtype, as transformers does."""
 
-    def __init__(self, dim: int, eps: float, dtype, rngs: nnx.Rngs | None):
+    def __init__(self, dim: int, eps: float, dtype, rngs: nnx.Rngs | None, stack: int | None = None):
         self.eps = eps
-        self.weight = nnx.Param(jnp.ones((dim,), dtype), logical_axes=("embed",))
+        shape, axes = _stacked((dim,), ("embed",), stack)
+        self.weight = nnx.Param(jnp.ones(shape, dtype), logical_axes=axes)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return self.weight[...] * x32.astype(x.dtype)
+        weight = self.weight[...]
+        return weight * x32.astype(weight.dtype)
 
 
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -51,18 +72,18 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 class Attention(nnx.Module):
     """Grouped-query attention with optional QKV bias and an optional dense KV cache."""
 
-    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs | None):
+    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs | None, stack: int | None = None):
         e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.cfg = cfg
-        self.q = _param(rngs, _INIT, (e, h, d), dtype, ("embed", "heads", "head_dim"))
-        self.k = _param(rngs, _INIT, (e, k, d), dtype, ("embed", "kv_heads", "head_dim"))
-        self.v = _param(rngs, _INIT, (e, k, d), dtype, ("embed", "kv_heads", "head_dim"))
-        self.o = _param(rngs, _INIT, (h, d, e), dtype, ("heads", "head_dim", "embed"))
+        self.q = _param(rngs, _INIT, (e, h, d), dtype, ("embed", "heads", "head_dim"), stack)
+        self.k = _param(rngs, _INIT, (e, k, d), dtype, ("embed", "kv_heads", "head_dim"), stack)
+        self.v = _param(rngs, _INIT, (e, k, d), dtype, ("embed", "kv_heads", "head_dim"), stack)
+        self.o = _param(rngs, _INIT, (h, d, e), dtype, ("heads", "head_dim", "embed"), stack)
         if cfg.attention_bias:
             zeros = nnx.initializers.zeros
-            self.q_bias = _param(rngs, zeros, (h, d), dtype, ("heads", "head_dim"))
-            self.k_bias = _param(rngs, zeros, (k, d), dtype, ("kv_heads", "head_dim"))
-            self.v_bias = _param(rngs, zeros, (k, d), dtype, ("kv_heads", "head_dim"))
+            self.q_bias = _param(rngs, zeros, (h, d), dtype, ("heads", "head_dim"), stack)
+            self.k_bias = _param(rngs, zeros, (k, d), dtype, ("kv_heads", "head_dim"), stack)
+            self.v_bias = _param(rngs, zeros, (k, d), dtype, ("kv_heads", "head_dim"), stack)
 
     def __call__(self, x, positions, key_mask, cache=None, cache_index=None):
         """x [B,T,E]; positions [B,T]; key_mask [B,S] marks real (non-pad) key slots.
@@ -101,29 +122,33 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """SwiGLU feed-forward."""
 
-    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs | None):
+    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs | None, stack: int | None = None):
         e, m = cfg.hidden_size, cfg.intermediate_size
-        self.gate = _param(rngs, _INIT, (e, m), dtype, ("embed", "mlp"))
-        self.up = _param(rngs, _INIT, (e, m), dtype, ("embed", "mlp"))
-        self.down = _param(rngs, _INIT, (m, e), dtype, ("mlp", "embed"))
+        self.gate = _param(rngs, _INIT, (e, m), dtype, ("embed", "mlp"), stack)
+        self.up = _param(rngs, _INIT, (e, m), dtype, ("embed", "mlp"), stack)
+        self.down = _param(rngs, _INIT, (m, e), dtype, ("mlp", "embed"), stack)
 
     def __call__(self, x):
         return (jax.nn.silu(x @ self.gate[...]) * (x @ self.up[...])) @ self.down[...]
 
 
 class DecoderLayer(nnx.Module):
-    """Pre-norm attention and MLP blocks with residuals."""
+    """Pre-norm attention and MLP blocks around an fp32 residual stream.
 
-    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs | None):
-        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs)
-        self.attn = Attention(cfg, dtype, rngs)
-        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs)
-        self.mlp = MLP(cfg, dtype, rngs)
+    Built with `stack=L`, it holds L layers' parameters on a leading `layers` axis; `Decoder` scans
+    over that axis and calls the module on one layer's slice at a time.
+    """
+
+    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs | None, stack: int | None = None):
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs, stack)
+        self.attn = Attention(cfg, dtype, rngs, stack)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs, stack)
+        self.mlp = MLP(cfg, dtype, rngs, stack)
 
     def __call__(self, x, positions, key_mask, cache=None, cache_index=None):
         a, cache = self.attn(self.input_norm(x), positions, key_mask, cache, cache_index)
-        x = x + a
-        return x + self.mlp(self.post_attn_norm(x)), cache
+        x = x + a.astype(x.dtype)
+        return x + self.mlp(self.post_attn_norm(x)).astype(x.dtype), cache
 
 
 def default_positions(attention_mask: jax.Array) -> jax.Array:
@@ -132,62 +157,101 @@ def default_positions(attention_mask: jax.Array) -> jax.Array:
 
 
 class Decoder(nnx.Module):
-    """Qwen2/Llama causal LM. `model(input_ids)` returns fp32 logits [B, T, V]."""
+    """Qwen2/Llama causal LM. `model(input_ids)` returns fp32 logits [B, T, V].
 
-    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+    `dtype` is the parameters' storage dtype, `compute_dtype` (default: `dtype`) what matmuls and
+    attention run in.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, compute_dtype=None, rngs: nnx.Rngs | None = None):
         self.cfg = cfg
         self.dtype = dtype
+        self.compute_dtype = dtype if compute_dtype is None else compute_dtype
         self.embed = _param(rngs, _INIT, (cfg.vocab_size, cfg.hidden_size), dtype, ("vocab", "embed"))
-        self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs) for _ in range(cfg.num_layers)])
+        self.layers = DecoderLayer(cfg, dtype, rngs, stack=cfg.num_layers)
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs)
         if not cfg.tie_word_embeddings:
             self.lm_head = _param(rngs, _INIT, (cfg.hidden_size, cfg.vocab_size), dtype, ("embed", "vocab"))
 
     def head_weight(self) -> jax.Array:
-        """The [E, V] output projection (the transposed embedding when tied)."""
+        """The [E, V] output projection in the storage dtype (the transposed embedding when tied)."""
         return self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """LM head with fp32 accumulation and fp32 output."""
-        return jnp.einsum("...e,ev->...v", hidden, self.head_weight(), preferred_element_type=jnp.float32)
+        """LM head in the compute dtype with fp32 accumulation and fp32 output."""
+        cd = self.compute_dtype
+        return jnp.einsum("...e,ev->...v", hidden.astype(cd), self.head_weight().astype(cd),
+                          preferred_element_type=jnp.float32)
+
+    def unstacked_layers(self) -> list[nnx.State]:
+        """Each layer's parameters as arrays of their own, in the compute dtype: the sampler's decode layout.
+
+        A decode step that scans the stacked parameters slices (and casts) every weight per token; built
+        once per sampling call, this copy lets the decode loop read the weights in place.
+        """
+        _, stacked = nnx.split(self.layers)
+        cd = self.compute_dtype
+        return [jax.tree.map(lambda w: w[i].astype(cd), stacked) for i in range(self.cfg.num_layers)]
 
     def hidden_states(self, input_ids, positions=None, attention_mask=None, cache: KVCache | None = None,
-                      cache_index=None, remat: bool = False, collect: bool = False):
-        """Final-normed hidden states [B, T, E] and the updated cache.
+                      cache_index=None, remat: str | None = None, collect: bool = False,
+                      layers: list[nnx.State] | None = None):
+        """Final-normed hidden states [B, T, E] (compute dtype) and the updated cache.
 
         attention_mask is [B, T] without a cache and [B, S] (over cache slots) with one; positions
-        default to each row's count of real tokens. `remat` recomputes each layer in the backward
-        pass; `collect` also returns every layer's output (as transformers' `output_hidden_states`).
+        default to each row's count of real tokens. `remat` names a `REMAT_POLICIES` entry: each layer
+        is recomputed in the backward pass, keeping what the policy saves. `collect` returns every
+        layer's input and the last layer's output (transformers' `output_hidden_states`) instead of
+        the cache. `layers` (from `unstacked_layers`) runs the layers one by one from that layout
+        instead of scanning the stack (inference only).
         """
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         if positions is None:
             positions = default_positions(attention_mask)
-        x = self.embed[...][input_ids]
-        collected = [x]
-        new_cache = [] if cache is not None else None
+        cd = self.compute_dtype
+        x = self.embed[...][input_ids].astype(jnp.float32)
+        graphdef, stacked = nnx.split(self.layers)
 
-        def run(layer, x, layer_cache):
-            return layer(x, positions, attention_mask, layer_cache, cache_index)
+        def body(x, xs):
+            layer_state, layer_cache = xs
+            layer_state = jax.tree.map(lambda w: w.astype(cd), layer_state)
+            x, layer_cache = nnx.merge(graphdef, layer_state)(x, positions, attention_mask, layer_cache,
+                                                              cache_index)
+            return x, (layer_cache, x if collect else None)
 
         if remat:
-            run = nnx.remat(run)
-        for i, layer in enumerate(self.layers):
-            x, layer_cache = run(layer, x, None if cache is None else cache[i])
-            if cache is not None:
-                new_cache.append(layer_cache)
-            collected.append(x)
-        x = self.final_norm(x)
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
+        embedded = x
+        if layers is not None:
+            x, (new_cache, outputs) = _unrolled(body, x, layers, cache)
+        else:
+            x, (new_cache, outputs) = jax.lax.scan(body, x, (stacked, cache))
+        hidden = self.final_norm(x).astype(cd)
         if collect:
-            return x, collected
-        return x, new_cache
+            return hidden, [embedded, *outputs]
+        return hidden, new_cache
 
     def __call__(self, input_ids, positions=None, attention_mask=None):
         hidden, _ = self.hidden_states(input_ids, positions, attention_mask)
         return self.logits(hidden)
 
 
-def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
-    """A zeroed dense KV cache: per layer (k, v) of shape [batch, length, kv_heads, head_dim]."""
-    shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
-    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers)]
+def _unrolled(body, x, layers: list[nnx.State], cache: KVCache | None):
+    """`jax.lax.scan(body, x, (stack of layers, cache))` as a Python loop over per-layer parameters."""
+    outputs, new_cache = [], []
+    for i, layer_state in enumerate(layers):
+        x, (layer_cache, out) = body(x, (layer_state, None if cache is None else cache[i]))
+        outputs.append(out)
+        new_cache.append(layer_cache)
+    return x, (None if cache is None else new_cache, None if outputs[0] is None else jnp.stack(outputs))
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32, per_layer: bool = False):
+    """A zeroed dense KV cache: (k, v), each [layers, batch, length, kv_heads, head_dim]; with `per_layer`,
+    a list of one (k, v) of [batch, length, kv_heads, head_dim] per layer (the decode layout)."""
+    if per_layer:
+        shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+        return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers)]
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
