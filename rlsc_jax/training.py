@@ -84,7 +84,11 @@ class Trainer:
 
     @classmethod
     def create(cls, model: nnx.Module, cfg: TrainConfig, mesh: jax.sharding.Mesh) -> tuple["Trainer", dict]:
-        """Builds the trainer and its initial state {params, opt_state} placed on the mesh."""
+        """Builds the trainer and its initial state {params, opt_state} placed on the mesh.
+
+        For an abstract model (`nnx.eval_shape`) the state is abstract too: `jax.ShapeDtypeStruct`s that
+        carry their shardings, enough to lower and compile the step without allocating anything.
+        """
         tx, schedule = make_optimizer(cfg.optim, cfg.steps)
         graphdef, params = nnx.split(model)
         param_sh = sharding_lib.param_shardings(params, mesh)
@@ -93,8 +97,12 @@ class Trainer:
             transform_non_params=lambda _: sharding_lib.replicated(mesh),
             is_leaf=lambda x: isinstance(x, nnx.Variable))
         shardings = {"params": param_sh, "opt_state": opt_sh}
-        params = jax.device_put(params, param_sh)
-        state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params)}
+        if isinstance(jax.tree.leaves(params)[0], jax.ShapeDtypeStruct):
+            state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                 {"params": params, "opt_state": jax.eval_shape(tx.init, params)}, shardings)
+        else:
+            params = jax.device_put(params, param_sh)
+            state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params)}
         trainer = cls(graphdef, tx, schedule, mesh, shardings, objective_fn(cfg.objective, cfg.alpha),
                       cfg.sampling.num_samples, cfg.grad_accum, cfg.remat_policy if cfg.remat else None,
                       cfg.logprob_chunk)
@@ -196,6 +204,19 @@ class Trainer:
         return jax.jit(self._step, donate_argnums=(0,),
                        in_shardings=(self.state_shardings, {k: rows for k in BATCH_KEYS}, replicated),
                        out_shardings=(self.state_shardings, replicated))
+
+    def compile_step(self, state: dict, rows: int, prompt_width: int, completion_width: int) -> jax.stages.Compiled:
+        """The step compiled for a batch of `rows` x (prompt + completion) tokens, without running it.
+
+        `state` may be abstract (see `create`); `memory_analysis()` and `cost_analysis()` of the result
+        are XLA's per-device bytes and FLOPs for that shape.
+        """
+        rows_sh = sharding_lib.batch_sharding(self.mesh, 2)
+        widths = {"prompt_ids": prompt_width, "prompt_mask": prompt_width, "tokens": completion_width,
+                  "completion_mask": completion_width}
+        batch = {k: jax.ShapeDtypeStruct((rows, w), jnp.int32, sharding=rows_sh) for k, w in widths.items()}
+        temperature = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding_lib.replicated(self.mesh))
+        return self._jitted_step.lower(state, batch, temperature).compile()
 
     def step(self, state: dict, batch: dict, temperature: float) -> tuple[dict, dict]:
         """One jitted, sharded, donated step (compiled once per batch shape)."""

@@ -4,7 +4,6 @@ import jax
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 
 from rlsc_jax import hf
 from rlsc_jax.config import load_config
@@ -102,10 +101,10 @@ def test_one_step_matches_pytorch_algorithm_1(ckpt, objective):
         assert err <= 1e-4 * np.abs(t_delta).max() + 2 * ulp, f"{name}: update (new - old) error {err}"
 
 
-def _two_steps(path, mesh_shape=None, devices=None, grad_accum=1):
+def _two_steps(path, mesh_shape=None, devices=None, **cfg):
     model = hf.load(path)
     mesh = make_mesh(*mesh_shape) if mesh_shape else make_mesh(devices=devices)
-    trainer, state = Trainer.create(model, _cfg(grad_accum=grad_accum), mesh)
+    trainer, state = Trainer.create(model, _cfg(**cfg), mesh)
     losses = []
     for seed in (0, 1):
         state, metrics = trainer.step(state, trainer.batch(_samples(seed)), TEMPERATURE)
@@ -127,9 +126,9 @@ def test_meshes_give_the_same_training(ckpt, single_device_run, mesh_shape):
         np.testing.assert_allclose(params[name], value, atol=1e-5, err_msg=name)
 
 
-@pytest.mark.parametrize("grad_accum", [2, 4])
-def test_gradient_accumulation_is_exact(ckpt, single_device_run, grad_accum):
-    losses, params = _two_steps(ckpt[1], devices=jax.devices()[:1], grad_accum=grad_accum)
+@pytest.mark.parametrize("grad_accum,remat", [(2, False), (4, False), (1, True), (2, True)])
+def test_gradient_accumulation_and_remat_are_exact(ckpt, single_device_run, grad_accum, remat):
+    losses, params = _two_steps(ckpt[1], devices=jax.devices()[:1], grad_accum=grad_accum, remat=remat)
     ref_losses, ref_params = single_device_run
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     for name, value in ref_params.items():

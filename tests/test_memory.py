@@ -1,0 +1,49 @@
+"""Compile-only memory budgets at real depth: the RLSC step for Qwen2.5-0.5B's shape, from abstract parameters.
+
+Nothing is allocated: the step is lowered on `jax.ShapeDtypeStruct`s and compiled, and XLA's
+`memory_analysis()` gives its temporary bytes. Before layers were scanned (a Python loop of
+checkpointed layers) this step compiled to 27.7 GiB of temp with remat on.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from rlsc_jax.config import load_config
+from rlsc_jax.models import Decoder, ModelConfig
+from rlsc_jax.sharding import make_mesh
+from rlsc_jax.training import Trainer
+
+GiB = 1024**3
+# Qwen/Qwen2.5-0.5B's config.json (untied head here, as in the issue's budget).
+QWEN25_05B = ModelConfig(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
+                         num_kv_heads=2, head_dim=64, rope_theta=1e6, tie_word_embeddings=False)
+
+
+def _compiled_step(grad_accum: int, compute_dtype: str = "float32", prompt: int = 128, completion: int = 256):
+    cfg = load_config(None, ["sampling.num_samples=16", "questions_per_step=1", "remat=true",
+                             f"grad_accum={grad_accum}", f"compute_dtype={compute_dtype}"])
+    model = nnx.eval_shape(lambda: Decoder(QWEN25_05B, compute_dtype=jnp.dtype(compute_dtype), rngs=nnx.Rngs(0)))
+    trainer, state = Trainer.create(model, cfg, make_mesh(devices=jax.devices()[:1]))
+    return trainer.compile_step(state, 16, prompt, completion)
+
+
+@pytest.mark.parametrize("grad_accum,compute_dtype", [(1, "float32"), (2, "float32"), (1, "bfloat16")])
+def test_qwen25_05b_step_fits_8_gib_of_temp(grad_accum, compute_dtype):
+    memory = _compiled_step(grad_accum, compute_dtype).memory_analysis()
+    params = QWEN25_05B.num_params * 4
+    # arguments: fp32 params + Adam's two moments (+ the batch); all donated and aliased to the outputs
+    assert 3 * params <= memory.argument_size_in_bytes < 3 * params + 16 * 1024**2
+    assert memory.alias_size_in_bytes >= 3 * params
+    assert memory.temp_size_in_bytes <= 8 * GiB, f"temp {memory.temp_size_in_bytes / GiB:.2f} GiB"
+
+
+def test_step_memory_per_token_is_a_fraction_of_all_layers_activations():
+    """Each added token costs under 1/8 of the ~4.4 MB the unscanned step kept alive per token (every
+    layer's MLP and attention intermediates); a scanned, rematerialised layer keeps only its input."""
+    short = _compiled_step(1).memory_analysis().temp_size_in_bytes
+    long = _compiled_step(1, prompt=256, completion=512).memory_analysis().temp_size_in_bytes
+    added_tokens = 16 * 384
+    per_token = (long - short) / added_tokens
+    assert per_token < 4.4e6 / 8, f"{per_token / 1e3:.0f} KB of temp per added token"
