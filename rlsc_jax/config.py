@@ -87,7 +87,7 @@ class TrainConfig:
     grad_accum: int = 1
     remat: bool = False
     remat_policy: str = "nothing"  # what a rematerialised layer keeps: "nothing" or "dots" (matmul outputs)
-    logprob_chunk: int = 1024
+    logprob_chunk: int = 1024  # tokens per device in each chunk of the fused log-likelihood
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
     export_final: bool = True

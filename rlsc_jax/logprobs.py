@@ -20,10 +20,12 @@ import jax
 import jax.numpy as jnp
 
 from rlsc_jax.models import Decoder
+from rlsc_jax.sharding import constrain_logical, constrain_rows, gather_fsdp
 
 # Tokens per chunk: the transient fp32 logits of one chunk take chunk_size * V * 4 bytes (split over
 # the batch devices when the tokens are sharded; keep it a multiple of their count).
 DEFAULT_CHUNK_SIZE = 1024
+HEAD_AXES = ("embed", "vocab")  # the LM head's logical axes (the tied embedding, transposed, has the same)
 
 
 def _to_chunks(x: jax.Array, num_chunks: int, chunk_size: int) -> jax.Array:
@@ -90,10 +92,12 @@ def _chunked_bwd(compute_dtype, res: tuple, cotangents: tuple[jax.Array, jax.Arr
         p = jnp.exp(z - lc[:, None])
         dz = ((jax.nn.one_hot(tc, w.shape[1], dtype=jnp.float32) - p) * (gc * inv_temp)[:, None]).astype(wc.dtype)
         dh = jnp.einsum("cv,ev->ce", dz, wc, preferred_element_type=jnp.float32)
-        dw = dw + jnp.einsum("ce,cv->ev", hc.astype(wc.dtype), dz, preferred_element_type=jnp.float32)
+        # dW stays sharded like W (FSDP): each chunk's partial sums are reduce-scattered, not all-reduced
+        dw = constrain_logical(dw + jnp.einsum("ce,cv->ev", hc.astype(wc.dtype), dz, preferred_element_type=jnp.float32),
+                               HEAD_AXES)
         return dw, dh.astype(hc.dtype)
 
-    dw, dh = jax.lax.scan(step, jnp.zeros(w.shape, jnp.float32), (h, targets, lse, g))
+    dw, dh = jax.lax.scan(step, constrain_logical(jnp.zeros(w.shape, jnp.float32), HEAD_AXES), (h, targets, lse, g))
     return dh, dw.astype(w.dtype), None, None
 
 
@@ -113,8 +117,9 @@ def token_logprobs(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array
     n = targets.size
     chunk_size = max(1, min(chunk_size, n))
     num_chunks = -(-n // chunk_size)
-    h = _to_chunks(hidden.reshape(n, e), num_chunks, chunk_size)
+    h = constrain_rows(_to_chunks(hidden.reshape(n, e), num_chunks, chunk_size), axis=1)
     t = _to_chunks(targets.reshape(n).astype(jnp.int32), num_chunks, chunk_size)
+    head_weight = gather_fsdp(head_weight, HEAD_AXES)
     inv_temp = jnp.asarray(1.0 / temperature, jnp.float32)
     compute_dtype = jnp.dtype(head_weight.dtype if compute_dtype is None else compute_dtype)
     logp, entropy = _chunked_logprobs(h, head_weight, t, inv_temp, compute_dtype)

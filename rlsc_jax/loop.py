@@ -30,7 +30,7 @@ from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
 from rlsc_jax.training import Trainer
 
 
-def _check(cfg: TrainConfig) -> None:
+def check_config(cfg: TrainConfig) -> None:
     """Fails fast on settings that would only break after minutes of compiling."""
     if cfg.steps < 1 or cfg.questions_per_step < 1 or cfg.grad_accum < 1:
         raise ValueError("steps, questions_per_step and grad_accum must be >= 1")
@@ -45,6 +45,17 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.remat_policy not in REMAT_POLICIES:
         raise ValueError(f"remat_policy={cfg.remat_policy!r}: expected one of {', '.join(REMAT_POLICIES)}")
     get_objective(cfg.objective)
+
+
+def make_run_mesh(cfg: TrainConfig, devices=None) -> jax.sharding.Mesh:
+    """The config's mesh (over all devices, or the given ones), checked against the rows it must split."""
+    mesh = sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows = cfg.questions_per_step * cfg.sampling.num_samples // cfg.grad_accum
+    if rows % ways:
+        raise ValueError(f"questions_per_step * sampling.num_samples / grad_accum = {rows} rows per micro-batch "
+                         f"must be divisible by mesh.data * mesh.fsdp = {ways}")
+    return mesh
 
 
 def heldout_questions(cfg: TrainConfig) -> list:
@@ -94,16 +105,11 @@ def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
 
 def run(cfg: TrainConfig) -> dict:
     """Trains per `cfg`; returns {"before": ..., "after": ..., "steps": ...}. Process 0 writes the outputs."""
-    _check(cfg)
+    check_config(cfg)
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=cfg.data.num_questions)
     heldout = heldout_questions(cfg)
-    mesh = sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    rows = cfg.questions_per_step * cfg.sampling.num_samples // cfg.grad_accum
-    if rows % ways:
-        raise ValueError(f"questions_per_step * sampling.num_samples / grad_accum = {rows} rows per micro-batch "
-                         f"must be divisible by mesh.data * mesh.fsdp = {ways}")
+    mesh = make_run_mesh(cfg)
     out = Path(cfg.output_dir)
     writer = jax.process_index() == 0
     if writer:

@@ -44,6 +44,16 @@ def _bucket(n: int, minimum: int) -> int:
     return max(minimum, 1 << max(0, n - 1).bit_length())
 
 
+def bucket_rows(num_prompts: int) -> int:
+    """Prompt rows a call with `num_prompts` prompts compiles for."""
+    return _bucket(num_prompts, 1)
+
+
+def bucket_length(prompt_len: int) -> int:
+    """Prompt width a call whose longest prompt has `prompt_len` tokens compiles for."""
+    return _bucket(prompt_len, 16)
+
+
 def mesh_of(state) -> jax.sharding.Mesh | None:
     """The mesh the parameters live on, if they are NamedSharding-placed."""
     leaf = jax.tree.leaves(state)[0]
@@ -110,13 +120,13 @@ def _inverse_cdf(key, logits, block: int = 1024):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _decode_layout(graphdef, state) -> list[nnx.State]:
+def decode_layout(graphdef, state) -> list[nnx.State]:
     """Per-layer weights in the compute dtype (`Decoder.unstacked_layers`), built once per `sample` call."""
     return nnx.merge(graphdef, state).unstacked_layers()
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_samples", "cache_len"))
-def _prefill(graphdef, state, layers, prompt_ids, prompt_mask, *, num_samples: int, cache_len: int):
+def prefill(graphdef, state, layers, prompt_ids, prompt_mask, *, num_samples: int, cache_len: int):
     """Runs each prompt once, then repeats its cache and last-position logits for its N samples."""
     model = nnx.merge(graphdef, state)
     batch, length = prompt_ids.shape
@@ -133,7 +143,7 @@ def _prefill(graphdef, state, layers, prompt_ids, prompt_mask, *, num_samples: i
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "top_k", "eos_ids", "pad_id"),
                    donate_argnames=("cache",))
-def _decode(graphdef, state, layers, cache, first_logits, key_mask, next_position, key_data, temperature, top_p, *,
+def decode(graphdef, state, layers, cache, first_logits, key_mask, next_position, key_data, temperature, top_p, *,
             max_new_tokens: int, greedy: bool, top_k: int, eos_ids: tuple[int, ...], pad_id: int):
     """The decode loop: sample, append, feed back, until every row hit EOS or the budget is spent.
 
@@ -201,8 +211,8 @@ def _check(model: Decoder, prompts, num_samples, max_new_tokens, temperature, to
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Left-pads prompts into a power-of-two bucket of rows and length; returns (ids, mask)."""
-    rows = _bucket(len(prompts), 1)
-    length = _bucket(max(len(p) for p in prompts), 16)
+    rows = bucket_rows(len(prompts))
+    length = bucket_length(max(len(p) for p in prompts))
     ids = np.full((rows, length), pad_id, np.int32)
     mask = np.zeros((rows, length), np.int32)
     for i, p in enumerate(prompts):
@@ -227,11 +237,11 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     key = jax.random.key(seed) if isinstance(seed, int) else seed
     key_data = np.asarray(jax.random.key_data(key))
     put = (lambda x: sharding_lib.host_to_global(x, sharding_lib.replicated(mesh))) if mesh else jnp.asarray
-    layers = _decode_layout(graphdef, state)
-    cache, logits, key_mask, next_position = _prefill(
+    layers = decode_layout(graphdef, state)
+    cache, logits, key_mask, next_position = prefill(
         graphdef, state, layers, put(prompt_ids), put(prompt_mask), num_samples=num_samples,
         cache_len=prompt_ids.shape[1] + max_new_tokens)
-    tokens, mask, lengths, logprobs, _ = _decode(
+    tokens, mask, lengths, logprobs, _ = decode(
         graphdef, state, layers, cache, logits, key_mask, next_position, put(key_data),
         put(np.float32(max(temperature, 1e-6))), None if top_p >= 1.0 else put(np.float32(top_p)),
         max_new_tokens=max_new_tokens, greedy=temperature == 0, top_k=top_k, eos_ids=tuple(int(e) for e in eos_ids),

@@ -86,6 +86,37 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def _ambient_mesh():
+    """The mesh set by the caller with `jax.set_mesh` (inside jit: its abstract mesh), or None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty or any(a not in mesh.shape for a in MESH_AXES) else mesh
+
+
+def constrain_rows(x: jax.Array, axis: int = 0) -> jax.Array:
+    """Pins an activation's row axis (`axis`) to (data, fsdp) under the ambient mesh (`jax.set_mesh`).
+
+    Without it GSPMD may split a layer's matmuls over the FSDP-sharded weight dimension and all-gather
+    the activations instead of the weights. Identity without an ambient mesh or when the rows do not divide.
+    """
+    mesh = _ambient_mesh()
+    if mesh is None or x.shape[axis] % math.prod(mesh.shape[a] for a in BATCH_AXES):
+        return x
+    return jax.lax.with_sharding_constraint(x, P(*([None] * axis), BATCH_AXES, *([None] * (x.ndim - axis - 1))))
+
+
+def constrain_logical(x: jax.Array, axes: Sequence[str], rules: dict[str, tuple[str, ...]] = DEFAULT_RULES) -> jax.Array:
+    """x constrained to the sharding its logical `axes` get under the ambient mesh; identity without one."""
+    mesh = _ambient_mesh()
+    return x if mesh is None else jax.lax.with_sharding_constraint(x, logical_spec(axes, x.shape, mesh, rules))
+
+
+def gather_fsdp(x: jax.Array, axes: Sequence[str]) -> jax.Array:
+    """A weight constrained to its sharding without FSDP: gathered (in whatever dtype it has now, so cast it to
+    the compute dtype first) before it multiplies row-sharded activations, rather than all-reducing their
+    products; identity without an ambient mesh."""
+    return constrain_logical(x, axes, dict(DEFAULT_RULES, embed=()))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """Fully replicated over the mesh."""
     return NamedSharding(mesh, P())

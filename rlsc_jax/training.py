@@ -103,9 +103,10 @@ class Trainer:
         else:
             params = jax.device_put(params, param_sh)
             state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params)}
+        row_shards = mesh.shape["data"] * mesh.shape["fsdp"]
         trainer = cls(graphdef, tx, schedule, mesh, shardings, objective_fn(cfg.objective, cfg.alpha),
                       cfg.sampling.num_samples, cfg.grad_accum, cfg.remat_policy if cfg.remat else None,
-                      cfg.logprob_chunk)
+                      cfg.logprob_chunk * row_shards)
         return trainer, state
 
     def model(self, state: dict) -> nnx.Module:
@@ -158,14 +159,16 @@ class Trainer:
         if self.grad_accum == 1:
             (loss, (metrics, entropy, tokens)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             return loss, metrics, entropy, tokens, grads
-        micro = jax.tree.map(lambda x: x.reshape(self.grad_accum, -1, *x.shape[1:]), batch)
+        # micro-batch m holds rows m, m + G, m + 2G, ...: each device keeps its rows (no resharding)
+        micro = jax.tree.map(lambda x: x.reshape(-1, self.grad_accum, *x.shape[1:]).swapaxes(0, 1), batch)
         micro = self._constrain_micro(micro)
+        rows_order = lambda x: x.swapaxes(0, 1).reshape(-1)  # noqa: E731  [G, R/G] -> the batch's row order
 
         def score(mb):
             seq_logp, aux = self._seq_logp(params, mb, temperature)
             return seq_logp, aux["mean_entropy"] * aux["num_tokens"], aux["num_tokens"]
         seq_logp, entropy_sum, tokens = jax.lax.map(score, micro)
-        (loss, metrics), coef = jax.value_and_grad(self.objective, has_aux=True)(seq_logp.reshape(-1),
+        (loss, metrics), coef = jax.value_and_grad(self.objective, has_aux=True)(rows_order(seq_logp),
                                                                                   self.num_samples)
 
         def accumulate(acc, xs):
@@ -173,7 +176,7 @@ class Trainer:
             g = jax.grad(lambda p: jnp.sum(c * self._seq_logp(p, mb, temperature)[0]))(params)
             return jax.tree.map(jnp.add, acc, g), None
         zeros = jax.tree.map(jnp.zeros_like, params)
-        grads, _ = jax.lax.scan(accumulate, zeros, (micro, coef.reshape(self.grad_accum, -1)))
+        grads, _ = jax.lax.scan(accumulate, zeros, (micro, coef.reshape(-1, self.grad_accum).swapaxes(0, 1)))
         total = tokens.sum()
         return loss, metrics, entropy_sum.sum() / jnp.maximum(total, 1), total, grads
 
@@ -216,9 +219,11 @@ class Trainer:
                   "completion_mask": completion_width}
         batch = {k: jax.ShapeDtypeStruct((rows, w), jnp.int32, sharding=rows_sh) for k, w in widths.items()}
         temperature = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding_lib.replicated(self.mesh))
-        return self._jitted_step.lower(state, batch, temperature).compile()
+        with jax.set_mesh(self.mesh):
+            return self._jitted_step.lower(state, batch, temperature).compile()
 
     def step(self, state: dict, batch: dict, temperature: float) -> tuple[dict, dict]:
         """One jitted, sharded, donated step (compiled once per batch shape)."""
         temp = sharding_lib.host_to_global(np.float32(temperature), sharding_lib.replicated(self.mesh))
-        return self._jitted_step(state, batch, temp)
+        with jax.set_mesh(self.mesh):
+            return self._jitted_step(state, batch, temp)

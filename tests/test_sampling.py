@@ -130,9 +130,9 @@ def test_second_call_of_similar_size_compiles_nothing(pair):
     _, model, _ = pair
     kw = dict(num_samples=2, max_new_tokens=8, temperature=1.0, eos_ids=[EOS])
     sample(model, _prompts([5, 9, 3]), seed=0, **kw)
-    before = (sampling._prefill._cache_size(), sampling._decode._cache_size())
+    before = (sampling.prefill._cache_size(), sampling.decode._cache_size())
     sample(model, _prompts([7, 12, 10, 2], seed=1), seed=1, **kw)
-    assert (sampling._prefill._cache_size(), sampling._decode._cache_size()) == before
+    assert (sampling.prefill._cache_size(), sampling.decode._cache_size()) == before
 
 
 @pytest.mark.parametrize("mesh_shape", [(1, 8, 1), (2, 2, 2)])
@@ -159,7 +159,7 @@ def test_sharded_equals_single_device(pair, mesh_shape):
 def test_bad_requests_fail_before_compiling(pair, prompts, kw, needle):
     _, model, _ = pair
     args = dict(num_samples=2, max_new_tokens=8, temperature=1.0, eos_ids=[EOS], seed=0) | kw
-    before = sampling._decode._cache_size()
+    before = sampling.decode._cache_size()
     with pytest.raises(ValueError, match=needle):
         sample(model, prompts, **args)
-    assert sampling._decode._cache_size() == before
+    assert sampling.decode._cache_size() == before

@@ -1,8 +1,8 @@
 """The Qwen2/Llama decoder in Flax NNX: one module for full forwards, KV-cache decoding and training.
 
 Parameters carry logical axis names in their `logical_axes` metadata (layers, vocab, embed, heads,
-kv_heads, head_dim, mlp); `rlsc_jax.sharding` maps those names to mesh axes. Nothing here knows about
-meshes. The decoder layers' parameters are stacked on a leading `layers` axis and run as one
+kv_heads, head_dim, mlp); `rlsc_jax.sharding` maps those names to mesh axes, and pins the residual
+stream's rows to the batch axes of whatever mesh the caller set (`jax.set_mesh`; none: no-op). The decoder layers' parameters are stacked on a leading `layers` axis and run as one
 `jax.lax.scan` (docs/memory.md): compile time and, with remat, training memory stay flat in depth.
 
 Mixed precision: parameters live in `dtype` (fp32 masters by default); matmuls and attention run in
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlsc_jax.models.config import ModelConfig
+from rlsc_jax.sharding import constrain_rows, gather_fsdp
 
 KVCache = tuple[jax.Array, jax.Array]  # (k, v), each [layers, batch, slots, kv_heads, head_dim]
 _INIT = nnx.initializers.normal(0.02)
@@ -210,14 +211,19 @@ class Decoder(nnx.Module):
         if positions is None:
             positions = default_positions(attention_mask)
         cd = self.compute_dtype
-        x = self.embed[...][input_ids].astype(jnp.float32)
+        x = constrain_rows(self.embed[...][input_ids].astype(jnp.float32))
         graphdef, stacked = nnx.split(self.layers)
+
+        def compute_weight(var: nnx.Variable) -> nnx.Variable:
+            # cast before FSDP's all-gather, so bf16 compute gathers half the bytes; axes[0] is "layers"
+            return var.replace(gather_fsdp(var.get_value().astype(cd), var.get_metadata()["logical_axes"][1:]))
 
         def body(x, xs):
             layer_state, layer_cache = xs
-            layer_state = jax.tree.map(lambda w: w.astype(cd), layer_state)
+            layer_state = jax.tree.map(compute_weight, layer_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
             x, layer_cache = nnx.merge(graphdef, layer_state)(x, positions, attention_mask, layer_cache,
                                                               cache_index)
+            x = constrain_rows(x)
             return x, (layer_cache, x if collect else None)
 
         if remat:

@@ -1,0 +1,91 @@
+"""`python -m rlsc_jax.plan`: compile-only figures from a config.json alone, verdicts, and bad input."""
+
+import json
+import shutil
+
+import pytest
+
+from rlsc_jax import hardware, plan
+from rlsc_jax.config import DEFAULT_MODEL
+
+SMALL = ["--prompt-len", "32", "sampling.max_new_tokens=16", "questions_per_step=2", "sampling.num_samples=8"]
+
+
+@pytest.fixture(scope="module")
+def config_only(tmp_path_factory):
+    """A model directory holding nothing but config.json (no weights, no tokenizer)."""
+    path = tmp_path_factory.mktemp("config_only")
+    shutil.copy(f"{DEFAULT_MODEL}/config.json", path / "config.json")
+    return path
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_report_from_config_json_alone(config_only, tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    code = plan.main([f"model={config_only}", "remat=true", "grad_accum=2", *SMALL, "--hardware", "tpu-v5e",
+                      "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| train_step |" in printed and "tpu-v5e: fits" in printed
+    report = json.loads(out.read_text())
+    for name in ("train_step", "prefill", "decode"):
+        program = report["programs"][name]
+        for key in ("temp_bytes", "argument_bytes", "output_bytes", "flops", "collective_bytes"):
+            assert key in program, (name, key)
+        assert program["flops"] > 0
+    assert report["fits"] is True and report["device_memory_bytes"] == hardware.HARDWARE["tpu-v5e"].memory_bytes
+    assert report["per_device_peak_bytes"] >= report["programs"]["train_step"]["temp_bytes"]
+    # 8 row shards: parameters are FSDP-sharded, rows are split, the step all-reduces or reduce-scatters gradients
+    assert report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert sum(report["programs"]["train_step"]["collective_bytes"].values()) > 0
+    # HLO matmul FLOPs (loops counted by trip count) against 6 N tokens + attention: above it by what remat,
+    # accumulation's scoring pass and the recomputed LM head add, never below
+    ratio = report["programs"]["train_step"]["flops"] / report["analytic_train_flops_per_device"]
+    assert 1.0 < ratio < 2.0, ratio
+
+
+def test_single_device_has_no_collectives(config_only, tmp_path):
+    out = tmp_path / "plan.json"
+    assert plan.main([f"model={config_only}", "--devices", "1", *SMALL, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert all(p["collective_bytes_total"] == 0 for p in report["programs"].values())
+
+
+def test_too_small_hardware_is_a_verdict_not_an_error(config_only, monkeypatch, capsys):
+    tiny = hardware.Hardware("tiny", 1024**2, 1e12, 1e12, 1e9, 1e9, "test")
+    monkeypatch.setitem(hardware.HARDWARE, "tiny", tiny)
+    assert plan.main([f"model={config_only}", *SMALL, "--hardware", "tiny"]) == 0
+    assert "tiny: does not fit (needs" in capsys.readouterr().out
+    assert plan.main([f"model={config_only}", *SMALL, "--hardware", "tiny", "--strict"]) == 3
+
+
+def test_missing_config_json(tmp_path, capsys):
+    assert plan.main([f"model={tmp_path}", *SMALL]) == 2
+    assert "config.json" in _error(capsys)
+
+
+def test_unsupported_model_type(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    assert plan.main([f"model={tmp_path}", *SMALL]) == 2
+    assert "gpt2" in _error(capsys)
+
+
+def test_mesh_the_devices_cannot_form(config_only, capsys):
+    assert plan.main([f"model={config_only}", "mesh.tensor=3", *SMALL]) == 2
+    assert "mesh" in _error(capsys)
+
+
+def test_rows_the_mesh_cannot_split(config_only, capsys):
+    assert plan.main([f"model={config_only}", "grad_accum=4", *SMALL]) == 2
+    assert "grad_accum" in _error(capsys)
+
+
+def test_unknown_hardware(config_only, capsys):
+    assert plan.main([f"model={config_only}", *SMALL, "--hardware", "a100"]) == 2
+    assert "a100-80gb" in _error(capsys)
