@@ -1,6 +1,6 @@
 """Full-sequence forward throughput: rlsc_jax (jitted) vs transformers PyTorch, same weights, same run.
 
-    python bench/forward.py [--layers 4] [--batch 16] [--seq 256] [--iters 5] [--warmup 1] [--json FILE]
+    python bench/forward.py [--layers 24] [--batch 16] [--seq 256] [--iters 5] [--warmup 1] [--json FILE]
 
 One random fp32 Qwen2.5-0.5B-shaped `Qwen2ForCausalLM` (`--layers` decoder layers; 24 is the real
 model) is saved with `save_pretrained` and loaded with `rlsc_jax.hf.load`, so both sides run the same
@@ -36,7 +36,8 @@ from bench.common import (build_shared_qwen2, environment, forward_flops, jax_bl
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layers", type=int, default=4, help="decoder layers (Qwen2.5-0.5B has 24)")
+    p.add_argument("--layers", type=int, default=24,
+                   help="decoder layers: 24 is the real Qwen2.5-0.5B; fewer is a shallow model, labelled as such")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--iters", type=int, default=5, help="timed calls per side")

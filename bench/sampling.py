@@ -1,6 +1,6 @@
 """Sampling throughput: rlsc_jax's jitted sampler vs transformers `generate`, same weights, same run.
 
-    python bench/sampling.py [--layers 4] [--new-tokens 128] [--samples 16] [--prompt-len 64] [--iters 2]
+    python bench/sampling.py [--layers 24] [--new-tokens 128] [--samples 16] [--prompt-len 64] [--iters 2]
 
 One random fp32 Qwen2.5-0.5B-shaped model (`--layers` decoder layers; 24 is the real model) on both
 sides. Each case draws `--samples` completions of `--new-tokens` tokens per prompt at T = 1 (no top-k /
@@ -38,7 +38,8 @@ EOS = 151935  # last vocabulary id: a random model samples it with probability ~
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layers", type=int, default=4, help="decoder layers (Qwen2.5-0.5B has 24)")
+    p.add_argument("--layers", type=int, default=24,
+                   help="decoder layers: 24 is the real Qwen2.5-0.5B; fewer is a shallow model, labelled as such")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--prompt-len", type=int, default=64)

@@ -204,7 +204,7 @@ class Decoder(nnx.Module):
         is recomputed in the backward pass, keeping what the policy saves. `collect` returns every
         layer's input and the last layer's output (transformers' `output_hidden_states`) instead of
         the cache. `layers` (from `unstacked_layers`) runs the layers one by one from that layout
-        instead of scanning the stack (inference only).
+        instead of scanning the stack, with a per-layer cache (`init_cache(per_layer=True)`); for inference.
         """
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
