@@ -22,6 +22,10 @@ from rlsc_jax.sharding import constrain_rows, gather_fsdp
 KVCache = tuple[jax.Array, jax.Array]  # (k, v), each [layers, batch, slots, kv_heads, head_dim]
 _INIT = nnx.initializers.normal(0.02)
 
+# Full-sequence attention (training, plain forwards) runs this many queries at a time, so a layer's
+# scores take [rows, heads, QUERY_BLOCK, T] instead of [rows, heads, T, T] (docs/memory.md).
+QUERY_BLOCK = 512
+
 # What a rematerialised layer keeps for the backward pass: "nothing" (only each layer's input; the
 # layer is recomputed) or "dots" (also the weight-matmul outputs: less recomputation, more memory).
 REMAT_POLICIES = {
@@ -108,16 +112,44 @@ class Attention(nnx.Module):
             v_cache = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, start, 0, 0))
             k, v, cache = k_cache, v_cache, (k_cache, v_cache)
         b, t, h, d = q.shape
-        groups = h // cfg.num_kv_heads
-        q = q.reshape(b, t, cfg.num_kv_heads, groups, d)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
-        q_slot = start + jnp.arange(t)
-        k_slot = jnp.arange(k.shape[1])
-        allowed = (k_slot[None, :] <= q_slot[:, None])[None] & key_mask[:, None, :].astype(bool)
-        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
-        return jnp.einsum("bthd,hde->bte", out, self.o[...]), cache
+        q = q.reshape(b, t, cfg.num_kv_heads, h // cfg.num_kv_heads, d)
+        if cache is None and t > QUERY_BLOCK:
+            out = _blocked_attention(q, k, v, key_mask)
+        else:
+            out = _attention(q, k, v, start + jnp.arange(t), key_mask)
+        return jnp.einsum("bthd,hde->bte", out.reshape(b, t, h, d), self.o[...]), cache
+
+
+def _attention(q, k, v, q_slot, key_mask):
+    """Causal GQA attention of queries q [B,T,K,G,D] at cache slots q_slot [T] over keys/values [B,S,K,D]:
+    fp32 scores and softmax; query slot t sees the real key slots <= t. Returns [B,T,K,G,D]."""
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
+    k_slot = jnp.arange(k.shape[1])
+    allowed = (k_slot[None, :] <= q_slot[:, None])[None] & key_mask[:, None, :].astype(bool)
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v)
+
+
+def _blocked_attention(q, k, v, key_mask):
+    """`_attention` of a full sequence (no cache), QUERY_BLOCK queries at a time, each block rematerialised.
+
+    Every block still sees all keys, so the result is the same; but only one block's [B,H,block,T] scores
+    exist at a time, in the forward pass and in the backward (the block is recomputed there), so memory
+    grows linearly in T instead of with T^2.
+    """
+    b, t = q.shape[:2]
+    blocks = -(-t // QUERY_BLOCK)
+    padded = jnp.pad(q, [(0, 0), (0, blocks * QUERY_BLOCK - t)] + [(0, 0)] * 3)
+    q_blocks = jnp.moveaxis(padded.reshape(b, blocks, QUERY_BLOCK, *q.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def one(args):
+        q_block, index = args
+        return _attention(q_block, k, v, index * QUERY_BLOCK + jnp.arange(QUERY_BLOCK), key_mask)
+
+    out = jax.lax.map(one, (q_blocks, jnp.arange(blocks)))
+    return jnp.moveaxis(out, 0, 1).reshape(b, blocks * QUERY_BLOCK, *q.shape[2:])[:, :t]
 
 
 class MLP(nnx.Module):
