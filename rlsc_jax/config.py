@@ -91,6 +91,7 @@ class TrainConfig:
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
     export_final: bool = True
+    export_dtype: str = ""  # dtype of the exported final/ checkpoint; "" = the masters' (`dtype`)
     plot: bool = True
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)

@@ -247,8 +247,9 @@ def _hf_config(model: Decoder, dtype_name: str) -> dict:
     return hf
 
 
-def save(model: Decoder, path: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
-    """Writes `model` as an HF checkpoint directory (sharded with an index above `max_shard_bytes`).
+def save(model: Decoder, path: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES, dtype=None) -> Path:
+    """Writes `model` as an HF checkpoint directory (sharded with an index above `max_shard_bytes`), its
+    tensors in `dtype` (default: the parameters' own, e.g. the fp32 masters; 'bfloat16' for serving).
 
     Refuses a non-empty target; writes into a temporary sibling and renames it into place, so an
     interrupted save leaves nothing half-written. Multi-host: every process gathers, process 0 writes.
@@ -258,8 +259,8 @@ def save(model: Decoder, path: str | Path, max_shard_bytes: int = DEFAULT_SHARD_
         raise FileExistsError(f"{path}: exists and is not empty; refusing to overwrite")
     table = mappings(model.cfg)
     writer = jax.process_index() == 0
-    dtype_name = {np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float16): "float16"}.get(
-        np.dtype(model.embed[...].dtype), "float32")
+    np_dtype = np.dtype(_dtype(dtype) or model.embed[...].dtype)
+    dtype_name = {np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float16): "float16"}.get(np_dtype, "float32")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) if writer else None
     try:
@@ -268,6 +269,7 @@ def save(model: Decoder, path: str | Path, max_shard_bytes: int = DEFAULT_SHARD_
         weight_map: dict[str, int] = {}
         for m, arr in tqdm(hf_tensors(model), desc=f"saving {path.name}", unit="tensor", total=len(table),
                            disable=_quiet(table)):
+            arr = arr.astype(np_dtype, copy=False)
             if shard and sum(a.nbytes for a in shard.values()) + arr.nbytes > max_shard_bytes:
                 files.append(_flush(shard, tmp, len(files)))
                 shard = {}

@@ -39,9 +39,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"grad_accum={cfg.grad_accum} must divide questions_per_step * sampling.num_samples = {rows}")
     if not Path(cfg.model).is_dir():
         raise FileNotFoundError(f"{cfg.model}: model directory not found")
-    for key in ("dtype", "compute_dtype"):
-        if getattr(cfg, key) not in DTYPES:
-            raise ValueError(f"{key}={getattr(cfg, key)!r}: expected one of {', '.join(DTYPES)}")
+    for key in ("dtype", "compute_dtype", "export_dtype"):
+        value = getattr(cfg, key)
+        if value not in DTYPES and not (key == "export_dtype" and value == ""):
+            raise ValueError(f"{key}={value!r}: expected one of {', '.join(DTYPES)}")
     if cfg.remat_policy not in REMAT_POLICIES:
         raise ValueError(f"remat_policy={cfg.remat_policy!r}: expected one of {', '.join(REMAT_POLICIES)}")
     get_objective(cfg.objective)
@@ -168,7 +169,7 @@ def run(cfg: TrainConfig) -> dict:
     ckpt.close()
     final = trainer.model(state)
     if cfg.export_final and not (out / "final").exists():
-        hf.save(final, out / "final")
+        hf.save(final, out / "final", dtype=cfg.export_dtype or None)
     result = {"steps": cfg.steps, "before": json.loads(before_path.read_text()) if before_path.exists() else None}
     if heldout:
         result["after"] = evaluate(final, tokenizer, cfg, heldout)

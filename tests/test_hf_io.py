@@ -5,6 +5,7 @@ import os
 import shutil
 
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -56,6 +57,18 @@ def test_bf16_round_trip(tmp_path, ckpt):
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     reloaded = hf.load(out, dtype="bfloat16")
     assert np.array_equal(np.asarray(reloaded.embed[...]), np.asarray(hf.load(src, dtype=jnp.bfloat16).embed[...]))
+
+
+def test_export_in_another_dtype(tmp_path, ckpt):
+    _, src = ckpt
+    model = hf.load(src)
+    out = hf.save(model, tmp_path / "out", dtype="bfloat16")
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    for name, arr in _tensors(out).items():
+        assert arr.dtype == ml_dtypes.bfloat16, name
+    want = {m.hf_name: a.astype(ml_dtypes.bfloat16) for m, a in hf.hf_tensors(model)}
+    assert all(np.array_equal(_tensors(out)[n], want[n]) for n in want)
+    assert model.embed[...].dtype == jnp.float32, "the masters stay fp32"
 
 
 def _copy(src, dst):

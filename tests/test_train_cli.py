@@ -106,6 +106,9 @@ def test_sigkill_and_resume_equals_uninterrupted(chat_model, tmp_path):
     (["data.source=EMPTY"], "empty"),
     (["eval.source=TWO", "eval.offset=2", "eval.num_questions=4"], "no questions after eval.offset=2"),
     (["eval.offset=-1"], "eval.offset must be >= 0"),
+    (["compute_dtype=fp16"], "compute_dtype='fp16'"),
+    (["export_dtype=int8"], "export_dtype='int8'"),
+    (["remat_policy=everything"], "remat_policy='everything'"),
 ])
 def test_bad_input_is_one_line_error(chat_model, tmp_path, capsys, args, needle):
     empty, two = tmp_path / "empty.jsonl", tmp_path / "two.jsonl"
