@@ -61,10 +61,29 @@ def _parse(answer: str) -> tuple:
     return tuple(parse(f"\\boxed{{{answer.strip()}}}", parsing_timeout=timeout))
 
 
+_WORDS = re.compile(r"[a-z]+(?:[ '\-][a-z]+)*")
+
+
+def plain_words(answer: str) -> str | None:
+    """The answer normalised (lower case, `\\text{}`, `$` and a final period removed) if it is plain words of
+    two or more letters, such as "yes" or "Infinitely many"; None for anything else (numbers, LaTeX)."""
+    text = answer.strip().strip("$").strip()
+    boxed_text = re.fullmatch(r"\\(?:text|textbf|mathrm)\{(.*)\}", text)
+    text = " ".join((boxed_text.group(1) if boxed_text else text).rstrip(".").lower().split())
+    return text if _WORDS.fullmatch(text) and sum(c.isalpha() for c in text) >= 2 else None
+
+
 def is_equivalent(gold: str, pred: str | None) -> bool:
-    """Whether `pred` is mathematically equal to `gold` (math-verify, gold first); False on anything unparseable."""
+    """Whether `pred` is mathematically equal to `gold` (math-verify, gold first); False on anything unparseable.
+
+    Two plain-word answers are compared as normalised strings: math-verify reads "yes" as the product
+    y*e*s, which would make "sey" (and every anagram) equal to it.
+    """
     if pred is None or not pred.strip() or not gold.strip():
         return False
+    gold_words, pred_words = plain_words(gold), plain_words(pred)
+    if gold_words is not None and pred_words is not None:
+        return gold_words == pred_words
     timeout = VERIFY_TIMEOUT if threading.current_thread() is threading.main_thread() else None
     try:
         return bool(verify(list(_parse(gold)), list(_parse(pred)), timeout_seconds=timeout))

@@ -161,3 +161,12 @@ def test_gold_answers_grade_themselves(benchmark_dir: Path, name: str) -> None:
     completions = [f"So the answer is $\\boxed{{{p.gold}}}$." for p in problems]
     failures = [p.gold for p, text in zip(problems, completions) if not is_equivalent(p.gold, extract_answer(text))]
     assert len(problems) - len(failures) >= README_FLOOR[name], failures[:5]
+
+
+@pytest.mark.parametrize("gold,pred,equal", [
+    ("yes", "sey", False), ("no", "on", False), ("cat", "act", False),  # math-verify alone: products, all True
+    ("yes", "Yes", True), ("yes", "\\text{yes}", True), ("no", "No.", True), ("no", "yes", False),
+    ("Infinitely many", "infinitely  many", True), ("yes", "7", False),
+])
+def test_word_answers_compare_as_words_not_products(gold, pred, equal):
+    assert is_equivalent(gold, pred) is equal
