@@ -89,6 +89,7 @@ class TrainConfig:
     remat_policy: str = "nothing"  # what a rematerialised layer keeps: "nothing" or "dots" (matmul outputs)
     logprob_chunk: int = 1024  # tokens per device in each chunk of the fused log-likelihood
     checkpoint_every: int = 10
+    max_skipped_steps: int = 3  # this many non-finite steps in a row stop the run (exit 2, no final/)
     keep_checkpoints: int = 2
     export_final: bool = True
     export_dtype: str = ""  # dtype of the exported final/ checkpoint; "" = the masters' (`dtype`)

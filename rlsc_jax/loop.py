@@ -7,6 +7,8 @@ the questions of any step follow from (seed, step), so a killed run continues ex
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import time
 from pathlib import Path
 
@@ -45,6 +47,17 @@ def check_config(cfg: TrainConfig) -> None:
             raise ValueError(f"{key}={value!r}: expected one of {', '.join(DTYPES)}")
     if cfg.remat_policy not in REMAT_POLICIES:
         raise ValueError(f"remat_policy={cfg.remat_policy!r}: expected one of {', '.join(REMAT_POLICIES)}")
+    o = cfg.optim
+    for key, value, ok in (("optim.lr", o.lr, o.lr > 0), ("optim.eps", o.eps, o.eps > 0),
+                           ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0),
+                           ("optim.b1", o.b1, 0 <= o.b1 < 1), ("optim.b2", o.b2, 0 <= o.b2 < 1),
+                           ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0),
+                           ("sampling.temperature", cfg.sampling.temperature, cfg.sampling.temperature > 0)):
+        if not (math.isfinite(value) and ok):
+            raise ValueError(f"{key}={value}: out of range (lr, eps and the training temperature must be finite "
+                             "and > 0; b1, b2 in [0, 1); weight_decay, grad_clip >= 0)")
+    if cfg.checkpoint_every < 1 or cfg.max_skipped_steps < 1:
+        raise ValueError("checkpoint_every and max_skipped_steps must be >= 1")
     get_objective(cfg.objective)
 
 
@@ -104,6 +117,62 @@ def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
     return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"}}
 
 
+def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, questions, tokenizer, eos,
+           ckpt: Checkpointer, log: MetricsLog, writer: bool) -> dict:
+    """Steps `start` .. `cfg.steps`: sample, score, update, log, checkpoint. Returns the final state."""
+    prompts, skipped_in_a_row = {}, 0
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, unit="step", disable=not writer)
+    for step in bar:
+        batch_questions = questions_for_step(questions, step, cfg.questions_per_step, cfg.seed, cfg.data.shuffle)
+        for q in batch_questions:
+            if q.id not in prompts:
+                system, user = build_messages(cfg.data.template, q.question)
+                prompts[q.id] = chat_prompt_ids(tokenizer, user, system)
+        t0 = time.perf_counter()
+        s = cfg.sampling
+        samples = sample(trainer.model(state), [prompts[q.id] for q in batch_questions], num_samples=s.num_samples,
+                         max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                         eos_ids=eos, seed=jax.random.fold_in(key, step))
+        tokens, lengths = sharding_lib.to_host(samples.tokens), sharding_lib.to_host(samples.lengths)
+        t1 = time.perf_counter()
+        state, metrics = trainer.step(state, trainer.batch(samples), s.temperature)
+        metrics = jax.device_get(metrics)
+        t2 = time.perf_counter()
+        total_tokens = int(samples.prompt_mask.sum() + lengths.sum())
+        metrics.update(_answer_stats(tokenizer, tokens, lengths, s.num_samples),
+                       completion_length=float(lengths.mean()), lr=float(trainer.schedule(step)),
+                       sample_seconds=t1 - t0, train_seconds=t2 - t1, tokens_per_second=total_tokens / (t2 - t0))
+        skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
+        if metrics["skipped"]:
+            print(f"step {step + 1}: non-finite loss, gradient or update; update skipped")
+        log.log(step + 1, metrics)
+        if skipped_in_a_row >= cfg.max_skipped_steps:
+            raise ValueError(f"{skipped_in_a_row} steps in a row skipped (max_skipped_steps={cfg.max_skipped_steps}): "
+                             f"the run is diverging; stopped at step {step + 1} without exporting final/")
+        bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", tok_s=f"{metrics['tokens_per_second']:.0f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            ckpt.save(step + 1, {**state, "rng": np.asarray(jax.random.key_data(key))},
+                      {"questions_seen": (step + 1) * cfg.questions_per_step, "seed": cfg.seed})
+    bar.close()
+    return state
+
+
+def export(model, path: Path, dtype) -> None:
+    """Writes `model` to `path` as an HF directory, replacing an older export there only once the new one
+    is complete (a run resumed past its last export must not leave the older weights in final/)."""
+    if not path.exists():
+        hf.save(model, path, dtype=dtype)
+        return
+    fresh, stale = path.with_name(f".{path.name}.new"), path.with_name(f".{path.name}.old")
+    for leftover in (fresh, stale):
+        shutil.rmtree(leftover, ignore_errors=True)
+    hf.save(model, fresh, dtype=dtype)
+    if jax.process_index() == 0:
+        path.rename(stale)
+        fresh.rename(path)
+        shutil.rmtree(stale)
+
+
 def run(cfg: TrainConfig) -> dict:
     """Trains per `cfg`; returns {"before": ..., "after": ..., "steps": ...}. Process 0 writes the outputs."""
     check_config(cfg)
@@ -135,41 +204,14 @@ def run(cfg: TrainConfig) -> dict:
         if writer:
             before_path.write_text(json.dumps(before, indent=2))
     log = MetricsLog(out, resume_step=start)
-    prompts = {}
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, unit="step", disable=not writer)
-    for step in bar:
-        batch_questions = questions_for_step(questions, step, cfg.questions_per_step, cfg.seed, cfg.data.shuffle)
-        for q in batch_questions:
-            if q.id not in prompts:
-                system, user = build_messages(cfg.data.template, q.question)
-                prompts[q.id] = chat_prompt_ids(tokenizer, user, system)
-        t0 = time.perf_counter()
-        s = cfg.sampling
-        samples = sample(trainer.model(state), [prompts[q.id] for q in batch_questions], num_samples=s.num_samples,
-                         max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                         eos_ids=eos, seed=jax.random.fold_in(key, step))
-        tokens, lengths = sharding_lib.to_host(samples.tokens), sharding_lib.to_host(samples.lengths)
-        t1 = time.perf_counter()
-        state, metrics = trainer.step(state, trainer.batch(samples), s.temperature)
-        metrics = jax.device_get(metrics)
-        t2 = time.perf_counter()
-        total_tokens = int(samples.prompt_mask.sum() + lengths.sum())
-        metrics.update(_answer_stats(tokenizer, tokens, lengths, s.num_samples),
-                       completion_length=float(lengths.mean()), lr=float(trainer.schedule(step)),
-                       sample_seconds=t1 - t0, train_seconds=t2 - t1, tokens_per_second=total_tokens / (t2 - t0))
-        if metrics["skipped"]:
-            print(f"step {step + 1}: non-finite loss or gradient; update skipped")
-        log.log(step + 1, metrics)
-        bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", tok_s=f"{metrics['tokens_per_second']:.0f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            ckpt.save(step + 1, {**state, "rng": np.asarray(jax.random.key_data(key))},
-                      {"questions_seen": (step + 1) * cfg.questions_per_step, "seed": cfg.seed})
-    bar.close()
-    log.close()
-    ckpt.close()
+    try:
+        state = _train(cfg, trainer, state, key, start, questions, tokenizer, eos, ckpt, log, writer)
+    finally:  # also on an error: pending checkpoint writes finish, so the last one is never lost
+        log.close()
+        ckpt.close()
     final = trainer.model(state)
-    if cfg.export_final and not (out / "final").exists():
-        hf.save(final, out / "final", dtype=cfg.export_dtype or None)
+    if cfg.export_final and (start < cfg.steps or not (out / "final").exists()):
+        export(final, out / "final", cfg.export_dtype or None)
     result = {"steps": cfg.steps, "before": json.loads(before_path.read_text()) if before_path.exists() else None}
     if heldout:
         result["after"] = evaluate(final, tokenizer, cfg, heldout)

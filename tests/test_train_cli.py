@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -109,6 +110,10 @@ def test_sigkill_and_resume_equals_uninterrupted(chat_model, tmp_path):
     (["compute_dtype=fp16"], "compute_dtype='fp16'"),
     (["export_dtype=int8"], "export_dtype='int8'"),
     (["remat_policy=everything"], "remat_policy='everything'"),
+    (["optim.lr=nan"], "optim.lr=nan"),
+    (["optim.lr=-1"], "optim.lr=-1"),
+    (["sampling.temperature=0"], "sampling.temperature=0"),
+    (["checkpoint_every=0"], "checkpoint_every"),
 ])
 def test_bad_input_is_one_line_error(chat_model, tmp_path, capsys, args, needle):
     empty, two = tmp_path / "empty.jsonl", tmp_path / "two.jsonl"
@@ -120,3 +125,40 @@ def test_bad_input_is_one_line_error(chat_model, tmp_path, capsys, args, needle)
     assert code == 2
     assert err.startswith("error:") and "\n" not in err and needle in err, err
     assert not (tmp_path / "run").exists(), "a rejected run must write nothing"
+
+
+def test_consecutive_skipped_steps_stop_the_run_without_final(chat_model, tmp_path, capsys):
+    """optim.lr=1e30: the first update overflows, every step after is skipped; the run stops with one line,
+    exit 2, no final/, and every checkpoint it wrote holds finite weights."""
+    out = tmp_path / "run"
+    code = train.main([f"model={chat_model}", f"output_dir={out}", "steps=6", "checkpoint_every=1",
+                       "optim.lr=1e30", "max_skipped_steps=2", "eval.num_questions=0", "plot=false", *FAST])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert code == 2 and err.startswith("error: ") and "steps in a row skipped" in err, err
+    assert not (out / "final").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in rows][-2:] == [1, 1]
+    from rlsc_jax import hf
+    from rlsc_jax.checkpoints import Checkpointer
+    from rlsc_jax.config import load_config as load
+    from rlsc_jax.sharding import make_mesh
+    from rlsc_jax.training import Trainer
+    trainer, state = Trainer.create(hf.load(chat_model), load(None, FAST), make_mesh())
+    ckpt = Checkpointer(out / "checkpoints", 2)
+    restored, _ = ckpt.restore(ckpt.latest_step(), {**state, "rng": np.zeros(2, np.uint32)})
+    ckpt.close()
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["params"]))
+
+
+def test_resuming_past_the_export_re_exports_final(chat_model, tmp_path):
+    """steps=2 then steps=4 in the same output_dir: final/ holds the step-4 weights, as a straight 4-step run's."""
+    common = [f"model={chat_model}", "eval.num_questions=0", "plot=false", "checkpoint_every=1", *FAST]
+    out, straight = tmp_path / "resumed", tmp_path / "straight"
+    assert train.main([*common, f"output_dir={out}", "steps=2"]) == 0
+    at_two = load_file(str(out / "final" / "model.safetensors"))
+    assert train.main([*common, f"output_dir={out}", "steps=4"]) == 0
+    assert train.main([*common, f"output_dir={straight}", "steps=4"]) == 0
+    resumed, want = (load_file(str(d / "final" / "model.safetensors")) for d in (out, straight))
+    assert any(not np.array_equal(at_two[n], resumed[n]) for n in at_two), "final/ still holds the step-2 weights"
+    assert all(np.array_equal(resumed[n], want[n]) for n in want)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []

@@ -187,3 +187,14 @@ def test_non_finite_loss_skips_the_update(ckpt, nan_objective):
     for name in before:
         assert np.array_equal(before[name], after[name]), name
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state["opt_state"])))
+
+
+def test_non_finite_update_with_finite_gradient_is_skipped(ckpt):
+    """lr = nan: loss and gradient are finite, the update is not; the state must stay as it was."""
+    trainer, state = Trainer.create(hf.load(ckpt[1]), _cfg(**{"optim.lr": "nan"}), make_mesh(1, 8, 1))
+    before = _flax_by_hf_name(trainer.model(state))
+    state, metrics = trainer.step(state, trainer.batch(_samples()), TEMPERATURE)
+    assert int(metrics["skipped"]) == 1
+    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+    after = _flax_by_hf_name(trainer.model(state))
+    assert all(np.array_equal(before[name], after[name]) for name in before)
