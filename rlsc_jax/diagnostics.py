@@ -62,7 +62,7 @@ def gradient_statistics(cfg: TrainConfig, num_questions: int, draws: int, progre
     if num_questions < 2 or draws < 2:
         raise ValueError(f"need at least 2 questions and 2 draws (got {num_questions} and {draws})")
     mesh = sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    ways = sharding_lib.row_shards(mesh)
     if cfg.sampling.num_samples % ways:
         raise ValueError(f"sampling.num_samples = {cfg.sampling.num_samples} rows per gradient must be divisible by "
                          f"mesh.data * mesh.fsdp = {ways}")

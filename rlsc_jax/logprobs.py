@@ -22,8 +22,8 @@ import jax.numpy as jnp
 from rlsc_jax.models import Decoder
 from rlsc_jax.sharding import constrain_logical, constrain_rows, gather_fsdp
 
-# Tokens per chunk: the transient fp32 logits of one chunk take chunk_size * V * 4 bytes (split over
-# the batch devices when the tokens are sharded; keep it a multiple of their count).
+# Tokens per chunk: the transient fp32 logits of one chunk take chunk_size * V * 4 bytes, split over the
+# batch devices when the tokens are sharded (the trainer passes `logprob_chunk` x those devices).
 DEFAULT_CHUNK_SIZE = 1024
 HEAD_AXES = ("embed", "vocab")  # the LM head's logical axes (the tied embedding, transposed, has the same)
 

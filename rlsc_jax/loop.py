@@ -64,7 +64,7 @@ def check_config(cfg: TrainConfig) -> None:
 def make_run_mesh(cfg: TrainConfig, devices=None) -> jax.sharding.Mesh:
     """The config's mesh (over all devices, or the given ones), checked against the rows it must split."""
     mesh = sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    ways = sharding_lib.row_shards(mesh)
     rows = cfg.questions_per_step * cfg.sampling.num_samples // cfg.grad_accum
     if rows % ways:
         raise ValueError(f"questions_per_step * sampling.num_samples / grad_accum = {rows} rows per micro-batch "

@@ -101,7 +101,7 @@ def plan(cfg, devices: int, prompt_len: int) -> dict:
     from rlsc_jax.hf import DTYPES
     from rlsc_jax.loop import check_config, make_run_mesh
     from rlsc_jax.models import Decoder, ModelConfig
-    from rlsc_jax.sharding import replicated
+    from rlsc_jax.sharding import replicated, use_mesh
     from rlsc_jax.training import Trainer
 
     check_config(cfg)
@@ -121,19 +121,19 @@ def plan(cfg, devices: int, prompt_len: int) -> dict:
     graphdef = nnx.graphdef(model)
     params = state["params"]
     put = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=replicated(mesh))  # noqa: E731
-    layout = sampling.decode_layout.lower(graphdef, params).compile()
-    layers = _abstract(layout)
     prompts = sampling.bucket_rows(cfg.questions_per_step)
-    prefill = sampling.prefill.lower(graphdef, params, layers, put((prompts, prompt_width), jnp.int32),
-                                     put((prompts, prompt_width), jnp.int32), num_samples=s.num_samples,
-                                     cache_len=prompt_width + s.max_new_tokens).compile()
-    programs["prefill"] = _program(prefill)
-    cache, logits, key_mask, next_position = _abstract(prefill)
     key_data = np.asarray(jax.random.key_data(jax.random.key(0)))
-    decode = sampling.decode.lower(
-        graphdef, params, layers, cache, logits, key_mask, next_position, put(key_data.shape, key_data.dtype),
-        put((), jnp.float32), None if s.top_p >= 1.0 else put((), jnp.float32), max_new_tokens=s.max_new_tokens,
-        greedy=s.temperature == 0, top_k=s.top_k, eos_ids=(0,), pad_id=0).compile()
+    with use_mesh(mesh):  # as `sampling.sample` runs them
+        layers = _abstract(sampling.decode_layout.lower(graphdef, params).compile())
+        prefill = sampling.prefill.lower(graphdef, params, layers, put((prompts, prompt_width), jnp.int32),
+                                         put((prompts, prompt_width), jnp.int32), num_samples=s.num_samples,
+                                         cache_len=prompt_width + s.max_new_tokens).compile()
+        cache, logits, key_mask, next_position = _abstract(prefill)
+        decode = sampling.decode.lower(
+            graphdef, params, layers, cache, logits, key_mask, next_position, put(key_data.shape, key_data.dtype),
+            put((), jnp.float32), None if s.top_p >= 1.0 else put((), jnp.float32), max_new_tokens=s.max_new_tokens,
+            greedy=s.temperature == 0, top_k=s.top_k, eos_ids=(0,), pad_id=0).compile()
+    programs["prefill"] = _program(prefill)
     programs["decode"] = _program(decode)
 
     param_bytes = _per_device_bytes(state["params"])

@@ -61,19 +61,6 @@ def mesh_of(state) -> jax.sharding.Mesh | None:
     return sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
 
 
-def _constrain_rows(tree, mesh):
-    """Shards the leading (row) axis over (data, fsdp) when the row count divides evenly."""
-    if mesh is None:
-        return tree
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
-
-    def one(x):
-        if x.ndim == 0 or x.shape[0] % ways:
-            return x
-        return jax.lax.with_sharding_constraint(x, sharding_lib.batch_sharding(mesh, x.ndim))
-    return jax.tree.map(one, tree)
-
-
 def _pick(logits, key, temperature, greedy: bool, top_k: int, top_p):
     """Samples one token per row from fp32 logits; returns the token and its log-prob at the temperature."""
     if greedy:
@@ -136,8 +123,8 @@ def prefill(graphdef, state, layers, prompt_ids, prompt_mask, *, num_samples: in
     hidden, cache = model.hidden_states(prompt_ids, positions, key_mask, cache, 0, layers=layers)
     logits = model.logits(hidden[:, -1])
     repeat = lambda x: jnp.repeat(x, num_samples, axis=0)  # noqa: E731
-    mesh = mesh_of(state)
-    cache, logits, key_mask = _constrain_rows((jax.tree.map(repeat, cache), repeat(logits), repeat(key_mask)), mesh)
+    cache, logits, key_mask = jax.tree.map(sharding_lib.constrain_rows,
+                                           (jax.tree.map(repeat, cache), repeat(logits), repeat(key_mask)))
     return cache, logits, key_mask, repeat(positions[:, -1] + 1)
 
 
@@ -150,7 +137,6 @@ def decode(graphdef, state, layers, cache, first_logits, key_mask, next_position
     The cache is returned so that its donated input buffer is aliased to it and updated in place.
     """
     model = nnx.merge(graphdef, state)
-    mesh = mesh_of(state)
     rows = first_logits.shape[0]
     prompt_len = key_mask.shape[1] - max_new_tokens
     eos = jnp.asarray(eos_ids, jnp.int32)
@@ -172,7 +158,8 @@ def decode(graphdef, state, layers, cache, first_logits, key_mask, next_position
         positions = (next_position + step - 1)[:, None]
         hidden, cache = model.hidden_states(last, positions, key_mask, carry["cache"], prompt_len + step - 1,
                                             layers=layers)
-        carry = emit(dict(carry, cache=_constrain_rows(cache, mesh)), model.logits(hidden[:, 0]), step)
+        carry = emit(dict(carry, cache=jax.tree.map(sharding_lib.constrain_rows, cache)), model.logits(hidden[:, 0]),
+                     step)
         return dict(carry, step=step + 1)
 
     def cond(carry):
@@ -237,15 +224,16 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     key = jax.random.key(seed) if isinstance(seed, int) else seed
     key_data = np.asarray(jax.random.key_data(key))
     put = (lambda x: sharding_lib.host_to_global(x, sharding_lib.replicated(mesh))) if mesh else jnp.asarray
-    layers = decode_layout(graphdef, state)
-    cache, logits, key_mask, next_position = prefill(
-        graphdef, state, layers, put(prompt_ids), put(prompt_mask), num_samples=num_samples,
-        cache_len=prompt_ids.shape[1] + max_new_tokens)
-    tokens, mask, lengths, logprobs, _ = decode(
-        graphdef, state, layers, cache, logits, key_mask, next_position, put(key_data),
-        put(np.float32(max(temperature, 1e-6))), None if top_p >= 1.0 else put(np.float32(top_p)),
-        max_new_tokens=max_new_tokens, greedy=temperature == 0, top_k=top_k, eos_ids=tuple(int(e) for e in eos_ids),
-        pad_id=pad_id)
+    with sharding_lib.use_mesh(mesh):  # rows pinned to the batch axes inside the programs
+        layers = decode_layout(graphdef, state)
+        cache, logits, key_mask, next_position = prefill(
+            graphdef, state, layers, put(prompt_ids), put(prompt_mask), num_samples=num_samples,
+            cache_len=prompt_ids.shape[1] + max_new_tokens)
+        tokens, mask, lengths, logprobs, _ = decode(
+            graphdef, state, layers, cache, logits, key_mask, next_position, put(key_data),
+            put(np.float32(max(temperature, 1e-6))), None if top_p >= 1.0 else put(np.float32(top_p)),
+            max_new_tokens=max_new_tokens, greedy=temperature == 0, top_k=top_k,
+            eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id)
     rows = len(prompts) * num_samples
     if rows < tokens.shape[0]:
         tokens, mask, lengths, logprobs = (x[:rows] for x in (tokens, mask, lengths, logprobs))

@@ -7,6 +7,7 @@ types (GSPMD propagation between the explicit in/out shardings and sharding cons
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -86,6 +87,17 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def row_shards(mesh) -> int:
+    """How many ways a batch's rows are split: the product of the (data, fsdp) mesh axes."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def use_mesh(mesh: Mesh | None):
+    """`jax.set_mesh(mesh)`, under which `constrain_rows` and the other constraints below apply; a no-op
+    context for None."""
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+
+
 def _ambient_mesh():
     """The mesh set by the caller with `jax.set_mesh` (inside jit: its abstract mesh), or None."""
     mesh = jax.sharding.get_abstract_mesh()
@@ -99,7 +111,7 @@ def constrain_rows(x: jax.Array, axis: int = 0) -> jax.Array:
     the activations instead of the weights. Identity without an ambient mesh or when the rows do not divide.
     """
     mesh = _ambient_mesh()
-    if mesh is None or x.shape[axis] % math.prod(mesh.shape[a] for a in BATCH_AXES):
+    if mesh is None or x.ndim <= axis or x.shape[axis] % row_shards(mesh):
         return x
     return jax.lax.with_sharding_constraint(x, P(*([None] * axis), BATCH_AXES, *([None] * (x.ndim - axis - 1))))
 

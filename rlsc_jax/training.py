@@ -108,10 +108,9 @@ class Trainer:
         else:
             params = jax.device_put(params, param_sh)
             state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params)}
-        row_shards = mesh.shape["data"] * mesh.shape["fsdp"]
         trainer = cls(graphdef, tx, schedule, mesh, shardings, objective_fn(cfg.objective, cfg.alpha),
                       cfg.sampling.num_samples, cfg.grad_accum, cfg.remat_policy if cfg.remat else None,
-                      cfg.logprob_chunk * row_shards)
+                      cfg.logprob_chunk * sharding_lib.row_shards(mesh))
         return trainer, state
 
     def model(self, state: dict) -> nnx.Module:
@@ -231,11 +230,11 @@ class Trainer:
                   "completion_mask": completion_width}
         batch = {k: jax.ShapeDtypeStruct((rows, w), jnp.int32, sharding=rows_sh) for k, w in widths.items()}
         temperature = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding_lib.replicated(self.mesh))
-        with jax.set_mesh(self.mesh):
+        with sharding_lib.use_mesh(self.mesh):
             return self._jitted_step.lower(state, batch, temperature).compile()
 
     def step(self, state: dict, batch: dict, temperature: float) -> tuple[dict, dict]:
         """One jitted, sharded, donated step (compiled once per batch shape)."""
         temp = sharding_lib.host_to_global(np.float32(temperature), sharding_lib.replicated(self.mesh))
-        with jax.set_mesh(self.mesh):
+        with sharding_lib.use_mesh(self.mesh):
             return self._jitted_step(state, batch, temp)

@@ -2,8 +2,10 @@
 
 Parameters carry logical axis names in their `logical_axes` metadata (layers, vocab, embed, heads,
 kv_heads, head_dim, mlp); `rlsc_jax.sharding` maps those names to mesh axes, and pins the residual
-stream's rows to the batch axes of whatever mesh the caller set (`jax.set_mesh`; none: no-op). The decoder layers' parameters are stacked on a leading `layers` axis and run as one
-`jax.lax.scan` (docs/memory.md): compile time and, with remat, training memory stay flat in depth.
+stream's rows to the batch axes of whatever mesh the caller set (`jax.set_mesh`; none: no-op).
+
+The decoder layers' parameters are stacked on a leading `layers` axis and run as one `jax.lax.scan`
+(docs/memory.md): compile time and, with remat, training memory stay flat in depth.
 
 Mixed precision: parameters live in `dtype` (fp32 masters by default); matmuls and attention run in
 `compute_dtype`. RMSNorm statistics, softmax, RoPE, the residual stream and the LM head's accumulation
