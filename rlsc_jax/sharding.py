@@ -108,12 +108,15 @@ def constrain_rows(x: jax.Array, axis: int = 0) -> jax.Array:
     """Pins an activation's row axis (`axis`) to (data, fsdp) under the ambient mesh (`jax.set_mesh`).
 
     Without it GSPMD may split a layer's matmuls over the FSDP-sharded weight dimension and all-gather
-    the activations instead of the weights. Identity without an ambient mesh or when the rows do not divide.
+    the activations instead of the weights. Rows that do not divide (a prefill of fewer prompts than devices)
+    are replicated: left to propagation they were split along some other axis and then fully rematerialised.
+    Identity without an ambient mesh.
     """
     mesh = _ambient_mesh()
-    if mesh is None or x.ndim <= axis or x.shape[axis] % row_shards(mesh):
+    if mesh is None or x.ndim <= axis:
         return x
-    return jax.lax.with_sharding_constraint(x, P(*([None] * axis), BATCH_AXES, *([None] * (x.ndim - axis - 1))))
+    rows = BATCH_AXES if x.shape[axis] % row_shards(mesh) == 0 else None
+    return jax.lax.with_sharding_constraint(x, P(*([None] * axis), rows, *([None] * (x.ndim - axis - 1))))
 
 
 def constrain_logical(x: jax.Array, axes: Sequence[str], rules: dict[str, tuple[str, ...]] = DEFAULT_RULES) -> jax.Array:
