@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from rlsc_jax.hf import DTYPES
+from rlsc_jax.models.decoder import REMAT_POLICIES
+from rlsc_jax.objectives import get_objective
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent / "assets" / "default_model")
 
@@ -124,12 +130,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), schem
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: config file not found")
-        layers.append((str(path), OmegaConf.load(path)))
+        layers.append((str(path), _read_yaml(path)))
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r}: expected key=value")
     layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
     for where, layer in layers:
+        _check_sections(OmegaConf.to_container(layer), schema, where)
         try:
             merged = OmegaConf.merge(merged, layer)
         except ConfigKeyError as e:
@@ -140,6 +147,79 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), schem
         except OmegaConfBaseException as e:
             raise ValueError(f"{where}: bad value for {e.full_key!r}: {str(e).splitlines()[0]}") from None
     return OmegaConf.to_object(merged)
+
+
+def _check_sections(values: dict, schema, where: str, prefix: str = "") -> None:
+    """A section of the schema (e.g. `sampling`) given a scalar is a one-line error naming the key (OmegaConf's
+    own merge error names no key)."""
+    sections = {f.name: f.default_factory for f in dataclasses.fields(schema)
+                if f.default_factory is not dataclasses.MISSING}
+    for key, value in values.items():
+        if key in sections:
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: {prefix}{key} must be a mapping of keys (e.g. {prefix}{key}.<key>: value),"
+                                 f" got {value!r}")
+            _check_sections(value, type(sections[key]()), where, f"{prefix}{key}.")
+
+
+def _read_yaml(path: Path):
+    """A YAML file that must hold a mapping of keys; syntax errors and other shapes are one-line errors."""
+    try:
+        layer = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}: invalid YAML{where} ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(layer, DictConfig):
+        raise ValueError(f"{path}: expected a mapping of config keys, got a {type(layer).__name__.replace('Config', '')}")
+    return layer
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Every value range `train.py` depends on, checked before anything is loaded or written; each failure
+    is a one-line ValueError naming the key."""
+    s, o, e = cfg.sampling, cfg.optim, cfg.eval
+    checks = (
+        ("steps", cfg.steps >= 1, ">= 1"), ("questions_per_step", cfg.questions_per_step >= 1, ">= 1"),
+        ("grad_accum", cfg.grad_accum >= 1, ">= 1"), ("checkpoint_every", cfg.checkpoint_every >= 1, ">= 1"),
+        ("keep_checkpoints", cfg.keep_checkpoints >= 1, ">= 1"), ("logprob_chunk", cfg.logprob_chunk >= 1, ">= 1"),
+        ("max_skipped_steps", cfg.max_skipped_steps >= 1, ">= 1"), ("alpha", math.isfinite(cfg.alpha), "finite"),
+        ("sampling.num_samples", s.num_samples >= 1, ">= 1"), ("sampling.max_new_tokens", s.max_new_tokens >= 1, ">= 1"),
+        ("sampling.temperature", math.isfinite(s.temperature) and s.temperature > 0, "finite and > 0 for training"),
+        ("sampling.top_k", s.top_k >= 0, ">= 0 (0 = off)"), ("sampling.top_p", 0 < s.top_p <= 1, "in (0, 1]"),
+        ("optim.lr", math.isfinite(o.lr) and o.lr > 0, "finite and > 0"), ("optim.eps", math.isfinite(o.eps) and o.eps > 0,
+                                                                      "finite and > 0"),
+        ("optim.weight_decay", math.isfinite(o.weight_decay) and o.weight_decay >= 0, "finite and >= 0"),
+        ("optim.b1", 0 <= o.b1 < 1, "in [0, 1)"), ("optim.b2", 0 <= o.b2 < 1, "in [0, 1)"),
+        ("optim.grad_clip", math.isfinite(o.grad_clip) and o.grad_clip >= 0, "finite and >= 0 (0 = off)"),
+        ("optim.warmup_steps", o.warmup_steps >= 0, ">= 0"),
+        ("optim.schedule", o.schedule in ("constant", "cosine"), "'constant' or 'cosine'"),
+        ("data.num_questions", cfg.data.num_questions >= 0, ">= 0 (0 = all)"),
+        ("eval.num_questions", e.num_questions >= 0, ">= 0 (0 = skip)"), ("eval.offset", e.offset >= 0, ">= 0"),
+        ("eval.num_samples", e.num_samples >= 1, ">= 1"), ("eval.batch_size", e.batch_size >= 1, ">= 1"),
+        ("eval.temperature", math.isfinite(e.temperature) and e.temperature >= 0, "finite and >= 0"),
+        ("dtype", cfg.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
+        ("compute_dtype", cfg.compute_dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
+        ("export_dtype", cfg.export_dtype in ("", *DTYPES), f"'' or one of {', '.join(DTYPES)}"),
+        ("remat_policy", cfg.remat_policy in REMAT_POLICIES, f"one of {', '.join(REMAT_POLICIES)}"),
+        *((f"mesh.{axis}", size >= 1 or size == -1, ">= 1 or -1") for axis, size in dataclasses.asdict(cfg.mesh).items()),
+    )
+    for key, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{key}={_value(cfg, key)!r}: must be {expected}")
+    if list(dataclasses.asdict(cfg.mesh).values()).count(-1) > 1:
+        raise ValueError("mesh: at most one axis may be -1")
+    rows = cfg.questions_per_step * s.num_samples
+    if rows % cfg.grad_accum:
+        raise ValueError(f"grad_accum={cfg.grad_accum} must divide questions_per_step * sampling.num_samples = {rows}")
+    get_objective(cfg.objective)
+
+
+def _value(cfg, dotted: str):
+    """The value at a dotted key of a nested config dataclass."""
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def to_yaml(cfg) -> str:

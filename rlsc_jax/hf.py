@@ -164,6 +164,17 @@ def _read(file: Path, name: str) -> np.ndarray:
         raise ValueError(f"{file}: cannot read tensor {name!r} ({str(e).splitlines()[0]})") from None
 
 
+def check(path: str | Path) -> ModelConfig:
+    """The checkpoint's config after checking, from config.json and the safetensors headers only (no tensor
+    is read), that every tensor the config needs is there with its shape: a one-line error otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: model directory not found")
+    cfg = ModelConfig.from_file(path)
+    _check_names_and_shapes(cfg, mappings(cfg), _tensor_files(path))
+    return cfg
+
+
 def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
          rules=sharding_lib.DEFAULT_RULES, compute_dtype=None) -> Decoder:
     """Loads an HF Qwen2/Llama checkpoint directory as a `Decoder` with parameters of `dtype`.
@@ -172,13 +183,10 @@ def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = N
     straight to its sharding (each device copies only its shard).
     """
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: model directory not found")
     dtype, compute_dtype = _dtype(dtype), _dtype(compute_dtype)
-    cfg = ModelConfig.from_file(path)
+    cfg = check(path)
     table = mappings(cfg)
     files = _tensor_files(path)
-    _check_names_and_shapes(cfg, table, files)
 
     abstract = nnx.eval_shape(lambda: Decoder(cfg, dtype=dtype, compute_dtype=compute_dtype, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)

@@ -99,12 +99,13 @@ def plan(cfg, devices: int, prompt_len: int) -> dict:
 
     from rlsc_jax import sampling
     from rlsc_jax.hf import DTYPES
-    from rlsc_jax.loop import check_config, make_run_mesh
+    from rlsc_jax.config import validate
+    from rlsc_jax.loop import make_run_mesh
     from rlsc_jax.models import Decoder, ModelConfig
     from rlsc_jax.sharding import replicated, use_mesh
     from rlsc_jax.training import Trainer
 
-    check_config(cfg)
+    validate(cfg)
     model_cfg = ModelConfig.from_file(cfg.model)
     s = cfg.sampling
     mesh = make_run_mesh(cfg, devices=jax.devices()[:devices])

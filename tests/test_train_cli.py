@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,18 @@ def test_sigkill_and_resume_equals_uninterrupted(chat_model, tmp_path):
     assert steps_logged == [1, 2, 3, 4]
 
 
+BAD_FILES = {
+    "EMPTY": ("empty.jsonl", ""),
+    "TWO": ("two.jsonl", '{"question": "1 + 1?", "answer": "2"}\n{"question": "2 + 2?", "answer": "4"}\n'),
+    "BADYAML": ("bad.yaml", "steps: [1\n"),
+    "LISTYAML": ("list.yaml", "- steps\n- 3\n"),
+    "NESTEDYAML": ("nested.yaml", "sampling:\n  num_samples: abc\n"),
+    "SCALARYAML": ("scalar.yaml", "sampling: 5\n"),
+    "AFILE": ("a_file", "not a directory"),
+}
+BAD_CONFIG_JSON = {"LISTJSON": [1, 2], "ROPESTRING": {"rope_scaling": "linear"}, "ABCHIDDEN": {"hidden_size": "abc"}}
+
+
 @pytest.mark.parametrize("args,needle", [
     (["model=/nonexistent/model"], "/nonexistent/model"),
     (["objective=rlsc_l3"], "unknown objective 'rlsc_l3'"),
@@ -106,7 +119,10 @@ def test_sigkill_and_resume_equals_uninterrupted(chat_model, tmp_path):
     (["stepz=3"], "did you mean 'steps'"),
     (["data.source=EMPTY"], "empty"),
     (["eval.source=TWO", "eval.offset=2", "eval.num_questions=4"], "no questions after eval.offset=2"),
-    (["eval.offset=-1"], "eval.offset must be >= 0"),
+    (["eval.offset=-1"], "eval.offset=-1"),
+    (["eval.num_questions=-1"], "eval.num_questions=-1"),
+    (["eval.num_questions=2", "eval.temperature=-1"], "eval.temperature=-1"),
+    (["sampling.num_samples=0"], "sampling.num_samples=0"),
     (["compute_dtype=fp16"], "compute_dtype='fp16'"),
     (["export_dtype=int8"], "export_dtype='int8'"),
     (["remat_policy=everything"], "remat_policy='everything'"),
@@ -114,17 +130,36 @@ def test_sigkill_and_resume_equals_uninterrupted(chat_model, tmp_path):
     (["optim.lr=-1"], "optim.lr=-1"),
     (["sampling.temperature=0"], "sampling.temperature=0"),
     (["checkpoint_every=0"], "checkpoint_every"),
+    (["--config", "BADYAML"], "invalid YAML at line 2"),
+    (["--config", "LISTYAML"], "expected a mapping of config keys"),
+    (["--config", "NESTEDYAML"], "'sampling.num_samples'"),
+    (["--config", "SCALARYAML"], "sampling must be a mapping"),
+    (["output_dir=AFILE/run"], "a_file"),
+    (["output_dir=/proc/rlsc_jax_test/run"], "/proc/rlsc_jax_test/run"),
+    (["model=LISTJSON"], "expected a JSON object"),
+    (["model=ROPESTRING"], "field 'rope_scaling'"),
+    (["model=ABCHIDDEN"], "field 'hidden_size' must be a positive integer, got 'abc'"),
 ])
 def test_bad_input_is_one_line_error(chat_model, tmp_path, capsys, args, needle):
-    empty, two = tmp_path / "empty.jsonl", tmp_path / "two.jsonl"
-    empty.write_text("")
-    two.write_text('{"question": "1 + 1?", "answer": "2"}\n{"question": "2 + 2?", "answer": "4"}\n')
-    args = [a.replace("EMPTY", str(empty)).replace("TWO", str(two)) for a in args]
+    """Each is rejected with one line and exit 2 before any weight is loaded or any file written."""
+    names = {}
+    for name, (filename, text) in BAD_FILES.items():
+        (tmp_path / filename).write_text(text)
+        names[name] = str(tmp_path / filename)
+    for name, change in BAD_CONFIG_JSON.items():
+        shutil.copytree(chat_model, tmp_path / name)
+        config = json.loads((chat_model / "config.json").read_text())
+        (tmp_path / name / "config.json").write_text(json.dumps(change if isinstance(change, list) else config | change))
+        names[name] = str(tmp_path / name)
+    for name, path in names.items():
+        args = [a.replace(name, path) for a in args]
+    before = sorted(p.name for p in tmp_path.iterdir())
     code = train.main([f"model={chat_model}", f"output_dir={tmp_path / 'run'}", "steps=1", *FAST, *args])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("error:") and "\n" not in err and needle in err, err
-    assert not (tmp_path / "run").exists(), "a rejected run must write nothing"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "a rejected run must write nothing"
+    assert Path(names["AFILE"]).is_file()
 
 
 def test_consecutive_skipped_steps_stop_the_run_without_final(chat_model, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,14 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> "ModelConfig":
-        """Builds the config from an HF config dict; unsupported architectures or rope scaling are errors."""
+        """Builds the config from an HF config dict; unsupported architectures, rope scaling and ill-typed
+        fields are one-line ValueErrors naming `source` and the field."""
+        if not isinstance(hf, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(hf).__name__}")
         model_type = hf.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"{source}: unsupported model_type {model_type!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
-        rope = dict(hf.get("rope_parameters") or {})
-        scaling = hf.get("rope_scaling") or {}
+        rope, scaling = _mapping(hf, "rope_parameters", source), _mapping(hf, "rope_scaling", source)
         for rope_type in (rope.get("rope_type"), scaling.get("rope_type", scaling.get("type"))):
             if rope_type not in (None, "default"):
                 raise ValueError(f"{source}: unsupported rope scaling {rope_type!r} (only default RoPE is implemented)")
@@ -62,26 +65,24 @@ class ModelConfig:
             raise ValueError(f"{source}: attention_bias=true is not supported for llama (it biases o_proj too)")
         if hf.get("mlp_bias"):
             raise ValueError(f"{source}: mlp_bias=true is not supported")
-        try:
-            heads = int(hf["num_attention_heads"])
-            hidden = int(hf["hidden_size"])
-            return cls(
-                vocab_size=int(hf["vocab_size"]),
-                hidden_size=hidden,
-                intermediate_size=int(hf["intermediate_size"]),
-                num_layers=int(hf["num_hidden_layers"]),
-                num_heads=heads,
-                num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-                head_dim=int(hf.get("head_dim") or hidden // heads),
-                rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-                rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-                tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                attention_bias=model_type == "qwen2",
-                max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
-                model_type=model_type,
-            )
-        except KeyError as e:
-            raise ValueError(f"{source}: missing key {e.args[0]!r}") from None
+        field = functools.partial(_field, hf, source)
+        heads, hidden = field("num_attention_heads", int), field("hidden_size", int)
+        rope_theta = rope["rope_theta"] if "rope_theta" in rope else hf.get("rope_theta", 10000.0)
+        return cls(
+            vocab_size=field("vocab_size", int),
+            hidden_size=hidden,
+            intermediate_size=field("intermediate_size", int),
+            num_layers=field("num_hidden_layers", int),
+            num_heads=heads,
+            num_kv_heads=field("num_key_value_heads", int, heads),
+            head_dim=field("head_dim", int, hidden // heads),
+            rope_theta=_typed(rope_theta, float, "rope_theta", source),
+            rms_norm_eps=field("rms_norm_eps", float, 1e-6),
+            tie_word_embeddings=field("tie_word_embeddings", bool, False),
+            attention_bias=model_type == "qwen2",
+            max_position_embeddings=field("max_position_embeddings", int, 32768),
+            model_type=model_type,
+        )
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ModelConfig":
@@ -119,3 +120,32 @@ class ModelConfig:
         if self.model_type == "llama":
             hf.update(attention_bias=False, mlp_bias=False)
         return hf
+
+
+def _typed(value: Any, kind: type, key: str, source: str):
+    """`value` as `kind` (ints must be whole and positive); a one-line ValueError naming the field otherwise."""
+    ok = isinstance(value, bool) if kind is bool else (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+        and (kind is float or (float(value).is_integer() and value > 0)))
+    if not ok:
+        raise ValueError(f"{source}: field {key!r} must be {'a positive integer' if kind is int else 'a ' + kind.__name__}"
+                         f", got {value!r}")
+    return kind(value)
+
+
+def _field(hf: dict[str, Any], source: str, key: str, kind: type, default: Any = dataclasses.MISSING):
+    """hf[key] checked as `kind`; missing required keys and null optional ones are handled like HF does."""
+    value = hf.get(key)
+    if value is None:
+        if default is dataclasses.MISSING:
+            raise ValueError(f"{source}: missing key {key!r}")
+        return default
+    return _typed(value, kind, key, source)
+
+
+def _mapping(hf: dict[str, Any], key: str, source: str) -> dict[str, Any]:
+    """An optional nested object (rope settings) as a dict; anything but an object or null is an error."""
+    value = hf.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: field {key!r} must be an object or null, got {value!r}")
+    return value
