@@ -44,9 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         init_distributed(args)
         from rlsc_jax.loop import run
         result = run(cfg)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, OSError) as e:  # bad input, or a file that cannot be read or written
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last complete checkpoint", file=sys.stderr)
+        return 130
     from rlsc_jax.report import before_after_table
     if result.get("before") and result.get("after"):
         print(before_after_table(result["before"], result["after"]))
@@ -55,4 +58,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 130:  # an interrupt can land mid-compile: leave without tearing down XLA's threads (it can crash)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

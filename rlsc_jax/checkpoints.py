@@ -7,10 +7,14 @@ calls save/restore with its global arrays; orbax writes each shard once.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 def abstract_like(tree):
@@ -20,17 +24,43 @@ def abstract_like(tree):
                         if isinstance(x, jax.Array) else x, tree)
 
 
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Holds SIGINT for the duration of the block and raises KeyboardInterrupt after it (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def saved_steps(directory: str | Path) -> list[int]:
+    """Steps of the complete checkpoints under `directory` (orbax names them by step; a save in progress
+    has a temporary name), without opening a manager."""
+    directory = Path(directory)
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+
+
 class Checkpointer:
     """Keeps the last `keep` checkpoints of a run under `directory`, indexed by completed steps."""
 
     def __init__(self, directory: str | Path, keep: int):
+        self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=max(keep, 1), create=True))
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max(keep, 1), create=True, cleanup_tmp_directories=True))
 
     def save(self, step: int, state: dict, meta: dict) -> None:
-        """Saves asynchronously; the next save or `close` waits for it."""
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)))
+        """Saves asynchronously; the next save or `close` waits for it. A Ctrl-C during the call is held
+        until the save is under way, so the interrupt's `close` completes it rather than tearing it."""
+        with _deferred_interrupt():
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            meta=ocp.args.JsonSave(meta)))
 
     def latest_step(self) -> int | None:
         """Completed steps of the newest complete checkpoint, or None."""
@@ -41,6 +71,31 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_like(target)), meta=ocp.args.JsonRestore()))
         return restored.state, restored.meta
+
+    def restore_latest(self, target: dict) -> tuple[int, dict | None, dict | None]:
+        """(step, state, meta) of the newest checkpoint that restores, or (0, None, None) when none does.
+
+        A checkpoint that fails to restore (a truncated array file, missing metadata) is reported in one
+        line and moved aside to `<step>.unreadable`, so the run resumes from the previous complete one
+        and later saves of that step do not collide with it.
+        """
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return step, *self.restore(step, target)
+            except Exception as e:  # noqa: BLE001  orbax and TensorStore raise many types for one bad file
+                reason = (str(e).strip().splitlines() or [""])[0].split(" See full")[0][:200]
+                print(f"checkpoint {step} does not restore ({type(e).__name__}: {reason}); "
+                      f"moved aside to {step}.unreadable, trying the previous one")
+                self._set_aside(step)
+        return 0, None, None
+
+    def _set_aside(self, step: int) -> None:
+        """Renames an unreadable step directory (process 0; every process waits) and forgets it."""
+        path = self.directory / str(step)
+        if jax.process_index() == 0 and path.exists():
+            path.rename(path.with_name(f"{step}.unreadable"))
+        multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        self.manager.reload()
 
     def close(self) -> None:
         """Waits for pending writes and releases the manager."""

@@ -57,11 +57,8 @@ def base_model(cfg: TrainConfig, temperatures: list[float]) -> dict:
 
 def train_arm(cfg: TrainConfig, before: dict) -> dict:
     """One RLSC run (reusing the seed's before-metrics) and its final model scored on its training questions."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval_before.json").write_text(json.dumps(before, indent=2))  # run() evaluates "before" only if absent
-    result = run(cfg)
-    final = out / "final"
+    result = run(cfg, before=before)
+    final = Path(cfg.output_dir) / "final"
     result["train"] = sampled_metrics(hf.load(final), load_tokenizer(final), cfg, _train_questions(cfg),
                                       cfg.eval.temperature)
     return result

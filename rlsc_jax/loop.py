@@ -6,8 +6,8 @@ the questions of any step follow from (seed, step), so a killed run continues ex
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -17,48 +17,18 @@ import numpy as np
 from tqdm import tqdm
 
 from rlsc_jax import hf, sharding as sharding_lib
-from rlsc_jax.hf import DTYPES
 from rlsc_jax.benchmarks import build_messages
-from rlsc_jax.checkpoints import Checkpointer
-from rlsc_jax.config import TrainConfig, to_yaml
+from rlsc_jax.checkpoints import Checkpointer, saved_steps
+from rlsc_jax.config import TrainConfig, to_yaml, validate
 from rlsc_jax.data import load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, generation_eos
+from rlsc_jax.files import atomic_write_text, make_dir
 from rlsc_jax.grading import extract_answer, majority_answer
 from rlsc_jax.metrics import MetricsLog, read_metrics
-from rlsc_jax.models.decoder import REMAT_POLICIES
-from rlsc_jax.objectives import get_objective
+from rlsc_jax.run_record import check_resume, write_record
 from rlsc_jax.sampling import sample
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
 from rlsc_jax.training import Trainer
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """Fails fast on settings that would only break after minutes of compiling."""
-    if cfg.steps < 1 or cfg.questions_per_step < 1 or cfg.grad_accum < 1:
-        raise ValueError("steps, questions_per_step and grad_accum must be >= 1")
-    rows = cfg.questions_per_step * cfg.sampling.num_samples
-    if rows % cfg.grad_accum:
-        raise ValueError(f"grad_accum={cfg.grad_accum} must divide questions_per_step * sampling.num_samples = {rows}")
-    if not Path(cfg.model).is_dir():
-        raise FileNotFoundError(f"{cfg.model}: model directory not found")
-    for key in ("dtype", "compute_dtype", "export_dtype"):
-        value = getattr(cfg, key)
-        if value not in DTYPES and not (key == "export_dtype" and value == ""):
-            raise ValueError(f"{key}={value!r}: expected one of {', '.join(DTYPES)}")
-    if cfg.remat_policy not in REMAT_POLICIES:
-        raise ValueError(f"remat_policy={cfg.remat_policy!r}: expected one of {', '.join(REMAT_POLICIES)}")
-    o = cfg.optim
-    for key, value, ok in (("optim.lr", o.lr, o.lr > 0), ("optim.eps", o.eps, o.eps > 0),
-                           ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0),
-                           ("optim.b1", o.b1, 0 <= o.b1 < 1), ("optim.b2", o.b2, 0 <= o.b2 < 1),
-                           ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0),
-                           ("sampling.temperature", cfg.sampling.temperature, cfg.sampling.temperature > 0)):
-        if not (math.isfinite(value) and ok):
-            raise ValueError(f"{key}={value}: out of range (lr, eps and the training temperature must be finite "
-                             "and > 0; b1, b2 in [0, 1); weight_decay, grad_clip >= 0)")
-    if cfg.checkpoint_every < 1 or cfg.max_skipped_steps < 1:
-        raise ValueError("checkpoint_every and max_skipped_steps must be >= 1")
-    get_objective(cfg.objective)
 
 
 def make_run_mesh(cfg: TrainConfig, devices=None) -> jax.sharding.Mesh:
@@ -76,8 +46,6 @@ def heldout_questions(cfg: TrainConfig) -> list:
     """The evaluation questions: `eval.num_questions` of `eval.source`'s held-out split after the first `eval.offset`."""
     if not cfg.eval.num_questions:
         return []
-    if cfg.eval.offset < 0:
-        raise ValueError(f"eval.offset must be >= 0 (got {cfg.eval.offset})")
     problems = load_questions(cfg.eval.source, data_dir=cfg.data.data_dir, split="heldout", answer_field="answer",
                               num_questions=cfg.eval.offset + cfg.eval.num_questions)[cfg.eval.offset:]
     if not problems:
@@ -146,6 +114,10 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, que
         if metrics["skipped"]:
             print(f"step {step + 1}: non-finite loss, gradient or update; update skipped")
         log.log(step + 1, metrics)
+        if not metrics["state_finite"]:
+            raise ValueError(f"step {step + 1} made parameters or optimizer state non-finite (an overflow; try a "
+                             f"lower optim.lr); nothing of it was saved, the last checkpoint is step "
+                             f"{ckpt.latest_step() or 0}")
         if skipped_in_a_row >= cfg.max_skipped_steps:
             raise ValueError(f"{skipped_in_a_row} steps in a row skipped (max_skipped_steps={cfg.max_skipped_steps}): "
                              f"the run is diverging; stopped at step {step + 1} without exporting final/")
@@ -173,50 +145,79 @@ def export(model, path: Path, dtype) -> None:
         shutil.rmtree(stale)
 
 
-def run(cfg: TrainConfig) -> dict:
-    """Trains per `cfg`; returns {"before": ..., "after": ..., "steps": ...}. Process 0 writes the outputs."""
-    check_config(cfg)
+def _eval_settings(cfg: TrainConfig) -> dict:
+    """What the held-out evaluation's numbers depend on besides the weights."""
+    return {"eval": dataclasses.asdict(cfg.eval), "template": cfg.data.template,
+            "max_new_tokens": cfg.sampling.max_new_tokens, "seed": cfg.seed}
+
+
+def _saved_before(out: Path, cfg: TrainConfig) -> dict | None:
+    """The base model's held-out metrics saved by an earlier invocation with the same evaluation settings."""
+    path = out / "eval_before.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    return saved.get("metrics") if saved.get("settings") == _eval_settings(cfg) else None
+
+
+def prepare(cfg: TrainConfig) -> tuple[list, list, jax.sharding.Mesh, dict, bool]:
+    """Every check that needs no weights loaded and no file written: config values, the model's config.json
+    and tensor headers, the data, the mesh, and (resuming) that the output dir's run had the same settings.
+    Returns (questions, held-out questions, mesh, run record, resuming)."""
+    validate(cfg)
+    hf.check(cfg.model)
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=cfg.data.num_questions)
     heldout = heldout_questions(cfg)
     mesh = make_run_mesh(cfg)
     out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir={cfg.output_dir!r}: exists and is not a directory")
+    resuming = bool(saved_steps(out / "checkpoints"))
+    return questions, heldout, mesh, check_resume(out, cfg, resuming), resuming
+
+
+def run(cfg: TrainConfig, before: dict | None = None) -> dict:
+    """Trains per `cfg`; returns {"before": ..., "after": ..., "steps": ...}. Process 0 writes the outputs.
+
+    `before` (the base model's held-out metrics, when the caller has them) skips the "before" evaluation.
+    """
+    questions, heldout, mesh, record, resuming = prepare(cfg)
+    out = Path(cfg.output_dir)
     writer = jax.process_index() == 0
     if writer:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(cfg))
+        make_dir(out, "output_dir")
+        atomic_write_text(out / "config.yaml", to_yaml(cfg))
+        write_record(out, record)
     model = hf.load(cfg.model, dtype=cfg.dtype, compute_dtype=cfg.compute_dtype, mesh=mesh)
     tokenizer = load_tokenizer(cfg.model)
     eos = eos_ids(tokenizer, generation_eos(cfg.model))
     trainer, state = Trainer.create(model, cfg, mesh)
+    if heldout:
+        before = before or (_saved_before(out, cfg) if resuming else None) or evaluate(trainer.model(state), tokenizer, cfg, heldout)
+        if writer:
+            atomic_write_text(out / "eval_before.json",
+                              json.dumps({"settings": _eval_settings(cfg), "metrics": before}, indent=2))
     ckpt = Checkpointer(out / "checkpoints", cfg.keep_checkpoints)
-    start = ckpt.latest_step() or 0
     key = jax.random.key(cfg.seed)
+    start, restored, meta = ckpt.restore_latest({"params": state["params"], "opt_state": state["opt_state"],
+                                                 "rng": np.asarray(jax.random.key_data(key))})
     if start:
-        restored, meta = ckpt.restore(start, {"params": state["params"], "opt_state": state["opt_state"],
-                                              "rng": np.asarray(jax.random.key_data(key))})
         state = {"params": restored["params"], "opt_state": restored["opt_state"]}
         key = jax.random.wrap_key_data(np.asarray(restored["rng"]))
         print(f"resuming from step {start} ({meta['questions_seen']} questions seen)")
-    before_path = out / "eval_before.json"
-    if heldout and not before_path.exists():
-        before = evaluate(trainer.model(state), tokenizer, cfg, heldout)
-        if writer:
-            before_path.write_text(json.dumps(before, indent=2))
     log = MetricsLog(out, resume_step=start)
     try:
         state = _train(cfg, trainer, state, key, start, questions, tokenizer, eos, ckpt, log, writer)
-    finally:  # also on an error: pending checkpoint writes finish, so the last one is never lost
+    finally:  # also on an error or Ctrl-C: pending checkpoint writes finish, so the last one is never lost
         log.close()
         ckpt.close()
     final = trainer.model(state)
     if cfg.export_final and (start < cfg.steps or not (out / "final").exists()):
         export(final, out / "final", cfg.export_dtype or None)
-    result = {"steps": cfg.steps, "before": json.loads(before_path.read_text()) if before_path.exists() else None}
+    result = {"steps": cfg.steps, "before": before if heldout else None}
     if heldout:
         result["after"] = evaluate(final, tokenizer, cfg, heldout)
         if writer:
-            (out / "eval_after.json").write_text(json.dumps(result["after"], indent=2))
+            atomic_write_text(out / "eval_after.json", json.dumps(result["after"], indent=2))
     if writer and cfg.plot:
         from rlsc_jax.plotting import plot_run
         plot_run(read_metrics(out), result, out / "curves.png")

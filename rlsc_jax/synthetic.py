@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from rlsc_jax.benchmarks import Problem
+from rlsc_jax.files import atomic_write_text
 
 MAX_VALUE = 1000  # every intermediate result lies in [0, MAX_VALUE)
 MAX_COUNT = 120  # item counts stay at most this, so a final per-item value keeps the total < MAX_VALUE
@@ -212,13 +211,4 @@ def split_questions(split: str, n: int, seed: int = 0) -> list[Problem]:
 
 def write_jsonl(problems: Iterable[Problem], path: str | Path) -> None:
     """Writes {"question", "answer"} lines for the generic JSONL loader, atomically (no partial file)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            for p in problems:
-                f.write(json.dumps({"question": p.question, "answer": p.gold}) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_text(path, "".join(json.dumps({"question": p.question, "answer": p.gold}) + "\n" for p in problems))

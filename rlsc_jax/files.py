@@ -1,0 +1,33 @@
+"""Writes that are all or nothing: a temporary sibling renamed into place, so a reader never sees half a file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file in the same directory (mode 0644, as a plain write)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def make_dir(path: str | Path, key: str) -> Path:
+    """Creates directory `path` (and its parents) if needed; an OSError becomes one line naming `key`."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{key}={str(path)!r}: cannot create the directory ({e.strerror}: {e.filename})") from None
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"{key}={str(path)!r}: the directory is not writable")
+    return path

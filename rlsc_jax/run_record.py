@@ -1,0 +1,112 @@
+"""What defines a run's trajectory, recorded in its output dir so that a rerun cannot silently mix states.
+
+`run.json` holds the settings that decide which parameters step k produces (model config and a content
+fingerprint of its files, objective, sampling, optimizer, data, seed, dtypes) and is written before the
+first step. Resuming into the same output dir with any of them changed is refused, naming the keys.
+The keys in `MUTABLE` may change on a rerun: they decide how long, where, how often or with what memory
+layout the run goes on, not what it computes (the mesh included: checkpoints restore onto another mesh).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from rlsc_jax.config import TrainConfig
+from rlsc_jax.files import atomic_write_text
+from rlsc_jax.models import ModelConfig
+
+RECORD = "run.json"
+MUTABLE = ("model", "output_dir", "steps", "checkpoint_every", "keep_checkpoints", "max_skipped_steps",
+           "export_final", "export_dtype", "plot", "grad_accum", "remat", "remat_policy", "logprob_chunk",
+           "data.data_dir", "mesh.", "eval.")
+MUTABLE_SHOWN = tuple(k + "*" if k.endswith(".") else k for k in MUTABLE)
+MODEL_FILES = ("*.safetensors", "*.json", "*.txt", "*.model", "*.jinja")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """A nested dict as {dotted.key: value}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def trajectory_settings(cfg: TrainConfig) -> dict:
+    """The config keys that decide the trajectory; `steps` counts only when the schedule decays over it."""
+    flat = _flat(dataclasses.asdict(cfg))
+    keep = {k: v for k, v in flat.items() if not any(k == m or (m.endswith(".") and k.startswith(m)) for m in MUTABLE)}
+    if cfg.optim.schedule != "constant":
+        keep["steps"] = cfg.steps
+    return keep
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def model_fingerprint(model_dir: str | Path, known: dict | None = None) -> dict:
+    """{file name: {size, mtime_ns, sha256}} of the model dir's weights, config and tokenizer files.
+
+    A file whose size and modification time match its entry in `known` keeps the recorded hash: a rerun
+    does not read a multi-GB checkpoint again unless it changed.
+    """
+    known = known or {}
+    out = {}
+    for path in sorted({p for pattern in MODEL_FILES for p in Path(model_dir).glob(pattern) if p.is_file()}):
+        stat = path.stat()
+        entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        old = known.get(path.name, {})
+        same = all(old.get(k) == v for k, v in entry.items())
+        out[path.name] = entry | {"sha256": old["sha256"] if same else _sha256(path)}
+    return out
+
+
+def make_record(cfg: TrainConfig, known: dict | None = None) -> dict:
+    """The record of `cfg`'s run: its trajectory settings, model config and model files' fingerprint."""
+    return {"settings": trajectory_settings(cfg), "model_config": ModelConfig.from_file(cfg.model).to_hf(),
+            "model_files": model_fingerprint(cfg.model, known)}
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """Human-readable 'key: old -> new' lines for every setting, model config field or model file that differs."""
+    out = []
+    for section, label in (("settings", ""), ("model_config", "model config.json ")):
+        a, b = old.get(section, {}), new.get(section, {})
+        out += [f"{label}{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    a = {k: v["sha256"] for k, v in old.get("model_files", {}).items()}
+    b = {k: v["sha256"] for k, v in new.get("model_files", {}).items()}
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    if changed:
+        out.append(f"model files changed: {', '.join(changed)}")
+    return out
+
+
+def check_resume(out: Path, cfg: TrainConfig, resuming: bool) -> dict:
+    """The record of this run; when `resuming` and the output dir's record differs, a one-line ValueError
+    naming what changed (nothing is written either way)."""
+    path = out / RECORD
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old is not None and resuming:
+        quick = {"settings": trajectory_settings(cfg)}
+        changed = differences({"settings": old.get("settings", {})}, quick)
+        if not changed:
+            record = make_record(cfg, known=old.get("model_files"))
+            changed = differences(old, record)
+        if changed:
+            raise ValueError(f"{out} holds checkpoints of a run with other settings ({'; '.join(changed)}); "
+                             f"use another output_dir, or restore them (keys that may change on a rerun: "
+                             f"{', '.join(MUTABLE_SHOWN)})")
+        return record
+    return make_record(cfg, known=old.get("model_files") if old else None)
+
+
+def write_record(out: Path, record: dict) -> None:
+    """Writes run.json (atomically)."""
+    atomic_write_text(out / RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")

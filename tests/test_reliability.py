@@ -1,0 +1,162 @@
+"""train.py under faults: changed settings on resume, another mesh, a corrupt checkpoint, Ctrl-C during a save,
+an error mid-run, and a non-finite state. Each case ends with one line and never loses the last checkpoint."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import train
+from rlsc_jax import synthetic, training
+from tests.hf_models import make_chat_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["sampling.num_samples=4", "sampling.max_new_tokens=8", "data.num_questions=8", "questions_per_step=2",
+        "eval.num_questions=0", "plot=false", "checkpoint_every=1"]
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 300)]
+    return make_chat_model_dir(tmp_path_factory.mktemp("chat"), texts)
+
+
+def _run(model, out, *extra) -> int:
+    return train.main([f"model={model}", f"output_dir={out}", *FAST, *extra])
+
+
+def _final(out: Path) -> dict:
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def _last_error(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def _steps(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "checkpoints").iterdir())
+
+
+def test_a_rerun_with_changed_settings_is_refused_naming_the_keys(chat_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(chat_model, out, "steps=1") == 0
+    config, record = (out / "config.yaml").read_text(), (out / "run.json").read_text()
+    assert _run(chat_model, out, "steps=2", "objective=rlsc_l1", "sampling.temperature=0.9") == 2
+    err = _last_error(capsys)
+    assert "objective: 'rlsc_l2' -> 'rlsc_l1'" in err and "sampling.temperature: 0.5 -> 0.9" in err, err
+    other = tmp_path / "other_weights"
+    shutil.copytree(chat_model, other)
+    weights = load_file(str(other / "model.safetensors"))
+    weights["model.norm.weight"] = weights["model.norm.weight"] + 1
+    save_file(weights, str(other / "model.safetensors"), metadata={"format": "pt"})
+    assert _run(other, out, "steps=2") == 2
+    assert "model files changed: model.safetensors" in _last_error(capsys)
+    assert (out / "config.yaml").read_text() == config and (out / "run.json").read_text() == record
+    assert _steps(out) == ["1"]
+    moved = tmp_path / "moved_model"  # the same files elsewhere: the path is not the model's identity
+    shutil.copytree(chat_model, moved)
+    assert _run(moved, out, "steps=2", "checkpoint_every=5", "keep_checkpoints=3", "eval.num_questions=2",
+                "eval.num_samples=2", "logprob_chunk=64") == 0
+    assert "resuming from step 1" in capsys.readouterr().out
+
+
+def test_resume_onto_another_mesh(chat_model, tmp_path):
+    """Steps 1-2 on an 8-way FSDP mesh, step 3 on data=2 x fsdp=4: the same weights as 3 steps on one mesh
+    up to reduction order."""
+    a, b = tmp_path / "switched", tmp_path / "straight"
+    assert _run(chat_model, a, "steps=2", "mesh.fsdp=8") == 0
+    assert _run(chat_model, a, "steps=3", "mesh.data=2", "mesh.fsdp=4") == 0
+    assert _run(chat_model, b, "steps=3", "mesh.fsdp=8") == 0
+    got, want = _final(a), _final(b)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=2e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("damage", ["truncate_array", "delete_metadata"])
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(chat_model, tmp_path, capsys, damage):
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    assert _run(chat_model, out, "steps=2", "export_final=false") == 0
+    state = out / "checkpoints" / "2" / "state"
+    if damage == "truncate_array":
+        biggest = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+        os.truncate(biggest, biggest.stat().st_size // 2)
+    else:
+        (state / "_METADATA").unlink()
+    capsys.readouterr()
+    assert _run(chat_model, out, "steps=3") == 0
+    printed = capsys.readouterr().out
+    assert "checkpoint 2 does not restore" in printed and "resuming from step 1" in printed, printed
+    assert "2.unreadable" in _steps(out)
+    assert _run(chat_model, straight, "steps=3") == 0
+    got, want = _final(out), _final(straight)
+    assert all(np.array_equal(got[n], want[n]) for n in want)
+
+
+def _env():
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+                XLA_FLAGS="--xla_force_host_platform_device_count=8")
+
+
+def test_ctrl_c_during_a_save_keeps_the_checkpoint_and_exits_130(chat_model, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), f"model={chat_model}", f"output_dir={out}", *FAST, "steps=4"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if (out / "checkpoints").is_dir() and any(p.name.startswith("2") for p in (out / "checkpoints").iterdir()):
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.002)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "%|" not in line]
+    assert len(lines) == 1 and lines[0].startswith("interrupted"), lines
+    assert _steps(out) == ["1", "2"]
+    resumed = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and "resuming from step 2" in resumed.stdout, resumed.stderr
+
+
+def test_an_error_mid_run_keeps_the_last_checkpoint(chat_model, tmp_path):
+    """The 4th question is too long for the model: step 4 fails with one line, exit 2, no hang, and
+    checkpoint 3 is complete."""
+    data = tmp_path / "q.jsonl"
+    rows = [{"question": f"What is {i} plus {i}?"} for i in range(3)] + [{"question": "word " * 400}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), f"model={chat_model}", f"output_dir={out}", *FAST, "steps=4",
+           f"data.source={data}", "data.num_questions=4", "data.shuffle=false", "questions_per_step=1", "sampling.num_samples=8"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip() and "%|" not in line]
+    assert done.returncode == 2 and len(lines) == 1 and "exceeds the model's" in lines[0], done.stderr
+    assert _steps(out) == ["2", "3"]
+
+
+def test_a_non_finite_state_stops_the_run_before_it_is_saved(chat_model, tmp_path, capsys, monkeypatch):
+    """Adam's second moment poisoned with inf at step 2 (loss, gradient and lr stay finite, so the step's
+    own guard lets the update through): the run stops at step 2 with one line and saves nothing of it."""
+    step = training.Trainer._step
+
+    def poisoned(self, state, batch, temperature):
+        adam = state["opt_state"][0]
+        leaves, tree = jax.tree.flatten(adam.nu)
+        leaves[0] = jnp.where(training._step_count(state["opt_state"]) == 1, jnp.inf, leaves[0])
+        opt = (adam._replace(nu=jax.tree.unflatten(tree, leaves)), *state["opt_state"][1:])
+        return step(self, {"params": state["params"], "opt_state": opt}, batch, temperature)
+
+    monkeypatch.setattr(training.Trainer, "_step", poisoned)
+    out = tmp_path / "run"
+    assert _run(chat_model, out, "steps=4") == 2
+    assert "step 2 made parameters or optimizer state non-finite" in _last_error(capsys)
+    assert _steps(out) == ["1"] and not (out / "final").exists()
