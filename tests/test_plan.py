@@ -43,6 +43,11 @@ def test_report_from_config_json_alone(config_only, tmp_path, capsys):
     # 8 row shards: parameters are FSDP-sharded, rows are split, the step all-reduces or reduce-scatters gradients
     assert report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
     assert sum(report["programs"]["train_step"]["collective_bytes"].values()) > 0
+    # the sampler's decode layout is gathered once per call: the prefill and each decoded token gather no layer
+    # weights (what remains is the embedding rows and activations; 9x more before the layout was gathered)
+    gathered = {n: report["programs"][n]["collective_bytes"]["all-gather"] for n in ("prefill", "decode")}
+    assert gathered["prefill"] < 0.2 * report["decode_layout_bytes"], gathered
+    assert report["programs"]["decode"]["per_iteration"]["collective_bytes"]["all-gather"] < 1024
     # HLO matmul FLOPs (loops counted by trip count) against 6 N tokens + attention: above it by what remat,
     # accumulation's scoring pass and the recomputed LM head add, never below
     ratio = report["programs"]["train_step"]["flops"] / report["analytic_train_flops_per_device"]

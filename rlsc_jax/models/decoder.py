@@ -219,14 +219,21 @@ class Decoder(nnx.Module):
                           preferred_element_type=jnp.float32)
 
     def unstacked_layers(self) -> list[nnx.State]:
-        """Each layer's parameters as arrays of their own, in the compute dtype: the sampler's decode layout.
+        """Each layer's parameters as arrays of their own, in the compute dtype and gathered over FSDP: the
+        sampler's decode layout.
 
-        A decode step that scans the stacked parameters slices (and casts) every weight per token; built
-        once per sampling call, this copy lets the decode loop read the weights in place.
+        A decode step that scans the stacked parameters slices (and casts) every weight per token, and on a
+        mesh FSDP-sharded weights would be all-gathered per token unless the compiler hoists the gathers out
+        of the loop. Built once per sampling call, this copy is read in place by every decode step.
         """
         _, stacked = nnx.split(self.layers)
         cd = self.compute_dtype
-        return [jax.tree.map(lambda w: w[i].astype(cd), stacked) for i in range(self.cfg.num_layers)]
+
+        def layer(i: int) -> nnx.State:
+            def weight(var: nnx.Variable) -> nnx.Variable:
+                return var.replace(gather_fsdp(var.get_value()[i].astype(cd), var.get_metadata()["logical_axes"][1:]))
+            return jax.tree.map(weight, stacked, is_leaf=lambda v: isinstance(v, nnx.Variable))
+        return [layer(i) for i in range(self.cfg.num_layers)]
 
     def hidden_states(self, input_ids, positions=None, attention_mask=None, cache: KVCache | None = None,
                       cache_index=None, remat: str | None = None, collect: bool = False,
