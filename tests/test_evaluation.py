@@ -12,7 +12,8 @@ import pytest
 
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, build_messages, load_benchmark
 from rlsc_jax.bpe import train_tokenizer
-from rlsc_jax.evaluation import main, make_record, read_records, summarize
+from rlsc_jax.eval_cli import main
+from rlsc_jax.evaluation import make_record, read_records, summarize
 from tests.hf_models import make_hf_model
 
 REPO = Path(__file__).resolve().parents[1]
