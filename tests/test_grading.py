@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 
 from rlsc_jax.benchmarks import BENCHMARKS, load_benchmark
-from rlsc_jax.grading import answer_groups, extract_answer, is_equivalent, last_boxed, maj_at_k, majority_answer, \
-    pass_at_k
+from rlsc_jax.grading import (
+    answer_groups,
+    extract_answer,
+    is_equivalent,
+    last_boxed,
+    maj_at_k,
+    majority_answer,
+    pass_at_k,
+)
 
 
 @pytest.mark.parametrize(
