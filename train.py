@@ -47,9 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from rlsc_jax.report import before_after_table
+    from rlsc_jax.report import before_after_table, truncation_warning
     if result.get("before") and result.get("after"):
+        if "protocol" in result["before"]:
+            print(f"held-out evaluation: protocol {result['before']['protocol']}, before and after")
         print(before_after_table(result["before"], result["after"]))
+        for label in ("before", "after"):
+            warning = truncation_warning(f"held-out {label}", result[label])
+            if warning:
+                print(warning)
     print(json.dumps({"output_dir": cfg.output_dir, "steps": result["steps"]}))
     return 0
 

@@ -69,6 +69,7 @@ class EvalConfig:
     num_samples: int = 16
     temperature: float = 0.5
     batch_size: int = 16
+    protocol: str = "qwen-math"  # benchmark / JSONL sources: this named protocol (rlsc_jax/protocols.py) instead
 
 
 @dataclasses.dataclass

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from rlsc_jax.benchmarks import DEFAULT_PROMPT, PROMPTS, Problem, build_messages
 from rlsc_jax.grading import answer_groups, extract_answer, is_equivalent, maj_at_k, majority_answer, pass_at_k
 from rlsc_jax.models import Decoder
+from rlsc_jax.protocols import get_protocol
 from rlsc_jax.sampling import sample
 from rlsc_jax.sharding import to_host
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids
@@ -174,6 +175,17 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
             bar.update(len(batch))
     ordered = [records[p.id] for p in problems]
     return ordered, {**summarize(ordered), "max_new_tokens": budget}
+
+
+def evaluate_protocol(model: Decoder, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], protocol: str, *,
+                      seed: int = 0, batch_size: int = 8) -> dict:
+    """The named protocol's summary of `problems`, labelled with its name: train.py's held-out evaluation of
+    benchmark sources, so that before and after are measured with the same prompt, decoding and budget."""
+    p = get_protocol(protocol)
+    _, summary = evaluate_problems(model, tokenizer, problems, template=p.template, num_samples=p.num_samples,
+                                   temperature=p.temperature, top_p=p.top_p, top_k=p.top_k,
+                                   max_new_tokens=p.max_new_tokens, batch_size=batch_size, seed=seed, progress=False)
+    return {"protocol": protocol, **summary}
 
 
 def read_records(path: Path) -> tuple[dict[str, dict], int]:

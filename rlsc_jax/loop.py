@@ -22,11 +22,12 @@ from rlsc_jax.benchmarks import build_messages
 from rlsc_jax.checkpoints import Checkpointer
 from rlsc_jax.config import TrainConfig, to_yaml
 from rlsc_jax.data import load_questions, questions_for_step
-from rlsc_jax.evaluation import evaluate_problems, generation_eos
+from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol, generation_eos
 from rlsc_jax.grading import extract_answer, majority_answer
 from rlsc_jax.metrics import MetricsLog, read_metrics
 from rlsc_jax.models.decoder import REMAT_POLICIES
 from rlsc_jax.objectives import get_objective
+from rlsc_jax.protocols import get_protocol
 from rlsc_jax.sampling import sample
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
 from rlsc_jax.training import Trainer
@@ -59,6 +60,7 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.checkpoint_every < 1 or cfg.max_skipped_steps < 1:
         raise ValueError("checkpoint_every and max_skipped_steps must be >= 1")
     get_objective(cfg.objective)
+    get_protocol(cfg.eval.protocol)
 
 
 def make_run_mesh(cfg: TrainConfig, devices=None) -> jax.sharding.Mesh:
@@ -107,14 +109,20 @@ def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: f
 
 
 def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
-    """Held-out greedy accuracy and, with N samples at the eval temperature, mean@N / maj@N, mean length and
-    the mean token entropy of the samples (estimated as the mean -log p of the sampled tokens)."""
+    """Held-out metrics, computed the same way before and after training. Benchmark and JSONL sources: the named
+    protocol `eval.protocol`. Synthetic: greedy accuracy and, with N samples at the eval temperature, mean@N /
+    maj@N, mean length and the mean token entropy of the samples (estimated as the mean -log p of the sampled
+    tokens); both with the fraction of completions cut at the budget."""
+    if cfg.eval.source != "synthetic":
+        return evaluate_protocol(model, tokenizer, problems, cfg.eval.protocol, seed=cfg.seed,
+                                 batch_size=cfg.eval.batch_size)
     _, greedy = evaluate_problems(model, tokenizer, problems, template=cfg.data.template,
                                   max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.eval.batch_size,
                                   seed=cfg.seed, progress=False)
     sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature)
     sampled["mean_token_entropy"] = sampled.pop("mean_token_nll")  # -log p of sampled tokens: an entropy estimate
-    return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"}}
+    return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"},
+            "greedy_truncated_frac": greedy["truncated_frac"]}
 
 
 def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, questions, tokenizer, eos,

@@ -24,7 +24,8 @@ def plot_run(rows: list[dict], result: dict, path: str | Path) -> Path:
     ax = axes.flat[-1]
     before, after = result.get("before"), result.get("after")
     if before and after:
-        keys = [k for k in before if k == "greedy_accuracy" or k.startswith(("mean@", "maj@"))]
+        n = before.get("num_samples")
+        keys = [k for k in ("greedy_accuracy", "accuracy", f"mean@{n}", f"maj@{n}") if k in before and k in after]
         xs = range(len(keys))
         ax.bar([x - 0.2 for x in xs], [before[k] for k in keys], width=0.4, label="before")
         ax.bar([x + 0.2 for x in xs], [after[k] for k in keys], width=0.4, label="after")
