@@ -195,7 +195,7 @@ def over_seeds(per_seed: list[dict[str, dict]]) -> tuple[dict[str, dict], dict[s
     means, sds = {}, {}
     for name, first in per_seed[0].items():
         values = {k: [run[name][k] for run in per_seed] for k in first if k not in FIXED}
-        means[name] = {**{k: first[k] for k in FIXED if k in first}, **{k: statistics.fmean(v) for k, v in values.items()}}
+        means[name] = {k: first[k] for k in FIXED if k in first} | {k: statistics.fmean(v) for k, v in values.items()}
         sds[name] = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in values.items()}
     return means, sds
 
@@ -247,7 +247,10 @@ def run(args: argparse.Namespace) -> dict:
         _write_json_atomic(out_dir / "results.json", results)
     _report(results, cfg.temperature, spread)
     from rlsc_jax.plotting import plot_pass_at_k
-    curves = {out_dir.name: results["benchmarks"]} | ({Path(args.compare).name: other["benchmarks"]} if other else {})
+    curves = {out_dir.name: results["benchmarks"]}
+    if other:
+        label = Path(args.compare).name
+        curves[label if label != out_dir.name else f"{label} (--compare)"] = other["benchmarks"]
     plot_pass_at_k(curves, out_dir / "pass_at_k.png")
     print(f"results: {out_dir / 'results.json'}\npass@k plot: {out_dir / 'pass_at_k.png'}")
     return results

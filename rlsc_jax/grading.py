@@ -1,4 +1,4 @@
-"""Answer grading as the field does it: extract the final answer, compare with math-verify, pass@k, majority vote, maj@k."""
+"""Answer grading as the field does it: extract the final answer, compare with math-verify, pass@k, maj@k, majority."""
 
 from __future__ import annotations
 

@@ -45,6 +45,7 @@ def plot_pass_at_k(curves: dict[str, dict[str, dict]], path: str | Path) -> Path
     names = list(next(iter(curves.values())))
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.8), squeeze=False)
     for ax, name in zip(axes[0], names):
+        ticks = set()
         for colour, (label, summaries) in enumerate(curves.items()):
             summary = summaries[name]
             for metric, style in (("pass", "-"), ("maj", "--")):
@@ -53,7 +54,9 @@ def plot_pass_at_k(curves: dict[str, dict[str, dict]], path: str | Path) -> Path
                     ks, summary = [1], {**summary, "pass@1": summary["accuracy"]}
                 ax.plot(ks, [summary[f"{metric}@{k}"] for k in ks], style, marker="o", color=f"C{colour}",
                         label=f"{label} {metric}@k")
+                ticks.update(ks)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(ticks), [str(k) for k in sorted(ticks)])
         ax.set_ylim(0, 1)
         ax.set_xlabel("k")
         ax.set_title(name)
