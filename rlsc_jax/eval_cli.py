@@ -88,8 +88,11 @@ def _check_resume(out_dir: Path, settings: dict, model_dir: Path, weights: dict 
         except json.JSONDecodeError:
             raise ValueError(f"{path}: corrupt; delete it or use another --output-dir") from None
     weights = weights or fingerprint(model_dir, old.get("weights"))
+    if old and "weights" not in old:
+        raise ValueError(f"{path}: written by an eval.py that did not record the weights' hash; "
+                         "use another --output-dir")
     if old:
-        was, now = digests(old.get("weights", {})), digests(weights)
+        was, now = digests(old["weights"]), digests(weights)
         if was != now:
             changed = sorted(set(was) ^ set(now) | {k for k in was.keys() & now.keys() if was[k] != now[k]})
             raise ValueError(f"{path}: the weights in {model_dir} are not those that made these records "

@@ -263,3 +263,8 @@ def test_changed_weights_at_the_same_path_refuse_to_resume(tiny_model: Path, ben
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "model.safetensors differ" in err and "another --output-dir" in err
     assert (tmp_path / "out" / "gsm8k.jsonl").read_text() == records
+    settings = json.loads((tmp_path / "out" / "settings.json").read_text())
+    del settings["weights"]  # as an older eval.py wrote it
+    (tmp_path / "out" / "settings.json").write_text(json.dumps(settings))
+    assert _main(model, benchmark_dir, tmp_path / "out", "max_new_tokens=8") == 2
+    assert "did not record the weights' hash" in capsys.readouterr().err
