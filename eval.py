@@ -2,7 +2,7 @@
 
 import sys
 
-from rlsc_jax.evaluation import main
+from rlsc_jax.eval_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -50,9 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last complete checkpoint", file=sys.stderr)
         return 130
-    from rlsc_jax.report import before_after_table
+    from rlsc_jax.report import before_after_table, truncation_warning
     if result.get("before") and result.get("after"):
+        if "protocol" in result["before"]:
+            print(f"held-out evaluation: protocol {result['before']['protocol']}, before and after")
         print(before_after_table(result["before"], result["after"]))
+        for label in ("before", "after"):
+            warning = truncation_warning(f"held-out {label}", result[label])
+            if warning:
+                print(warning)
     print(json.dumps({"output_dir": cfg.output_dir, "steps": result["steps"]}))
     return 0
 

@@ -14,6 +14,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from rlsc_jax.hf import DTYPES
 from rlsc_jax.models.decoder import REMAT_POLICIES
 from rlsc_jax.objectives import get_objective
+from rlsc_jax.protocols import get_protocol
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent / "assets" / "default_model")
 
@@ -75,6 +76,7 @@ class EvalConfig:
     num_samples: int = 16
     temperature: float = 0.5
     batch_size: int = 16
+    protocol: str = "qwen-math"  # benchmark / JSONL sources: this named protocol (rlsc_jax/protocols.py) instead
 
 
 @dataclasses.dataclass
@@ -213,6 +215,7 @@ def validate(cfg: TrainConfig) -> None:
     if rows % cfg.grad_accum:
         raise ValueError(f"grad_accum={cfg.grad_accum} must divide questions_per_step * sampling.num_samples = {rows}")
     get_objective(cfg.objective)
+    get_protocol(cfg.eval.protocol)
 
 
 def _value(cfg, dotted: str):

@@ -1,11 +1,14 @@
-"""Answer grading as the field does it: extract the final answer, compare with math-verify, pass@k, majority vote."""
+"""Answer grading as the field does it: extract the final answer, compare with math-verify, pass@k, maj@k, majority."""
 
 from __future__ import annotations
 
 import re
 import threading
+from collections import Counter
 from functools import lru_cache
+from math import comb
 
+import numpy as np
 from math_verify import parse, verify
 from math_verify.errors import TimeoutException
 
@@ -103,12 +106,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prob_all_wrong
 
 
-def majority_answer(answers: list[str | None]) -> tuple[str | None, int]:
-    """The most common answer up to equivalence and its count (ties: first seen); None wins only if all are None."""
+def answer_groups(answers: list[str | None]) -> list[int | None]:
+    """Each answer's equivalence group (numbered in order of first appearance; None for no answer): the votes."""
     groups: list[list[str]] = []  # each group: its representative (first seen) first, then exact strings seen
-    counts: list[int] = []
+    out: list[int | None] = []
     for answer in answers:
         if answer is None:
+            out.append(None)
             continue
         key = answer.strip()
         index = next((i for i, group in enumerate(groups) if key in group), None)
@@ -116,12 +120,50 @@ def majority_answer(answers: list[str | None]) -> tuple[str | None, int]:
             index = next((i for i, group in enumerate(groups) if is_equivalent(group[0], key)), None)
         if index is None:
             groups.append([key])
-            counts.append(0)
             index = len(groups) - 1
         elif key not in groups[index]:
             groups[index].append(key)
-        counts[index] += 1
-    if not groups:
+        out.append(index)
+    return out
+
+
+def majority_answer(answers: list[str | None]) -> tuple[str | None, int]:
+    """The most common answer up to equivalence and its count (ties: first seen); None wins only if all are None."""
+    groups = answer_groups(answers)
+    counts = Counter(g for g in groups if g is not None)
+    if not counts:
         return None, len(answers)
-    best = max(range(len(groups)), key=lambda i: (counts[i], -i))
-    return groups[best][0], counts[best]
+    best = min(counts, key=lambda g: (-counts[g], g))
+    return answers[groups.index(best)].strip(), counts[best]
+
+
+def maj_at_k(counts: list[int], correct: list[bool], unanswered: int, k: int) -> float:
+    """Exact expected correctness of the majority vote over k of the n samples drawn at random without replacement.
+
+    `counts[g]` samples gave answer group g, `correct[g]` says whether g matches the gold, `unanswered` samples
+    gave no answer (they never win). A tie between groups scores 1 / (groups tied). Like pass@k, an unbiased
+    estimate of the vote of k fresh samples.
+    """
+    n = sum(counts) + unanswered
+    if not 1 <= k <= n:
+        raise ValueError(f"maj_at_k needs 1 <= k <= n, got n={n}, k={k}")
+    total = 0.0
+    for g, (count, ok) in enumerate(zip(counts, correct)):
+        if ok:
+            others = counts[:g] + counts[g + 1:]
+            total += sum(comb(count, j) * _tied_ways(others, unanswered, j, k - j) for j in range(1, min(count, k) + 1))
+    return total / comb(n, k)
+
+
+def _tied_ways(others: list[int], unanswered: int, j: int, rest: int) -> float:
+    """Ways to draw `rest` samples from the other groups and the unanswered ones with no group above j votes,
+    each weighted 1 / (1 + other groups at exactly j): a dynamic programme over the groups."""
+    ways = np.zeros((rest + 1, len(others) + 1))  # [samples drawn so far, groups tied at j]
+    ways[:, 0] = [comb(unanswered, s) for s in range(rest + 1)]
+    for count in others:
+        grown = np.zeros_like(ways)
+        for t in range(min(count, j, rest) + 1):
+            tie = int(t == j)
+            grown[t:, tie:] += comb(count, t) * ways[:rest + 1 - t, :ways.shape[1] - tie]
+        ways = grown
+    return float(ways[rest] @ (1.0 / np.arange(1, len(others) + 2)))

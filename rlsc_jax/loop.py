@@ -21,7 +21,7 @@ from rlsc_jax.benchmarks import build_messages
 from rlsc_jax.checkpoints import Checkpointer, saved_steps
 from rlsc_jax.config import TrainConfig, to_yaml, validate
 from rlsc_jax.data import load_questions, questions_for_step
-from rlsc_jax.evaluation import evaluate_problems, generation_eos
+from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol, generation_eos
 from rlsc_jax.files import atomic_write_text, make_dir
 from rlsc_jax.grading import extract_answer, majority_answer
 from rlsc_jax.metrics import MetricsLog, read_metrics
@@ -75,14 +75,20 @@ def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: f
 
 
 def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
-    """Held-out greedy accuracy and, with N samples at the eval temperature, mean@N / maj@N, mean length and
-    the mean token entropy of the samples (estimated as the mean -log p of the sampled tokens)."""
+    """Held-out metrics, computed the same way before and after training. Benchmark and JSONL sources: the named
+    protocol `eval.protocol`. Synthetic: greedy accuracy and, with N samples at the eval temperature, mean@N /
+    maj@N, mean length and the mean token entropy of the samples (estimated as the mean -log p of the sampled
+    tokens); both with the fraction of completions cut at the budget."""
+    if cfg.eval.source != "synthetic":
+        return evaluate_protocol(model, tokenizer, problems, cfg.eval.protocol, seed=cfg.seed,
+                                 batch_size=cfg.eval.batch_size)
     _, greedy = evaluate_problems(model, tokenizer, problems, template=cfg.data.template,
                                   max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.eval.batch_size,
                                   seed=cfg.seed, progress=False)
     sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature)
     sampled["mean_token_entropy"] = sampled.pop("mean_token_nll")  # -log p of sampled tokens: an entropy estimate
-    return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"}}
+    return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"},
+            "greedy_truncated_frac": greedy["truncated_frac"]}
 
 
 def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, questions, tokenizer, eos,

@@ -1,4 +1,4 @@
-"""A PNG of a run's curves (loss, log p, entropy, answer agreement, length) and held-out before/after."""
+"""PNGs: a run's curves (loss, log p, entropy, answer agreement, length) and held-out before/after; pass@k vs k."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def plot_run(rows: list[dict], result: dict, path: str | Path) -> Path:
     ax = axes.flat[-1]
     before, after = result.get("before"), result.get("after")
     if before and after:
-        keys = [k for k in before if k == "greedy_accuracy" or k.startswith(("mean@", "maj@"))]
+        n = before.get("num_samples")
+        keys = [k for k in ("greedy_accuracy", "accuracy", f"mean@{n}", f"maj@{n}") if k in before and k in after]
         xs = range(len(keys))
         ax.bar([x - 0.2 for x in xs], [before[k] for k in keys], width=0.4, label="before")
         ax.bar([x + 0.2 for x in xs], [after[k] for k in keys], width=0.4, label="after")
@@ -32,6 +33,34 @@ def plot_run(rows: list[dict], result: dict, path: str | Path) -> Path:
         ax.set_ylim(0, 1)
         ax.legend()
     ax.set_title("held-out accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_pass_at_k(curves: dict[str, dict[str, dict]], path: str | Path) -> Path:
+    """pass@k (solid) and maj@k (dashed) against k, one panel per benchmark, one colour per results folder
+    (label -> benchmark -> summary): sharpening tends to raise pass@1 and can lower pass@k at large k."""
+    names = list(next(iter(curves.values())))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ticks = set()
+        for colour, (label, summaries) in enumerate(curves.items()):
+            summary = summaries[name]
+            for metric, style in (("pass", "-"), ("maj", "--")):
+                ks = sorted(int(k.split("@")[1]) for k in summary if k.startswith(f"{metric}@"))
+                if metric == "pass" and not ks:  # one sample per problem: its accuracy is pass@1
+                    ks, summary = [1], {**summary, "pass@1": summary["accuracy"]}
+                ax.plot(ks, [summary[f"{metric}@{k}"] for k in ks], style, marker="o", color=f"C{colour}",
+                        label=f"{label} {metric}@k")
+                ticks.update(ks)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(ticks), [str(k) for k in sorted(ticks)])
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("k")
+        ax.set_title(name)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -10,12 +10,12 @@ layout the run goes on, not what it computes (the mesh included: checkpoints res
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
 from rlsc_jax.config import TrainConfig
 from rlsc_jax.files import atomic_write_text
+from rlsc_jax.fingerprint import digests, fingerprint
 from rlsc_jax.models import ModelConfig
 
 RECORD = "run.json"
@@ -23,7 +23,7 @@ MUTABLE = ("model", "output_dir", "steps", "checkpoint_every", "keep_checkpoints
            "export_final", "export_dtype", "plot", "grad_accum", "remat", "remat_policy", "logprob_chunk",
            "data.data_dir", "mesh.", "eval.")
 MUTABLE_SHOWN = tuple(k + "*" if k.endswith(".") else k for k in MUTABLE)
-MODEL_FILES = ("*.safetensors", "*.json", "*.txt", "*.model", "*.jinja")
+MODEL_FILES = ("*.safetensors", "*.json", "*.txt", "*.model", "*.jinja")  # weights, config, tokenizer
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -46,32 +46,10 @@ def trajectory_settings(cfg: TrainConfig) -> dict:
     return keep
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def model_fingerprint(model_dir: str | Path, known: dict | None = None) -> dict:
-    """{file name: {size, mtime_ns, sha256}} of the model dir's weights, config and tokenizer files.
-
-    A file whose size and modification time match its entry in `known` keeps the recorded hash: a rerun
-    does not read a multi-GB checkpoint again unless it changed.
-    """
-    known = known or {}
-    out = {}
-    for path in sorted({p for pattern in MODEL_FILES for p in Path(model_dir).glob(pattern) if p.is_file()}):
-        stat = path.stat()
-        entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        old = known.get(path.name, {})
-        same = all(old.get(k) == v for k, v in entry.items())
-        out[path.name] = entry | {"sha256": old["sha256"] if same else _sha256(path)}
-    return out
-
-
 def make_record(cfg: TrainConfig, known: dict | None = None) -> dict:
     """The record of `cfg`'s run: its trajectory settings, model config and model files' fingerprint."""
     return {"settings": trajectory_settings(cfg), "model_config": ModelConfig.from_file(cfg.model).to_hf(),
-            "model_files": model_fingerprint(cfg.model, known)}
+            "model_files": fingerprint(cfg.model, known, MODEL_FILES)}
 
 
 def differences(old: dict, new: dict) -> list[str]:
@@ -80,8 +58,7 @@ def differences(old: dict, new: dict) -> list[str]:
     for section, label in (("settings", ""), ("model_config", "model config.json ")):
         a, b = old.get(section, {}), new.get(section, {})
         out += [f"{label}{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
-    a = {k: v["sha256"] for k, v in old.get("model_files", {}).items()}
-    b = {k: v["sha256"] for k, v in new.get("model_files", {}).items()}
+    a, b = digests(old.get("model_files", {})), digests(new.get("model_files", {}))
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     if changed:
         out.append(f"model files changed: {', '.join(changed)}")

@@ -23,6 +23,7 @@ def test_paper_configs(name, steps):
     assert (cfg.steps, cfg.sampling.num_samples, cfg.sampling.temperature) == (steps, 16, 0.5)
     assert (cfg.sampling.max_new_tokens, cfg.optim.lr, cfg.objective, cfg.alpha) == (3072, 1e-5, "rlsc_l2", 0.1)
     assert (cfg.data.source, cfg.data.num_questions, cfg.mesh.fsdp, cfg.questions_per_step) == ("aime24", 0, -1, 1)
+    assert (cfg.sampling.top_k, cfg.sampling.top_p) == (50, 1.0)  # transformers' defaults under generate()
 
 
 def test_overrides_apply_after_the_file():

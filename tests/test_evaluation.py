@@ -1,4 +1,5 @@
-"""Evaluation: pass@k and maj@n summaries, resumable records, eval.py end to end, and its bad-input errors."""
+"""Evaluation: pass@k / maj@k summaries, budgets, resumable records, eval.py end to end (protocols, seeds,
+--compare, the weights fingerprint) and its bad-input errors."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, build_messages, load_benchmark
 from rlsc_jax.bpe import train_tokenizer
-from rlsc_jax.evaluation import main, make_record, read_records, summarize
+from rlsc_jax.eval_cli import main
+from rlsc_jax.evaluation import make_record, read_records, summarize, token_budget
+from rlsc_jax.report import truncation_warning
 from tests.hf_models import make_hf_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 def _record(correct: list[bool], lengths: list[int] | None = None) -> dict:
     """A graded record with just the fields `summarize` reads."""
     n = len(correct)
-    return dict(correct=correct, lengths=lengths or [10] * n, truncated=[False] * n, majority_correct=False)
+    return {"correct": correct, "groups": [0 if c else 1 for c in correct], "lengths": lengths or [10] * n,
+            "truncated": [False] * n, "majority_correct": False}
 
 
 def test_pass_at_k_matches_subset_enumeration() -> None:
@@ -137,6 +142,10 @@ def test_eval_cli_end_to_end_and_resume(tiny_model: Path, benchmark_dir: Path, t
         (["--benchmarks", "gsm8k", "num_samples=4"], "num_samples=4 needs temperature > 0"),
         (["--benchmarks", "gsm8k", "template=chat"], "unknown prompt template 'chat'; known: qwen-math"),
         (["--model", "{tmp}/no_model"], "no_model: model directory not found"),
+        (["--benchmarks", "gsm8k", "--protocol", "lighteval"], "unknown protocol 'lighteval'; known: qwen-math, paper"),
+        (["--benchmarks", "gsm8k", "top_p=1.5"], "0 < top_p <= 1"),
+        (["--benchmarks", "gsm8k", "--seeds", "0", "1"], "'qwen-math' at temperature 0 is greedy"),
+        (["--benchmarks", "gsm8k", "--protocol", "paper", "seed=3", "--seeds", "0", "1"], "either --seeds or seed="),
     ],
 )
 def test_bad_input_is_one_line_error(args: list[str], message: str, tmp_path: Path,
@@ -151,3 +160,111 @@ def test_bad_input_is_one_line_error(args: list[str], message: str, tmp_path: Pa
 
 def test_plain_template_is_the_bare_question() -> None:
     assert build_messages("plain", "What is 2+2?") == (None, "What is 2+2?")
+
+
+def test_token_budget_caps_at_the_models_positions() -> None:
+    assert token_budget(2048, {"a": 100, "b": 300}, 4096) == (2048, None)
+    budget, note = token_budget(32768, {"a": 100, "b": 300}, 4096)
+    assert budget == 3796 and note.startswith("note: max_new_tokens 32768 capped to 3796") and "\n" not in note
+    with pytest.raises(ValueError, match="problem 'b': its prompt of 300 tokens fills the model's 300 positions"):
+        token_budget(16, {"a": 100, "b": 300}, 300)
+
+
+def test_truncation_warning_above_five_percent() -> None:
+    assert truncation_warning("aime24", {"truncated_frac": 0.05}) is None
+    line = truncation_warning("aime24", {"truncated_frac": 0.2, "max_new_tokens": 2048})
+    assert line == ("warning: aime24: 20.0% of completions hit max_new_tokens (2048) without EOS, so its accuracy "
+                    "is a lower bound")
+    assert "greedy completions" in truncation_warning("held-out", {"truncated_frac": 0.0, "greedy_truncated_frac": 0.1})
+
+
+def _main(model: Path, data_dir: Path, out: Path, *args: str) -> int:
+    """eval.py in-process on the first two GSM8K problems."""
+    return main(["--model", str(model), "--benchmarks", "gsm8k", "--limit", "2", "--data-dir", str(data_dir),
+                 "--output-dir", str(out), *args])
+
+
+def test_protocols_are_recorded_and_budgets_capped(tiny_model: Path, benchmark_dir: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """The default protocol is greedy with 2048 new tokens, capped at the tiny model's 1024 positions with a
+    note; `paper` with an override records both; truncation shows in the table with its warning."""
+    assert _main(tiny_model, benchmark_dir, tmp_path / "qm") == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "qm" / "results.json").read_text())
+    budget = results["benchmarks"]["gsm8k"]["max_new_tokens"]
+    assert results["protocol"] == "qwen-math" and results["overrides"] == {}
+    assert results["config"]["max_new_tokens"] == 2048 and 700 < budget < 1024 - 16
+    assert f"note: max_new_tokens 2048 capped to {budget}" in out and "protocol: qwen-math\n" in out
+    settings = json.loads((tmp_path / "qm" / "settings.json").read_text())
+    assert settings["protocol"] == "qwen-math" and set(settings["weights"]) == {"model.safetensors"}
+    assert _main(tiny_model, benchmark_dir, tmp_path / "paper", "--protocol", "paper", "max_new_tokens=8",
+                 "num_samples=4") == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "paper" / "results.json").read_text())
+    summary = results["benchmarks"]["gsm8k"]
+    assert results["protocol"] == "paper" and results["overrides"] == {"num_samples": 4, "max_new_tokens": 8}
+    assert results["config"]["template"] == "rlsc-paper" and results["config"]["temperature"] == 0.7
+    assert [k for k in summary if k.startswith(("maj@", "pass@"))] == ["maj@1", "maj@2", "maj@4", "pass@1", "pass@2",
+                                                                       "pass@4"]
+    assert "mean@4_stderr" in summary and "| mean@4 | ± se | maj@4 |" in out
+    assert "no longer the protocol as published" in out
+    assert summary["truncated_frac"] > 0.05 and "warning: gsm8k:" in out and "lower bound" in out
+    assert (tmp_path / "paper" / "pass_at_k.png").stat().st_size > 0
+
+
+def test_seeds_report_mean_and_sd_and_compare_plots_both(tiny_model: Path, benchmark_dir: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    sampled = ["--protocol", "paper", "max_new_tokens=8", "num_samples=2"]
+    assert _main(tiny_model, benchmark_dir, tmp_path / "base", *sampled) == 0
+    assert _main(tiny_model, benchmark_dir, tmp_path / "seeds", *sampled, "--compare", str(tmp_path / "base"),
+                 "--seeds", "0", "1", "2") == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "seeds" / "results.json").read_text())
+    assert results["seeds"] == [0, 1, 2] and sorted(results["per_seed"]) == ["0", "1", "2"]
+    per_seed = [results["per_seed"][s]["gsm8k"]["mean_length"] for s in ("0", "1", "2")]
+    assert results["benchmarks"]["gsm8k"]["mean_length"] == pytest.approx(sum(per_seed) / 3)
+    assert results["sd"]["gsm8k"]["mean_length"] > 0 and " ± " in out.split("| gsm8k |")[-1]
+    assert all((tmp_path / "seeds" / f"seed-{s}" / "gsm8k.jsonl").is_file() for s in (0, 1, 2))
+    assert (tmp_path / "seeds" / "pass_at_k.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("other_args, message", [
+    (["--protocol", "paper", "max_new_tokens=8", "num_samples=2"],
+     "made with protocol 'paper', this run with 'qwen-math'"),
+    (["--limit", "1"], "benchmarks {'gsm8k': 1} (name: problems), this run {'gsm8k': 2}"),
+])
+def test_compare_needs_the_same_protocol_and_benchmarks(tiny_model: Path, benchmark_dir: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture, other_args: list[str],
+                                                        message: str) -> None:
+    assert _main(tiny_model, benchmark_dir, tmp_path / "other", "max_new_tokens=8", *other_args) == 0
+    capsys.readouterr()
+    assert _main(tiny_model, benchmark_dir, tmp_path / "new", "max_new_tokens=8", "--compare",
+                 str(tmp_path / "other")) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: --compare") and message in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_changed_weights_at_the_same_path_refuse_to_resume(tiny_model: Path, benchmark_dir: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """Same path, same settings, one weight changed: one line, exit 2, the records left as they were."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in tiny_model.iterdir():
+        (model / f.name).write_bytes(f.read_bytes())
+    assert _main(model, benchmark_dir, tmp_path / "out", "max_new_tokens=8") == 0
+    records = (tmp_path / "out" / "gsm8k.jsonl").read_text()
+    tensors = load_file(str(model / "model.safetensors"))
+    name = min(tensors)
+    tensors[name] = tensors[name] + 1.0
+    save_file(tensors, str(model / "model.safetensors"), metadata={"format": "pt"})
+    capsys.readouterr()
+    assert _main(model, benchmark_dir, tmp_path / "out", "max_new_tokens=8", "--limit", "3") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "model.safetensors differ" in err and "another --output-dir" in err
+    assert (tmp_path / "out" / "gsm8k.jsonl").read_text() == records
+    settings = json.loads((tmp_path / "out" / "settings.json").read_text())
+    del settings["weights"]  # as an older eval.py wrote it
+    (tmp_path / "out" / "settings.json").write_text(json.dumps(settings))
+    assert _main(model, benchmark_dir, tmp_path / "out", "max_new_tokens=8") == 2
+    assert "did not record the weights' hash" in capsys.readouterr().err

@@ -1,16 +1,26 @@
-"""Answer extraction, math-verify equivalence, pass@k and majority voting."""
+"""Answer extraction, math-verify equivalence, pass@k, majority voting and maj@k."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import random
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from rlsc_jax.benchmarks import BENCHMARKS, load_benchmark
-from rlsc_jax.grading import extract_answer, is_equivalent, last_boxed, majority_answer, pass_at_k
+from rlsc_jax.grading import (
+    answer_groups,
+    extract_answer,
+    is_equivalent,
+    last_boxed,
+    maj_at_k,
+    majority_answer,
+    pass_at_k,
+)
 
 
 @pytest.mark.parametrize(
@@ -143,6 +153,40 @@ def test_majority_ignores_none_unless_all_none() -> None:
     assert majority_answer([None, None, "4"]) == ("4", 1)
     assert majority_answer([None, None]) == (None, 2)
     assert majority_answer([]) == (None, 0)
+
+
+def test_answer_groups_number_votes_by_first_appearance() -> None:
+    assert answer_groups(["3", "1/2", None, "0.5", "3.0", "x"]) == [0, 1, None, 1, 0, 2]
+
+
+def _vote_of_subsets(groups: list[int | None], correct: list[bool], k: int) -> float:
+    """maj@k by brute force: the mean over every k-subset of its plurality's correctness (ties split evenly)."""
+    scores = []
+    for subset in itertools.combinations(groups, k):
+        votes = Counter(g for g in subset if g is not None)
+        top = max(votes.values(), default=0)
+        winners = [g for g, v in votes.items() if v == top]
+        scores.append(sum(correct[g] for g in winners) / len(winners) if winners else 0.0)
+    return sum(scores) / len(scores)
+
+
+def test_maj_at_k_matches_subset_enumeration() -> None:
+    """Random vote patterns (several groups, unanswered samples, several correct groups): exact for every k."""
+    rng = random.Random(0)
+    for _ in range(60):
+        n, m = rng.randint(1, 9), rng.randint(1, 4)
+        groups = [rng.choice([*range(m), None]) for _ in range(n)]
+        correct = [rng.random() < 0.5 for _ in range(m)]
+        for k in range(1, n + 1):
+            got = maj_at_k([groups.count(g) for g in range(m)], correct, groups.count(None), k)
+            assert got == pytest.approx(_vote_of_subsets(groups, correct, k), abs=1e-12)
+
+
+def test_maj_at_k_edges() -> None:
+    assert maj_at_k([3], [True], 1, 1) == pytest.approx(3 / 4)  # maj@1 is the mean accuracy
+    assert maj_at_k([2, 2], [True, False], 0, 4) == pytest.approx(0.5)  # a tie of all n splits evenly
+    with pytest.raises(ValueError, match="1 <= k <= n"):
+        maj_at_k([2], [True], 0, 3)
 
 
 def test_last_boxed_reads_real_minerva_solution() -> None:

@@ -67,6 +67,26 @@ def test_default_run_smoke(tmp_path, capsys):
     assert (out / "curves.png").is_file() and (out / "final" / "model.safetensors").is_file()
 
 
+def test_benchmark_heldout_uses_one_protocol_before_and_after(chat_model, tmp_path, capsys):
+    """A JSONL held-out source is evaluated by the named protocol (greedy, 2048 new tokens capped at the model's
+    256 positions), the same before and after, with its truncated fraction and the warning when above 5%."""
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text('{"question": "1 + 1?", "answer": "2"}\n{"question": "2 + 3?", "answer": "5"}\n')
+    out = tmp_path / "run"
+    assert train.main([f"model={chat_model}", f"output_dir={out}", "steps=1", f"eval.source={heldout}",
+                       "eval.num_questions=2", "plot=false", *FAST]) == 0
+    printed = capsys.readouterr().out
+    before, after = (json.loads((out / f"eval_{x}.json").read_text()) for x in ("before", "after"))
+    for result in (before, after):
+        assert result["protocol"] == "qwen-math" and result["num_samples"] == 1
+        assert 100 < result["max_new_tokens"] < 256 and 0 <= result["truncated_frac"] <= 1
+    assert before["max_new_tokens"] == after["max_new_tokens"]
+    assert "held-out evaluation: protocol qwen-math, before and after" in printed
+    assert "| truncated_frac |" in printed and "| accuracy |" in printed
+    if after["truncated_frac"] > 0.05:
+        assert "warning: held-out after:" in printed
+
+
 def test_eval_offset_skips_the_first_heldout_questions():
     first = heldout_questions(load_config(None, ["eval.num_questions=8"]))
     later = heldout_questions(load_config(None, ["eval.num_questions=5", "eval.offset=3"]))
@@ -130,6 +150,7 @@ BAD_CONFIG_JSON = {"LISTJSON": [1, 2], "ROPESTRING": {"rope_scaling": "linear"},
     (["optim.lr=-1"], "optim.lr=-1"),
     (["sampling.temperature=0"], "sampling.temperature=0"),
     (["checkpoint_every=0"], "checkpoint_every"),
+    (["eval.protocol=lighteval"], "unknown protocol 'lighteval'"),
     (["--config", "BADYAML"], "invalid YAML at line 2"),
     (["--config", "LISTYAML"], "expected a mapping of config keys"),
     (["--config", "NESTEDYAML"], "'sampling.num_samples'"),

@@ -1,0 +1,298 @@
+"""The `eval.py` command line: a named protocol and its overrides, the benchmarks to read, resumable per-problem
+records, results.json, the table, the pass@k plot, repeats over seeds and a comparison with another folder.
+
+It writes one JSONL record per problem as soon as it is graded (appended and flushed), so an
+interrupted run resumes: problems already in the file are skipped, a partially written last line
+is dropped. `settings.json` in the output directory guards against resuming with another model, other
+weights at the same path (a hash of the weight files) or other settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rlsc_jax import hf
+from rlsc_jax.benchmarks import BENCHMARKS, Problem, load_benchmark, load_jsonl_problems
+from rlsc_jax.config import MeshConfig, load_config
+from rlsc_jax.evaluation import check_settings, evaluate_problems, format_table, read_records
+from rlsc_jax.fingerprint import digests, fingerprint
+from rlsc_jax.protocols import DEFAULT_PROTOCOL, PROTOCOLS, SETTINGS, get_protocol
+from rlsc_jax.report import truncation_warning
+from rlsc_jax.sharding import make_mesh
+from rlsc_jax.tokenizer import load_tokenizer
+
+DTYPES = ("float32", "bfloat16", "float16")
+# Settings that change the completions: a resumed run must match them (batch size and mesh do not).
+RESUME_KEYS = (*SETTINGS, "seed", "dtype", "question_field", "answer_field")
+FIXED = ("problems", "num_samples", "max_new_tokens")  # summary entries that are settings, not scores
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """The `key=value` settings of `eval.py`: the protocol's settings (None: the protocol's value) and the rest;
+    question/answer fields apply to `--jsonl` files."""
+
+    template: str | None = None
+    num_samples: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_new_tokens: int | None = None
+    batch_size: int = 8
+    seed: int = 0
+    dtype: str = "float32"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+
+
+def parse_config(overrides: list[str], protocol: str = DEFAULT_PROTOCOL) -> tuple[EvalConfig, dict]:
+    """The protocol's settings with explicit `key=value` overrides on top, checked; also returns the overrides
+    that depart from the protocol (a run with any is no longer the protocol as published)."""
+    values = get_protocol(protocol)
+    cfg = load_config(None, overrides, schema=EvalConfig)
+    departures = {k: getattr(cfg, k) for k in SETTINGS
+                  if getattr(cfg, k) is not None and getattr(cfg, k) != getattr(values, k)}
+    for k in SETTINGS:
+        if getattr(cfg, k) is None:
+            setattr(cfg, k, getattr(values, k))
+    check_settings(cfg.template, cfg.num_samples, cfg.temperature, cfg.max_new_tokens, cfg.batch_size,
+                   top_p=cfg.top_p, top_k=cfg.top_k)
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"dtype '{cfg.dtype}' is not one of {', '.join(DTYPES)}")
+    return cfg, departures
+
+
+def _write_json_atomic(path: Path, value: dict) -> None:
+    """Writes JSON to a temporary sibling, then renames it into place (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _check_resume(out_dir: Path, settings: dict, model_dir: Path, weights: dict | None = None) -> dict:
+    """Records in `out_dir` are reused only if the same model path, weights and settings made them; returns the
+    weights' fingerprint (hashes reused from `weights`, else from settings.json when size and mtime match)."""
+    path = out_dir / "settings.json"
+    old = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}: corrupt; delete it or use another --output-dir") from None
+    weights = weights or fingerprint(model_dir, old.get("weights"))
+    if old and "weights" not in old:
+        raise ValueError(f"{path}: written by an eval.py that did not record the weights' hash; "
+                         "use another --output-dir")
+    if old:
+        was, now = digests(old["weights"]), digests(weights)
+        if was != now:
+            changed = sorted(set(was) ^ set(now) | {k for k in was.keys() & now.keys() if was[k] != now[k]})
+            raise ValueError(f"{path}: the weights in {model_dir} are not those that made these records "
+                             f"({', '.join(changed)} differ); use another --output-dir")
+        for k, v in settings.items():
+            if old.get(k) != v:
+                raise ValueError(f"{path}: earlier results used {k}={old.get(k)!r}, not {v!r}; "
+                                 f"use another --output-dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(path, {**settings, "weights": weights})
+    return weights
+
+
+def _appender(f) -> Callable[[dict], None]:
+    """Appends one record as a JSON line and flushes it, so an interruption loses at most that line."""
+    def append(record: dict) -> None:
+        f.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+        f.flush()
+    return append
+
+
+def _load_problems(args: argparse.Namespace, cfg: EvalConfig) -> dict[str, list[Problem]]:
+    """Every requested benchmark's problems (all read before the model is loaded, so bad input fails fast)."""
+    if args.benchmarks is not None:
+        names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    else:
+        names = [] if args.jsonl else list(BENCHMARKS)
+    out: dict[str, list[Problem]] = {}
+    for name in names:
+        if name not in BENCHMARKS:
+            raise ValueError(f"unknown benchmark '{name}'; known: {', '.join(BENCHMARKS)}")
+        if args.data_dir is None:
+            raise ValueError(f"benchmark '{name}' needs --data-dir (the directory holding {BENCHMARKS[name].file})")
+        out[name] = load_benchmark(name, args.data_dir, args.limit)
+    for file in args.jsonl or []:
+        name = Path(file).stem
+        if name in out:
+            raise ValueError(f"{file}: a benchmark named '{name}' is already being evaluated")
+        out[name] = load_jsonl_problems(file, cfg.question_field, cfg.answer_field, args.limit)
+    if not out:
+        raise ValueError("nothing to evaluate: give --benchmarks or --jsonl")
+    return out
+
+
+def _seeds(args: argparse.Namespace, cfg: EvalConfig) -> list[int]:
+    """The seeds to run: `--seeds` (a sampled protocol, distinct seeds, no `seed=` beside it) or `seed=`."""
+    if not args.seeds:
+        return [cfg.seed]
+    if any(o.split("=", 1)[0].strip() == "seed" for o in args.overrides):
+        raise ValueError("give either --seeds or seed=, not both")
+    if cfg.temperature == 0:
+        raise ValueError(f"--seeds repeats a sampled protocol; '{args.protocol}' at temperature 0 is greedy, "
+                         "so every seed gives the same completions")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is repeated")
+    return list(args.seeds)
+
+
+def _read_compare(folder: str, protocol: str, cfg: EvalConfig, benchmarks: dict[str, list[Problem]]) -> dict:
+    """The results of `--compare DIR`, which must come from the same protocol and settings and the same
+    benchmarks (names and problem counts) as this run, or the curves would not be comparable."""
+    path = Path(folder) / "results.json"
+    try:
+        other = json.loads(path.read_text())
+        theirs = {k: other["config"][k] for k in SETTINGS}
+        counts = {name: s["problems"] for name, s in other["benchmarks"].items()}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--compare {folder}: no results.json there") from None
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"--compare {path}: not an eval.py results file") from None
+    ours = {k: getattr(cfg, k) for k in SETTINGS}
+    if other.get("protocol") != protocol or theirs != ours:
+        diff = ", ".join(f"{k}={theirs[k]!r} vs {ours[k]!r}" for k in SETTINGS if theirs[k] != ours[k])
+        raise ValueError(f"--compare {folder}: made with protocol '{other.get('protocol')}', this run with "
+                         f"'{protocol}'" + (f" ({diff})" if diff else ""))
+    mine = {name: len(problems) for name, problems in benchmarks.items()}
+    if counts != mine:
+        raise ValueError(f"--compare {folder}: benchmarks {counts} (name: problems), this run {mine}")
+    return other
+
+
+def _evaluate(model, tokenizer, cfg: EvalConfig, seed: int, benchmarks: dict[str, list[Problem]],
+              out_dir: Path) -> dict[str, dict]:
+    """One seed over every benchmark, resuming from and appending to `out_dir/<benchmark>.jsonl`."""
+    summaries = {}
+    for name, problems in benchmarks.items():
+        path = out_dir / f"{name}.jsonl"
+        done, size = read_records(path)
+        done = {p.id: done[p.id] for p in problems if p.id in done}
+        print(f"{name}: {len(problems)} problems, {len(done)} already in {path}, {len(problems) - len(done)} to "
+              f"generate", flush=True)
+        with path.open("ab") as f:
+            f.truncate(size)  # drops a partially written last line
+            _, summaries[name] = evaluate_problems(
+                model, tokenizer, problems, template=cfg.template, num_samples=cfg.num_samples,
+                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
+                batch_size=cfg.batch_size, seed=seed, done=done, on_record=_appender(f))
+    return summaries
+
+
+def over_seeds(per_seed: list[dict[str, dict]]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Per benchmark, each score's mean over seeds and its standard deviation (sample sd; 0 for one seed)."""
+    means, sds = {}, {}
+    for name, first in per_seed[0].items():
+        values = {k: [run[name][k] for run in per_seed] for k in first if k not in FIXED}
+        means[name] = {k: first[k] for k in FIXED if k in first} | {k: statistics.fmean(v) for k, v in values.items()}
+        sds[name] = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in values.items()}
+    return means, sds
+
+
+def _report(results: dict, temperature: float, spread: dict | None) -> None:
+    """Prints the protocol, the table and a warning per benchmark whose accuracy truncation makes a lower bound."""
+    departures = ", ".join(f"{k}={v!r}" for k, v in results["overrides"].items())
+    print(f"protocol: {results['protocol']}" + (f", overridden: {departures} (no longer the protocol as "
+                                                 "published; compare only with runs of the same settings)"
+                                                 if departures else ""))
+    print(format_table(results["benchmarks"], temperature, spread))
+    for name, summary in results["benchmarks"].items():
+        warning = truncation_warning(name, summary)
+        if warning:
+            print(warning)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Evaluates the model on every requested benchmark (for each seed); writes records, results.json and
+    pass_at_k.png, prints the table. Bad input fails before anything is written."""
+    cfg, departures = parse_config(args.overrides, args.protocol)
+    seeds = _seeds(args, cfg)
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir}: model directory not found")
+    benchmarks = _load_problems(args, cfg)
+    other = _read_compare(args.compare, args.protocol, cfg, benchmarks) if args.compare else None
+    out_dir = Path(args.output_dir or Path("outputs") / f"eval-{model_dir.resolve().name}")
+    run_dirs = {seed: out_dir / f"seed-{seed}" if args.seeds else out_dir for seed in seeds}
+    weights = None
+    for seed, run_dir in run_dirs.items():
+        settings = {"model": str(model_dir.resolve()), "protocol": args.protocol,
+                    **{k: getattr(cfg, k) for k in RESUME_KEYS}, "seed": seed}
+        weights = _check_resume(run_dir, settings, model_dir, weights)
+
+    tokenizer = load_tokenizer(model_dir)
+    model = hf.load(model_dir, dtype=cfg.dtype, mesh=make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+    common = {"model": str(model_dir.resolve()), "weights": digests(weights), "protocol": args.protocol,
+              "overrides": departures, "limit": args.limit, "config": dataclasses.asdict(cfg)}
+    per_seed = []
+    for seed, run_dir in run_dirs.items():
+        per_seed.append(_evaluate(model, tokenizer, cfg, seed, benchmarks, run_dir))
+        _write_json_atomic(run_dir / "results.json", {**common, "seed": seed, "benchmarks": per_seed[-1]})
+    results, spread = {**common, "seed": seeds[0], "benchmarks": per_seed[0]}, None
+    if args.seeds:
+        means, spread = over_seeds(per_seed)
+        results = {**common, "seeds": seeds, "benchmarks": means, "sd": spread,
+                   "per_seed": {str(s): run for s, run in zip(seeds, per_seed)}}
+        _write_json_atomic(out_dir / "results.json", results)
+    _report(results, cfg.temperature, spread)
+    from rlsc_jax.plotting import plot_pass_at_k
+    curves = {out_dir.name: results["benchmarks"]}
+    if other:
+        label = Path(args.compare).name
+        curves[label if label != out_dir.name else f"{label} (--compare)"] = other["benchmarks"]
+    plot_pass_at_k(curves, out_dir / "pass_at_k.png")
+    print(f"results: {out_dir / 'results.json'}\npass@k plot: {out_dir / 'pass_at_k.png'}")
+    return results
+
+
+def parser() -> argparse.ArgumentParser:
+    """The `eval.py` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="eval.py", description="Evaluate an HF-format model on math benchmarks (accuracy, maj@k, pass@k).",
+        epilog=f"settings (key=value; each overrides the protocol's value): "
+               f"{', '.join(f.name for f in dataclasses.fields(EvalConfig) if f.name != 'mesh')}"
+               ", mesh.data, mesh.fsdp, mesh.tensor")
+    p.add_argument("--model", required=True, help="HF checkpoint directory (config, safetensors, tokenizer)")
+    p.add_argument("--protocol", default=DEFAULT_PROTOCOL,
+                   help=f"named settings: {', '.join(PROTOCOLS)} (default {DEFAULT_PROTOCOL}; see README)")
+    p.add_argument("--benchmarks", help=f"comma-separated, from: {', '.join(BENCHMARKS)} (default: all, "
+                                        "or none when --jsonl is given)")
+    p.add_argument("--data-dir", help="directory holding the benchmark JSONL files")
+    p.add_argument("--jsonl", action="append", metavar="FILE",
+                   help="a JSONL of questions and answers (fields: question_field=, answer_field=); repeatable")
+    p.add_argument("--output-dir", help="where records and results.json go (default: outputs/eval-<model name>)")
+    p.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="repeat a sampled protocol once per seed (in OUTPUT_DIR/seed-S); report mean and sd")
+    p.add_argument("--compare", metavar="DIR",
+                   help="another eval.py output folder (same protocol and benchmarks): both pass@k curves in one plot")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="sampling / evaluation settings")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`eval.py`: 0 on success; bad input is a one-line `error: ...` on stderr and exit status 2."""
+    args = parser().parse_intermixed_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
