@@ -3,7 +3,7 @@
     python bench/train_step.py [--layers 24] [--rows 16] [--prompt-len 64] [--completion-len 256] [--iters 2]
 
 Both sides load one random fp32 Qwen2.5-0.5B-shaped checkpoint (`--layers` decoder layers) and run the
-RLSC L2 step (DESIGN.md) on the same 16 completions: PyTorch with a transformers model, the naive full
+RLSC L2 step (docs/method.md) on the same 16 completions: PyTorch with a transformers model, the naive full
 [B, T, V] logits and torch.optim.AdamW; JAX with `rlsc_jax.training.Trainer`. Each side runs in its own
 process so its peak resident memory (ru_maxrss) is its own. MFU = 6 x matmul parameters x tokens
 (+ attention) per step against the machine's fp32 matmul peak (remat's recomputation is not counted as

@@ -9,7 +9,7 @@ in the head's update.
 
 `sequence_logprobs` runs the decoder once over prompt + completion and sums completion-token
 log-probs per sequence, with no length normalisation. The same function serves RLSC (temperature τ,
-the sum is log p_i of DESIGN.md step 2) and supervised NLL (temperature 1, loss = -sum / num_tokens).
+the sum is log p_i of docs/method.md, step 2) and supervised NLL (temperature 1, loss = -sum / num_tokens).
 """
 
 from __future__ import annotations

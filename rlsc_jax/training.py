@@ -1,6 +1,6 @@
 """RLSC training: optimizer, sharded train state, the jitted step, and metrics of one step.
 
-One step (DESIGN.md, "The method, exactly"): the sampler draws N completions per question, the fused
+One step (docs/method.md, "One RLSC step"): the sampler draws N completions per question, the fused
 log-likelihood gives log p_i per completion at the sampling temperature, the registered objective
 (L1/L2) turns them into a loss, and AdamW updates the parameters. Parameters and optimizer state are
 sharded by their logical axes and donated to the step; the batch is sharded over (data, fsdp).
