@@ -109,7 +109,7 @@ def rlsc_step(model, samples, num_samples: int, temperature: float, objective: s
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, eps=eps)
         opt.zero_grad()
         loss.backward()
-    grads = {n: p.grad.detach().float().numpy().copy() for n, p in model.named_parameters()}
+    grads = {n: p.grad.detach().float().numpy() for n, p in model.named_parameters()}
     opt.step()
     params = {n: p.detach().float().numpy() for n, p in model.named_parameters()}
     return Step(float(loss.detach()), logp.detach().numpy().ravel(), grads, params)
