@@ -35,13 +35,16 @@ def load_model(path: str | Path, dtype: str = "float32", num_layers: int | None 
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(TORCH_DTYPES)}")
     extra = {} if num_layers is None else {"num_hidden_layers": num_layers}
-    verbosity = hf_logging.get_verbosity()
+    verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # a truncated load reports every skipped tensor otherwise
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype), local_files_only=True,
                                                      **extra)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if progress:
+            hf_logging.enable_progress_bar()
     return model.eval()
 
 
