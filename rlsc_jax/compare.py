@@ -22,12 +22,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from rlsc_jax import torch_reference
+import jax
 
-if TYPE_CHECKING:
-    from rlsc_jax.models import ModelConfig
+from rlsc_jax import hf, parity, torch_reference
+from rlsc_jax.benchmarks import build_messages, load_benchmark
+from rlsc_jax.models import ModelConfig
 
 DTYPES = ("float32", "bfloat16")
 DEFAULT_PROMPT = "A farmer has 17 sheep and buys 5 more, then sells 8. How many sheep does the farmer have now?"
@@ -95,7 +95,6 @@ def prompt_text(args: argparse.Namespace) -> str:
         return DEFAULT_PROMPT if args.prompt is None else args.prompt
     if args.data_dir is None:
         raise ValueError(f"--benchmark {args.benchmark} needs --data-dir (the directory holding its JSONL file)")
-    from rlsc_jax.benchmarks import load_benchmark
     return load_benchmark(args.benchmark, args.data_dir, limit=1)[0].question
 
 
@@ -107,9 +106,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[ModelConfig, str, list[int],
     transformers prints a warning of its own, and the error must stay one line.
     """
     torch_reference.require_torch()
-    from rlsc_jax.benchmarks import build_messages
     from rlsc_jax.evaluation import generation_eos
-    from rlsc_jax.models import ModelConfig
     from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
 
     model_dir = Path(args.model)
@@ -135,11 +132,8 @@ def check_inputs(args: argparse.Namespace) -> tuple[ModelConfig, str, list[int],
 
 def measure(args: argparse.Namespace, cfg: ModelConfig, text: str, prompt_ids: list[int], eos: list[int]) -> dict:
     """Loads both models (the first --layers layers) and runs the comparisons; every figure in one dict."""
-    import jax
     import torch
     import transformers
-
-    from rlsc_jax import hf, parity
 
     compute_dtype = args.compute_dtype or args.dtype
     tol = TOLERANCES[precision(args.dtype, compute_dtype)]
