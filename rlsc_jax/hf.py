@@ -10,6 +10,7 @@ into place), and copies the tokenizer files of the source checkpoint through.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -176,17 +177,20 @@ def check(path: str | Path) -> ModelConfig:
 
 
 def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
-         rules=sharding_lib.DEFAULT_RULES, compute_dtype=None) -> Decoder:
+         rules=sharding_lib.DEFAULT_RULES, compute_dtype=None, num_layers: int | None = None) -> Decoder:
     """Loads an HF Qwen2/Llama checkpoint directory as a `Decoder` with parameters of `dtype`.
 
     `compute_dtype` (default: `dtype`) is what the model's matmuls run in. With a mesh every tensor goes
-    straight to its sharding (each device copies only its shard).
+    straight to its sharding (each device copies only its shard). `num_layers` keeps only the first that
+    many decoder layers (the deeper ones are never read): a truncated model for numeric checks.
     """
     path = Path(path)
     dtype, compute_dtype = _dtype(dtype), _dtype(compute_dtype)
     cfg = check(path)
-    table = mappings(cfg)
     files = _tensor_files(path)
+    if num_layers is not None:
+        cfg, files = _truncated(cfg, files, num_layers)
+    table = mappings(cfg)
 
     abstract = nnx.eval_shape(lambda: Decoder(cfg, dtype=dtype, compute_dtype=compute_dtype, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
@@ -210,6 +214,15 @@ def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = N
     model = nnx.merge(graphdef, nnx.from_flat_state(flat))
     model.hf_source = str(path)
     return model
+
+
+def _truncated(cfg: ModelConfig, files: dict[str, Path], num_layers: int) -> tuple[ModelConfig, dict[str, Path]]:
+    """The config and tensor files of the first `num_layers` decoder layers (1 <= num_layers <= the model's)."""
+    if not 1 <= num_layers <= cfg.num_layers:
+        raise ValueError(f"num_layers={num_layers}: the model has {cfg.num_layers} layers")
+    deeper = tuple(f"model.layers.{i}." for i in range(num_layers, cfg.num_layers))
+    return (dataclasses.replace(cfg, num_layers=num_layers),
+            {name: f for name, f in files.items() if not name.startswith(deeper)})
 
 
 def _dtype(name):

@@ -45,12 +45,13 @@ def save_hf_model(model, path: Path) -> Path:
     return path
 
 
-def make_chat_model_dir(path: Path, texts: list[str], vocab_size: int = 320, seed: int = 0, **overrides) -> Path:
-    """A tiny random Qwen2 plus a ChatML BPE tokenizer trained on `texts`, saved as one HF directory."""
+def make_chat_model_dir(path: Path, texts: list[str], vocab_size: int = 320, seed: int = 0, family: str = "qwen2",
+                        **overrides) -> Path:
+    """A tiny random Qwen2 (or Llama) plus a ChatML BPE tokenizer trained on `texts`, saved as one HF directory."""
     from rlsc_jax.bpe import train_tokenizer
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    model = make_hf_model("qwen2", seed=seed, vocab_size=len(tokenizer), eos_token_id=eos, bos_token_id=None,
+    model = make_hf_model(family, seed=seed, vocab_size=len(tokenizer), eos_token_id=eos, bos_token_id=None,
                           **overrides)
     model.generation_config.eos_token_id = eos
     model.save_pretrained(str(path))

@@ -71,6 +71,24 @@ def test_export_in_another_dtype(tmp_path, ckpt):
     assert model.embed[...].dtype == jnp.float32, "the masters stay fp32"
 
 
+def test_load_first_layers_only(ckpt):
+    """`num_layers` keeps the first layers (bit-equal to the full model's) and matches a truncated transformers
+    model; a count outside 1..layers is a one-line error."""
+    ref, src = ckpt
+    full, first = hf.load(src), hf.load(src, num_layers=2)
+    assert first.cfg.num_layers == 2 and first.layers.mlp.up[...].shape[0] == 2
+    assert np.array_equal(np.asarray(first.layers.attn.q[...]), np.asarray(full.layers.attn.q[...][:2]))
+    truncated = AutoModelForCausalLM.from_pretrained(str(src), num_hidden_layers=2).eval()
+    ids = np.random.RandomState(0).randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        want = truncated(torch.tensor(ids)).logits.numpy()
+    assert np.abs(np.asarray(first(jnp.asarray(ids))) - want).max() < 1e-4
+    for bad in (0, ref.config.num_hidden_layers + 1):
+        with pytest.raises(ValueError) as excinfo:
+            hf.load(src, num_layers=bad)
+        assert "num_layers" in _error(excinfo)
+
+
 def _copy(src, dst):
     shutil.copytree(src, dst)
     return dst

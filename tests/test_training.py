@@ -1,11 +1,12 @@
 """RLSC step parity with a PyTorch autograd Algorithm 1, sharding equality, accumulation and skipped steps."""
 
+import copy
+
 import jax
 import numpy as np
 import pytest
-import torch
 
-from rlsc_jax import hf
+from rlsc_jax import hf, torch_reference
 from rlsc_jax.config import load_config
 from rlsc_jax.objectives import OBJECTIVES, register
 from rlsc_jax.sampling import Samples
@@ -45,26 +46,11 @@ def _cfg(**kw):
     return load_config(None, overrides + [f"{k}={v}" for k, v in kw.items()])
 
 
-def _torch_step(ref, samples, objective, alpha=0.1, lr=1e-3, weight_decay=0.01, eps=1e-2):
-    """Algorithm 1 in PyTorch: log p_i over answer tokens at T, p_old detached, L1/L2, one AdamW step."""
-    model = make_hf_model("qwen2", num_hidden_layers=2)
-    model.load_state_dict(ref.state_dict())
-    ids = torch.tensor(np.concatenate([samples.prompt_ids, samples.tokens], 1), dtype=torch.long)
-    attn = torch.tensor(np.concatenate([samples.prompt_mask, samples.completion_mask], 1), dtype=torch.long)
-    answer = torch.tensor(np.concatenate([np.zeros_like(samples.prompt_mask), samples.completion_mask], 1))
-    positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = model(ids, attention_mask=attn, position_ids=positions).logits[:, :-1] / TEMPERATURE
-    token_logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
-    logp = (token_logp * answer[:, 1:]).sum(-1).view(Q, N)
-    p_old = logp.detach().exp()
-    weight = p_old if objective == "rlsc_l1" else p_old + alpha
-    loss = -(weight * logp).sum(1).mean()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, eps=eps)
-    loss.backward()
-    grads = {n: p.grad.detach().clone().numpy() for n, p in model.named_parameters()}
-    opt.step()
-    params = {n: p.detach().numpy() for n, p in model.named_parameters()}
-    return float(loss.detach()), grads, params, logp.detach().numpy().ravel()
+def _torch_step(ref, samples, objective):
+    """Algorithm 1 in PyTorch (`rlsc_jax.torch_reference`) on a copy of `ref`, with the step's settings of `_cfg`."""
+    step = torch_reference.rlsc_step(copy.deepcopy(ref), samples, N, TEMPERATURE, objective, lr=1e-3,
+                                     weight_decay=0.01, eps=1e-2)
+    return step.loss, step.grads, step.params, step.logp
 
 
 def _flax_by_hf_name(model):
