@@ -7,7 +7,6 @@ the same process, with the same weights, and reports ratios; nothing here assert
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from rlsc_jax.files import atomic_write_json
 
 # Qwen2.5-0.5B's shapes (HF config.json of Qwen/Qwen2.5-0.5B); `num_hidden_layers` is the only knob
 # the scripts change (24 is the real model).
@@ -230,8 +231,4 @@ def environment() -> dict:
 
 def write_json(path: str | Path, payload: dict) -> None:
     """Writes the results atomically (temporary sibling, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, payload)

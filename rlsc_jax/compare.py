@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +24,7 @@ import jax
 
 from rlsc_jax import hf, parity, torch_reference
 from rlsc_jax.benchmarks import build_messages, load_benchmark
+from rlsc_jax.files import atomic_write_json
 from rlsc_jax.models import ModelConfig
 
 DTYPES = ("float32", "bfloat16")
@@ -241,20 +239,6 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, report: dict) -> None:
-    """Writes the report atomically: a temporary sibling renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv=None) -> int:
     """0 when every figure is within tolerance, 1 when not, 2 on bad input (one line on stderr)."""
     args = parse_args(argv)
@@ -266,7 +250,7 @@ def main(argv=None) -> int:
         return 2
     print(format_report(report))
     if args.json:
-        write_json(args.json, report)
+        atomic_write_json(args.json, report)
     return 1 if report["failures"] else 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
 import sys
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from rlsc_jax import hf
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, load_benchmark, load_jsonl_problems
 from rlsc_jax.config import MeshConfig, load_config
 from rlsc_jax.evaluation import check_settings, evaluate_problems, format_table, read_records
+from rlsc_jax.files import atomic_write_json
 from rlsc_jax.fingerprint import digests, fingerprint
 from rlsc_jax.protocols import DEFAULT_PROTOCOL, PROTOCOLS, SETTINGS, get_protocol
 from rlsc_jax.report import truncation_warning
@@ -70,13 +70,6 @@ def parse_config(overrides: list[str], protocol: str = DEFAULT_PROTOCOL) -> tupl
     return cfg, departures
 
 
-def _write_json_atomic(path: Path, value: dict) -> None:
-    """Writes JSON to a temporary sibling, then renames it into place (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _check_resume(out_dir: Path, settings: dict, model_dir: Path, weights: dict | None = None) -> dict:
     """Records in `out_dir` are reused only if the same model path, weights and settings made them; returns the
     weights' fingerprint (hashes reused from `weights`, else from settings.json when size and mtime match)."""
@@ -102,7 +95,7 @@ def _check_resume(out_dir: Path, settings: dict, model_dir: Path, weights: dict 
                 raise ValueError(f"{path}: earlier results used {k}={old.get(k)!r}, not {v!r}; "
                                  f"use another --output-dir")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(path, {**settings, "weights": weights})
+    atomic_write_json(path, {**settings, "weights": weights})
     return weights
 
 
@@ -241,13 +234,13 @@ def run(args: argparse.Namespace) -> dict:
     per_seed = []
     for seed, run_dir in run_dirs.items():
         per_seed.append(_evaluate(model, tokenizer, cfg, seed, benchmarks, run_dir))
-        _write_json_atomic(run_dir / "results.json", {**common, "seed": seed, "benchmarks": per_seed[-1]})
+        atomic_write_json(run_dir / "results.json", {**common, "seed": seed, "benchmarks": per_seed[-1]})
     results, spread = {**common, "seed": seeds[0], "benchmarks": per_seed[0]}, None
     if args.seeds:
         means, spread = over_seeds(per_seed)
         results = {**common, "seeds": seeds, "benchmarks": means, "sd": spread,
                    "per_seed": {str(s): run for s, run in zip(seeds, per_seed)}}
-        _write_json_atomic(out_dir / "results.json", results)
+        atomic_write_json(out_dir / "results.json", results)
     _report(results, cfg.temperature, spread)
     from rlsc_jax.plotting import plot_pass_at_k
     curves = {out_dir.name: results["benchmarks"]}
