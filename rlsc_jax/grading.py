@@ -103,12 +103,14 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prob_all_wrong
 
 
-def majority_answer(answers: list[str | None]) -> tuple[str | None, int]:
-    """The most common answer up to equivalence and its count (ties: first seen); None wins only if all are None."""
-    groups: list[list[str]] = []  # each group: its representative (first seen) first, then exact strings seen
-    counts: list[int] = []
+def _equivalence_groups(answers: list[str | None]) -> tuple[list[list[str]], list[int | None]]:
+    """Answers grouped up to equivalence: the groups (each its representative, first seen, then the other exact
+    strings seen) and each answer's group index (None for no answer)."""
+    groups: list[list[str]] = []
+    index_of: list[int | None] = []
     for answer in answers:
         if answer is None:
+            index_of.append(None)
             continue
         key = answer.strip()
         index = next((i for i, group in enumerate(groups) if key in group), None)
@@ -116,12 +118,32 @@ def majority_answer(answers: list[str | None]) -> tuple[str | None, int]:
             index = next((i for i, group in enumerate(groups) if is_equivalent(group[0], key)), None)
         if index is None:
             groups.append([key])
-            counts.append(0)
             index = len(groups) - 1
         elif key not in groups[index]:
             groups[index].append(key)
-        counts[index] += 1
+        index_of.append(index)
+    return groups, index_of
+
+
+def _by_votes(index_of: list[int | None], num_groups: int) -> tuple[list[int], list[int]]:
+    """Group indices from most to fewest votes (ties: first seen first) and each group's vote count."""
+    counts = [sum(i == g for i in index_of) for g in range(num_groups)]
+    return sorted(range(num_groups), key=lambda g: (-counts[g], g)), counts
+
+
+def majority_answer(answers: list[str | None]) -> tuple[str | None, int]:
+    """The most common answer up to equivalence and its count (ties: first seen); None wins only if all are None."""
+    groups, index_of = _equivalence_groups(answers)
     if not groups:
         return None, len(answers)
-    best = max(range(len(groups)), key=lambda i: (counts[i], -i))
-    return groups[best][0], counts[best]
+    order, counts = _by_votes(index_of, len(groups))
+    return groups[order[0]][0], counts[order[0]]
+
+
+def answer_classes(answers: list[str | None]) -> list[int]:
+    """Each answer's equivalence class numbered by votes: 0 is `majority_answer`'s answer, 1 the next most
+    common, ... (ties: first seen first); -1 for no answer. What a majority-vote reward needs, as integers."""
+    groups, index_of = _equivalence_groups(answers)
+    order, _ = _by_votes(index_of, len(groups))
+    rank = {g: r for r, g in enumerate(order)}
+    return [-1 if i is None else rank[i] for i in index_of]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rlsc_jax.benchmarks import BENCHMARKS, load_benchmark
-from rlsc_jax.grading import extract_answer, is_equivalent, last_boxed, majority_answer, pass_at_k
+from rlsc_jax.grading import answer_classes, extract_answer, is_equivalent, last_boxed, majority_answer, pass_at_k
 
 
 @pytest.mark.parametrize(
@@ -143,6 +143,12 @@ def test_majority_ignores_none_unless_all_none() -> None:
     assert majority_answer([None, None, "4"]) == ("4", 1)
     assert majority_answer([None, None]) == (None, 2)
     assert majority_answer([]) == (None, 0)
+
+
+def test_answer_classes_number_by_votes_with_the_majority_first() -> None:
+    assert answer_classes(["3", "1/2", "0.5", "3", "\\frac{1}{2}", None, "9"]) == [1, 0, 0, 1, 0, -1, 2]
+    assert answer_classes(["7", "2", "2", "7"]) == [0, 1, 1, 0]  # the tie goes to the first seen, as majority_answer
+    assert answer_classes([None, None]) == [-1, -1] and answer_classes([]) == []
 
 
 def test_last_boxed_reads_real_minerva_solution() -> None:
