@@ -82,7 +82,8 @@ class TrainConfig:
     dtype: str = "float32"  # storage of parameters and optimizer state (the masters)
     compute_dtype: str = "float32"  # matmuls and attention (bfloat16 on GPU/TPU)
     objective: str = "rlsc_l2"
-    alpha: float = 0.1
+    alpha: float = 0.1  # RLSC L2's weight floor α (rlsc_l2)
+    advantage_eps: float = 1e-6  # ttrl, self_certainty: advantage (r − mean) / (std + eps)
     questions_per_step: int = 16
     grad_accum: int = 1
     remat: bool = False
