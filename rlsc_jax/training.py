@@ -136,8 +136,8 @@ class Trainer:
                 "prompt_mask": (prompt_width - keep_prompt, prompt_width),
                 "tokens": (0, keep_completion), "completion_mask": (0, keep_completion)}
         out = {}
-        for key in BATCH_KEYS[:-1]:
-            value, (start, stop) = getattr(samples, key), span[key]
+        for key, (start, stop) in span.items():
+            value = getattr(samples, key)
             if isinstance(value, jax.Array):
                 out[key] = jax.device_put(jax.lax.slice_in_dim(value, start, stop, axis=1), rows)
             else:
