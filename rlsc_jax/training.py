@@ -250,7 +250,8 @@ class Trainer:
         shapes = {"prompt_ids": (rows, prompt_width), "prompt_mask": (rows, prompt_width),
                   "tokens": (rows, completion_width), "completion_mask": (rows, completion_width),
                   "answer_ids": (rows,)}
-        batch = {k: jax.ShapeDtypeStruct(shapes[k], jnp.int32, sharding=sh) for k, sh in self._batch_shardings().items()}
+        batch = {k: jax.ShapeDtypeStruct(shapes[k], jnp.int32, sharding=sh)
+                 for k, sh in self._batch_shardings().items()}
         temperature = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding_lib.replicated(self.mesh))
         with sharding_lib.use_mesh(self.mesh):
             return self._jitted_step.lower(state, batch, temperature).compile()

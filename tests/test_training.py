@@ -156,7 +156,8 @@ def test_gradient_accumulation_is_exact_for_every_objective(ckpt, objective):
         trainer, state = Trainer.create(hf.load(ckpt[1]), _cfg(objective=objective, grad_accum=grad_accum), mesh)
         fn = jax.jit(lambda st, b, t=trainer: t.loss_and_grads(st["params"], b, TEMPERATURE))
         loss, metrics, stats, grads = fn(state, trainer.batch(_samples(), ANSWER_IDS))
-        results.append((float(loss), jax.device_get((metrics, stats)), _flax_by_hf_name(trainer.model({"params": grads}))))
+        grads = _flax_by_hf_name(trainer.model({"params": grads}))
+        results.append((float(loss), jax.device_get((metrics, stats)), grads))
     (loss, (metrics, stats), grads), (acc_loss, (acc_metrics, acc_stats), acc_grads) = results
     for key in ("logp", "entropy", "certainty"):
         want = np.asarray(getattr(stats, key))
