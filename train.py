@@ -1,4 +1,5 @@
-"""RLSC fine-tuning. `python train.py [--config FILE] [key=value ...]`; no arguments runs the CPU default.
+"""Label-free fine-tuning (RLSC unless `objective=` names another). `python train.py [--config FILE] [key=value ...]`;
+no arguments runs the CPU default.
 
 Several processes (multi-host GPU or a TPU pod slice) run the same command with `--distributed`
 (JAX auto-detects TPU / SLURM / Open MPI) or with `--coordinator HOST:PORT --num-processes N --process-id I`.

@@ -13,7 +13,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from rlsc_jax.hf import DTYPES
 from rlsc_jax.models.decoder import REMAT_POLICIES
-from rlsc_jax.objectives import get_objective
+from rlsc_jax.objectives import bind_checked
 from rlsc_jax.protocols import get_protocol
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent / "assets" / "default_model")
@@ -90,7 +90,8 @@ class TrainConfig:
     dtype: str = "float32"  # storage of parameters and optimizer state (the masters)
     compute_dtype: str = "float32"  # matmuls and attention (bfloat16 on GPU/TPU)
     objective: str = "rlsc_l2"
-    alpha: float = 0.1
+    alpha: float = 0.1  # RLSC L2's weight floor α (rlsc_l2)
+    advantage_eps: float = 1e-6  # ttrl, self_certainty: advantage (r − mean) / (std + eps)
     questions_per_step: int = 16
     grad_accum: int = 1
     remat: bool = False
@@ -185,7 +186,7 @@ def validate(cfg: TrainConfig) -> None:
         ("steps", cfg.steps >= 1, ">= 1"), ("questions_per_step", cfg.questions_per_step >= 1, ">= 1"),
         ("grad_accum", cfg.grad_accum >= 1, ">= 1"), ("checkpoint_every", cfg.checkpoint_every >= 1, ">= 1"),
         ("keep_checkpoints", cfg.keep_checkpoints >= 1, ">= 1"), ("logprob_chunk", cfg.logprob_chunk >= 1, ">= 1"),
-        ("max_skipped_steps", cfg.max_skipped_steps >= 1, ">= 1"), ("alpha", math.isfinite(cfg.alpha), "finite"),
+        ("max_skipped_steps", cfg.max_skipped_steps >= 1, ">= 1"),
         ("sampling.num_samples", s.num_samples >= 1, ">= 1"), ("sampling.max_new_tokens", s.max_new_tokens >= 1, ">= 1"),
         ("sampling.temperature", math.isfinite(s.temperature) and s.temperature > 0, "finite and > 0 for training"),
         ("sampling.top_k", s.top_k >= 0, ">= 0 (0 = off)"), ("sampling.top_p", 0 < s.top_p <= 1, "in (0, 1]"),
@@ -214,7 +215,7 @@ def validate(cfg: TrainConfig) -> None:
     rows = cfg.questions_per_step * s.num_samples
     if rows % cfg.grad_accum:
         raise ValueError(f"grad_accum={cfg.grad_accum} must divide questions_per_step * sampling.num_samples = {rows}")
-    get_objective(cfg.objective)
+    bind_checked(cfg.objective, s.num_samples, rows, alpha=cfg.alpha, advantage_eps=cfg.advantage_eps)
     get_protocol(cfg.eval.protocol)
 
 

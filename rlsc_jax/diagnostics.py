@@ -32,6 +32,7 @@ from rlsc_jax.benchmarks import build_messages
 from rlsc_jax.config import TrainConfig, load_config
 from rlsc_jax.data import load_questions
 from rlsc_jax.evaluation import generation_eos
+from rlsc_jax.rollouts import answer_ids
 from rlsc_jax.sampling import sample
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
 from rlsc_jax.training import Trainer
@@ -85,7 +86,9 @@ def gradient_statistics(cfg: TrainConfig, num_questions: int, draws: int, progre
             samples = sample(policy, [prompt], num_samples=s.num_samples,
                              max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
                              top_p=s.top_p, eos_ids=eos, seed=jax.random.fold_in(key, qi * draws + k))
-            g = grad(params, trainer.batch(samples))
+            votes = answer_ids(tokenizer, sharding_lib.to_host(samples.tokens), sharding_lib.to_host(samples.lengths),
+                               s.num_samples)
+            g = grad(params, trainer.batch(samples, votes))
             dots.append(float(sq_norm(g)))
             total = add(total, g)
         norm_sq = float(sq_norm(total))

@@ -167,3 +167,12 @@ def _tied_ways(others: list[int], unanswered: int, j: int, rest: int) -> float:
             grown[t:, tie:] += comb(count, t) * ways[:rest + 1 - t, :ways.shape[1] - tie]
         ways = grown
     return float(ways[rest] @ (1.0 / np.arange(1, len(others) + 2)))
+
+
+def answer_classes(answers: list[str | None]) -> list[int]:
+    """Each answer's equivalence class numbered by votes: 0 is `majority_answer`'s answer, 1 the next most
+    common, ... (ties: first seen first); -1 for no answer. What a majority-vote reward needs, as integers."""
+    groups = answer_groups(answers)
+    counts = Counter(g for g in groups if g is not None)
+    rank = {g: r for r, g in enumerate(sorted(counts, key=lambda g: (-counts[g], g)))}
+    return [-1 if g is None else rank[g] for g in groups]

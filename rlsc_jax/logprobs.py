@@ -1,15 +1,18 @@
 """Masked per-token and per-sequence log-likelihood from final hidden states, never building [B, T, V] logits.
 
 `token_logprobs` scores targets under softmax(h·W / temperature) over chunks of tokens with a custom
-VJP: the forward keeps only each token's log-sum-exp, the backward recomputes each chunk's logits and
-accumulates dH and dW chunk by chunk, so peak memory is O(chunk_size · V) in both passes. The LM
+VJP, and from the same logits each token's entropy H(p) and self-certainty KL(U ‖ p) (U uniform over
+the V logits): the forward keeps only each token's log-sum-exp and entropy, the backward recomputes
+each chunk's logits and accumulates dH and dW chunk by chunk, so peak memory is O(chunk_size · V) in
+both passes. All three outputs are differentiable. The LM
 head's matmuls run in a compute dtype (bf16 on accelerators) with fp32 accumulation, the softmax is
 fp32, and dW is accumulated in fp32 and returned in W's (master) dtype, so bf16 compute loses nothing
 in the head's update.
 
 `sequence_logprobs` runs the decoder once over prompt + completion and sums completion-token
-log-probs per sequence, with no length normalisation. The same function serves RLSC (temperature τ,
-the sum is log p_i of docs/method.md, step 2) and supervised NLL (temperature 1, loss = -sum / num_tokens).
+log-probs per sequence, with no length normalisation, and the per-sequence sums of token entropy and
+self-certainty. It serves the label-free objectives (temperature τ; the sum is log p_i of docs/method.md,
+step 2) and supervised NLL (temperature 1, loss = -sum / num_tokens).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from rlsc_jax.models import Decoder
 from rlsc_jax.sharding import constrain_logical, constrain_rows, gather_fsdp
@@ -49,69 +53,94 @@ def _chunk_logits(h: jax.Array, w: jax.Array, inv_temp: jax.Array) -> jax.Array:
     return jnp.einsum("ce,ev->cv", h.astype(w.dtype), w, preferred_element_type=jnp.float32) * inv_temp
 
 
+def _token_stats(z: jax.Array, targets: jax.Array):
+    """(log p(target), entropy, KL(U ‖ p), log-sum-exp) per row of tempered fp32 logits z [c, V].
+
+    H = −Σ_v p_v log p_v and KL(U ‖ p) = Σ_v (1/V) log((1/V) / p_v) = −mean_v log p_v − log V, from
+    log p = z − lse (not lse − Σ p z, which loses ~4e-6 nats to cancellation at logits near 14).
+    """
+    lse = jax.nn.logsumexp(z, axis=-1)
+    logp = z - lse[:, None]
+    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    certainty = -jnp.mean(logp, axis=-1) - jnp.log(jnp.float32(z.shape[-1]))
+    return jnp.take_along_axis(logp, targets[:, None], axis=-1)[:, 0], entropy, certainty, lse
+
+
 def _scan_forward(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.Array):
-    """Per chunked token: (log p(target), entropy, log-sum-exp), one chunk of logits alive at a time."""
+    """`_token_stats` of every chunked token, one chunk of logits alive at a time."""
     def step(carry, xs):
         hc, tc = xs
-        z = _chunk_logits(hc, w, inv_temp)
-        lse = jax.nn.logsumexp(z, axis=-1)
-        target_logit = jnp.take_along_axis(z, tc[:, None], axis=-1)[:, 0]
-        entropy = lse - jnp.sum(jnp.exp(z - lse[:, None]) * z, axis=-1)
-        return carry, (target_logit - lse, entropy, lse)
+        return carry, _token_stats(_chunk_logits(hc, w, inv_temp), tc)
 
     return jax.lax.scan(step, None, (h, targets))[1]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _chunked_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.Array, compute_dtype):
-    """(log p, entropy) of chunked tokens [num_chunks, chunk_size]; differentiable in h and w via log p."""
-    logp, entropy, _ = _scan_forward(h, w.astype(compute_dtype), targets, inv_temp)
-    return logp, entropy
+    """(log p, entropy, KL(U ‖ p)) of chunked tokens [num_chunks, chunk_size]; differentiable in h and w."""
+    return _scan_forward(h, w.astype(compute_dtype), targets, inv_temp)[:3]
 
 
-def _chunked_fwd(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.Array, compute_dtype):
-    """Forward pass keeping hidden states, targets and the log-sum-exp (not the logits) for the backward."""
-    logp, entropy, lse = _scan_forward(h, w.astype(compute_dtype), targets, inv_temp)
-    return (logp, entropy), (h, w, targets, inv_temp, lse)
+def _chunked_fwd(h, w, targets, inv_temp, compute_dtype):
+    """Forward pass keeping hidden states, targets, log-sum-exp and entropy (not the logits) for the backward.
 
-
-def _chunked_bwd(compute_dtype, res: tuple, cotangents: tuple[jax.Array, jax.Array]):
-    """Recomputes each chunk's logits; dz = g·(onehot − softmax)/τ gives dH per chunk and sums dW in fp32.
-
-    dz enters the two matmuls in the compute dtype with fp32 accumulation; dH comes back in h's dtype
-    and dW, accumulated in fp32, in w's. The entropy cotangent is ignored: `token_logprobs` returns the
-    entropy under stop_gradient.
+    Its arguments arrive as `CustomVJPPrimal`s (symbolic zeros are on; see `_chunked_bwd`).
     """
-    h, w, targets, inv_temp, lse = res
-    g, _ = cotangents
+    h, w, targets, inv_temp = (x.value for x in (h, w, targets, inv_temp))
+    logp, entropy, certainty, lse = _scan_forward(h, w.astype(compute_dtype), targets, inv_temp)
+    return (logp, entropy, certainty), (h, w, targets, inv_temp, lse, entropy)
+
+
+def _chunked_bwd(compute_dtype, res: tuple, cotangents: tuple):
+    """Recomputes each chunk's logits and back-propagates the three outputs through them, in fp32:
+
+    d log p_y / dz = onehot_y − p,  dH / dz = −p ⊙ (log p + H),  dKL(U ‖ p) / dz = p − 1/V,
+
+    each times its cotangent, then /τ. An output the loss does not differentiate (a symbolic-zero
+    cotangent, e.g. the entropy of an RLSC step) costs nothing here. dz enters the two matmuls in the
+    compute dtype with fp32 accumulation; dH comes back in h's dtype and dW, accumulated in fp32, in w's.
+    """
+    h, w, targets, inv_temp, lse, entropy = res
     wc = w.astype(compute_dtype)
+    vocab = w.shape[1]
+    used = {name: c for name, c in zip(("logp", "entropy", "certainty"), cotangents) if not isinstance(c, SymbolicZero)}
 
     def step(dw, xs):
-        hc, tc, lc, gc = xs
+        hc, tc, lc, ec, g = xs
         z = _chunk_logits(hc, wc, inv_temp)
-        p = jnp.exp(z - lc[:, None])
-        dz = ((jax.nn.one_hot(tc, w.shape[1], dtype=jnp.float32) - p) * (gc * inv_temp)[:, None]).astype(wc.dtype)
+        logp = z - lc[:, None]
+        p = jnp.exp(logp)
+        dz = jnp.zeros_like(z)
+        if "logp" in used:
+            dz += (jax.nn.one_hot(tc, vocab, dtype=jnp.float32) - p) * g["logp"][:, None]
+        if "entropy" in used:
+            dz -= p * (logp + ec[:, None]) * g["entropy"][:, None]
+        if "certainty" in used:
+            dz += (p - 1.0 / vocab) * g["certainty"][:, None]
+        dz = (dz * inv_temp).astype(wc.dtype)
         dh = jnp.einsum("cv,ev->ce", dz, wc, preferred_element_type=jnp.float32)
         # dW stays sharded like W (FSDP): each chunk's partial sums are reduce-scattered, not all-reduced
         dw = constrain_logical(dw + jnp.einsum("ce,cv->ev", hc.astype(wc.dtype), dz, preferred_element_type=jnp.float32),
                                HEAD_AXES)
         return dw, dh.astype(hc.dtype)
 
-    dw, dh = jax.lax.scan(step, constrain_logical(jnp.zeros(w.shape, jnp.float32), HEAD_AXES), (h, targets, lse, g))
+    dw, dh = jax.lax.scan(step, constrain_logical(jnp.zeros(w.shape, jnp.float32), HEAD_AXES),
+                          (h, targets, lse, entropy, used))
     return dh, dw.astype(w.dtype), None, None
 
 
-_chunked_logprobs.defvjp(_chunked_fwd, _chunked_bwd)
+_chunked_logprobs.defvjp(_chunked_fwd, _chunked_bwd, symbolic_zeros=True)
 
 
 def token_logprobs(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array, temperature: float = 1.0,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE, compute_dtype=None) -> tuple[jax.Array, jax.Array]:
-    """log softmax(hidden·W / temperature)[targets] and the entropy of that distribution, both fp32 [B, T].
+                   chunk_size: int = DEFAULT_CHUNK_SIZE,
+                   compute_dtype=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """log p(targets), entropy H(p) and self-certainty KL(U ‖ p) of p = softmax(hidden·W / temperature), fp32 [B, T].
 
     The matmuls run in `compute_dtype` (default: head_weight's dtype) with fp32 accumulation; gradients
-    come back in the dtypes of hidden [B, T, E] and head_weight [E, V]. The B*T tokens are processed
-    `chunk_size` at a time (the last chunk zero-padded) in forward and backward. The entropy is for
-    logging and carries no gradient (stop_gradient).
+    of all three come back in the dtypes of hidden [B, T, E] and head_weight [E, V]. The B*T tokens are
+    processed `chunk_size` at a time (the last chunk zero-padded) in forward and backward. U is uniform
+    over all V columns of the head (a padded vocabulary included, as in the model's logits).
     """
     lead, e = hidden.shape[:-1], hidden.shape[-1]
     n = targets.size
@@ -122,8 +151,8 @@ def token_logprobs(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array
     head_weight = gather_fsdp(head_weight, HEAD_AXES)
     inv_temp = jnp.asarray(1.0 / temperature, jnp.float32)
     compute_dtype = jnp.dtype(head_weight.dtype if compute_dtype is None else compute_dtype)
-    logp, entropy = _chunked_logprobs(h, head_weight, t, inv_temp, compute_dtype)
-    return _from_chunks(logp, n).reshape(lead), jax.lax.stop_gradient(_from_chunks(entropy, n).reshape(lead))
+    outputs = _chunked_logprobs(h, head_weight, t, inv_temp, compute_dtype)
+    return tuple(_from_chunks(x, n).reshape(lead) for x in outputs)
 
 
 def sequence_logprobs(model: Decoder, input_ids: jax.Array, attention_mask: jax.Array, loss_mask: jax.Array,
@@ -135,16 +164,19 @@ def sequence_logprobs(model: Decoder, input_ids: jax.Array, attention_mask: jax.
     tokens; loss_mask marks the completion tokens to score (the EOS included, the pad after it not),
     in input_ids coordinates: the token being predicted, scored from the hidden state one position
     earlier (loss_mask[:, 0] is ignored; nothing predicts the first token). No length normalisation.
-    aux: "token_logp" [B, T] (0 where unmasked, aligned with input_ids), "mean_entropy" over the
-    masked tokens, "num_tokens" (their count). Supervised NLL is -seq_logp.sum() / num_tokens at
-    temperature 1.
+    aux, all from the same pass: "entropy" and "certainty" [B], the per-sequence sums over the masked
+    tokens of H(p) and KL(U ‖ p) (differentiable), "lengths" [B] (masked tokens per sequence, fp32),
+    "token_logp" [B, T] (0 where unmasked, aligned with input_ids), "mean_entropy" over the masked
+    tokens and "num_tokens" (their count). Supervised NLL is -seq_logp.sum() / num_tokens at temperature 1.
     """
     hidden, _ = model.hidden_states(input_ids, attention_mask=attention_mask, remat=remat)
-    logp, entropy = token_logprobs(hidden[:, :-1], model.head_weight(), input_ids[:, 1:], temperature, chunk_size,
-                                   model.compute_dtype)
+    logp, entropy, certainty = token_logprobs(hidden[:, :-1], model.head_weight(), input_ids[:, 1:], temperature,
+                                              chunk_size, model.compute_dtype)
     mask = loss_mask[:, 1:].astype(bool)
     token_logp = jnp.pad(jnp.where(mask, logp, 0.0), ((0, 0), (1, 0)))
     num_tokens = mask.sum()
-    mean_entropy = jnp.where(mask, entropy, 0.0).sum() / jnp.maximum(num_tokens, 1)
-    aux = {"token_logp": token_logp, "mean_entropy": mean_entropy, "num_tokens": num_tokens}
+    seq_entropy = jnp.where(mask, entropy, 0.0).sum(axis=-1)
+    aux = {"entropy": seq_entropy, "certainty": jnp.where(mask, certainty, 0.0).sum(axis=-1),
+           "lengths": mask.sum(axis=-1).astype(jnp.float32), "token_logp": token_logp,
+           "mean_entropy": seq_entropy.sum() / jnp.maximum(num_tokens, 1), "num_tokens": num_tokens}
     return token_logp.sum(axis=-1), aux

@@ -1,4 +1,5 @@
-"""The RLSC run: load, evaluate, then per step sample -> log-likelihood -> loss -> AdamW, checkpoint, export.
+"""The training run: load, evaluate, then per step sample -> vote -> log-likelihood -> loss -> AdamW, checkpoint,
+export.
 
 Resumable: the newest complete orbax checkpoint restores params, optimizer state and RNG key, and
 the questions of any step follow from (seed, step), so a killed run continues exactly where it stopped.
@@ -23,9 +24,9 @@ from rlsc_jax.config import TrainConfig, to_yaml, validate
 from rlsc_jax.data import load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol, generation_eos
 from rlsc_jax.files import atomic_write_text, make_dir
-from rlsc_jax.grading import extract_answer, majority_answer
 from rlsc_jax.metrics import MetricsLog, read_metrics
 from rlsc_jax.run_record import check_resume, write_record
+from rlsc_jax.rollouts import answer_ids, answer_stats, truncated_fraction
 from rlsc_jax.sampling import sample
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
 from rlsc_jax.training import Trainer
@@ -51,20 +52,6 @@ def heldout_questions(cfg: TrainConfig) -> list:
     if not problems:
         raise ValueError(f"eval.source {cfg.eval.source!r}: no questions after eval.offset={cfg.eval.offset}")
     return problems
-
-
-def _answer_stats(tokenizer, tokens: np.ndarray, lengths: np.ndarray, num_samples: int) -> dict:
-    """Distinct final answers among each question's N samples and the majority answer's share (0 when no
-    sample has an answer): label-free signals of how confident the model is."""
-    distinct, share = [], []
-    for q in range(len(lengths) // num_samples):
-        rows = range(q * num_samples, (q + 1) * num_samples)
-        answers = [extract_answer(tokenizer.decode(tokens[r, :lengths[r]].tolist(), skip_special_tokens=True))
-                   for r in rows]
-        distinct.append(len({a for a in answers if a is not None}))
-        majority, count = majority_answer(answers)
-        share.append(count / num_samples if majority is not None else 0.0)
-    return {"distinct_answers": float(np.mean(distinct)), "majority_share": float(np.mean(share))}
 
 
 def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: float) -> dict:
@@ -109,13 +96,17 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, que
                          eos_ids=eos, seed=jax.random.fold_in(key, step))
         tokens, lengths = sharding_lib.to_host(samples.tokens), sharding_lib.to_host(samples.lengths)
         t1 = time.perf_counter()
-        state, metrics = trainer.step(state, trainer.batch(samples), s.temperature)
-        metrics = jax.device_get(metrics)
+        votes = answer_ids(tokenizer, tokens, lengths, s.num_samples)
         t2 = time.perf_counter()
+        state, metrics = trainer.step(state, trainer.batch(samples, votes), s.temperature)
+        metrics = jax.device_get(metrics)
+        t3 = time.perf_counter()
         total_tokens = int(samples.prompt_mask.sum() + lengths.sum())
-        metrics.update(_answer_stats(tokenizer, tokens, lengths, s.num_samples),
+        metrics.update(answer_stats(votes, s.num_samples),
+                       truncated_frac=truncated_fraction(tokens, lengths, s.max_new_tokens, eos),
                        completion_length=float(lengths.mean()), lr=float(trainer.schedule(step)),
-                       sample_seconds=t1 - t0, train_seconds=t2 - t1, tokens_per_second=total_tokens / (t2 - t0))
+                       sample_seconds=t1 - t0, vote_seconds=t2 - t1, train_seconds=t3 - t2,
+                       tokens_per_second=total_tokens / (t3 - t0))
         skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
         if metrics["skipped"]:
             print(f"step {step + 1}: non-finite loss, gradient or update; update skipped")

@@ -1,16 +1,16 @@
-"""RLSC training: optimizer, sharded train state, the jitted step, and metrics of one step.
+"""Label-free training: optimizer, sharded train state, the jitted step, and metrics of one step.
 
-One step (docs/method.md, "One RLSC step"): the sampler draws N completions per question, the fused
-log-likelihood gives log p_i per completion at the sampling temperature, the registered objective
-(L1/L2) turns them into a loss, and AdamW updates the parameters. Parameters and optimizer state are
-sharded by their logical axes and donated to the step; the batch is sharded over (data, fsdp).
+One step (docs/method.md, "One RLSC step"): the sampler draws N completions per question, the fused log-likelihood pass gives each
+completion's log p, summed token entropy and self-certainty at the sampling temperature, the registered
+objective (RLSC L1/L2, TTRL, ...) turns them and the host's answer votes into a loss, and AdamW updates
+the parameters. Parameters and optimizer state are sharded by their logical axes and donated to the
+step; the batch is sharded over (data, fsdp).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from typing import Any, Callable
 
 import jax
@@ -22,10 +22,10 @@ from flax import nnx
 from rlsc_jax import sharding as sharding_lib
 from rlsc_jax.config import OptimConfig, TrainConfig
 from rlsc_jax.logprobs import sequence_logprobs
-from rlsc_jax.objectives import get_objective
+from rlsc_jax.objectives import DIFFERENTIABLE, SequenceStats, bind_checked
 from rlsc_jax.sampling import Samples
 
-BATCH_KEYS = ("prompt_ids", "prompt_mask", "tokens", "completion_mask")
+BATCH_KEYS = ("prompt_ids", "prompt_mask", "tokens", "completion_mask", "answer_ids")
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -70,12 +70,10 @@ def all_finite(tree) -> jax.Array:
     return jnp.stack(leaves).all()
 
 
-def objective_fn(name: str, alpha: float) -> Callable:
-    """The registered objective with only the hyper-parameters it accepts bound (alpha for rlsc_l2)."""
-    fn = get_objective(name)
-    accepted = inspect.signature(fn).parameters
-    hparams = {k: v for k, v in {"alpha": alpha}.items() if k in accepted}
-    return lambda seq_logp, num_samples: fn(seq_logp, num_samples, **hparams)
+def objective_fn(cfg: TrainConfig) -> Callable:
+    """The config's objective with its hyper-parameters bound (checked on the step's shape)."""
+    return bind_checked(cfg.objective, cfg.sampling.num_samples, cfg.questions_per_step * cfg.sampling.num_samples,
+                        alpha=cfg.alpha, advantage_eps=cfg.advantage_eps)
 
 
 @dataclasses.dataclass
@@ -114,7 +112,7 @@ class Trainer:
         else:
             params = jax.device_put(params, param_sh)
             state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params)}
-        trainer = cls(graphdef, tx, schedule, mesh, shardings, objective_fn(cfg.objective, cfg.alpha),
+        trainer = cls(graphdef, tx, schedule, mesh, shardings, objective_fn(cfg),
                       cfg.sampling.num_samples, cfg.grad_accum, cfg.remat_policy if cfg.remat else None,
                       cfg.logprob_chunk * sharding_lib.row_shards(mesh))
         return trainer, state
@@ -123,9 +121,11 @@ class Trainer:
         """A module view of the current parameters (no copy), for sampling and export."""
         return nnx.merge(self.graphdef, state["params"])
 
-    def batch(self, samples: Samples) -> dict[str, jax.Array]:
+    def batch(self, samples: Samples, answer_ids: np.ndarray | None = None) -> dict[str, jax.Array]:
         """Training inputs from samples as global arrays sharded over rows (prompt parts come from the host).
 
+        answer_ids [rows] (host): each completion's answer class, numbered by votes within its question
+        (`rlsc_jax.grading.answer_classes`: 0 = majority, −1 = none); None means no completion has an answer.
         Columns that are padding in every row are cut (the prompt's leftmost, the completion's rightmost):
         the step is the same, and costs what the longest answer needs rather than `max_new_tokens`.
         """
@@ -138,57 +138,69 @@ class Trainer:
                 "prompt_mask": (prompt_width - keep_prompt, prompt_width),
                 "tokens": (0, keep_completion), "completion_mask": (0, keep_completion)}
         out = {}
-        for key in BATCH_KEYS:
-            value, (start, stop) = getattr(samples, key), span[key]
+        for key, (start, stop) in span.items():
+            value = getattr(samples, key)
             if isinstance(value, jax.Array):
                 out[key] = jax.device_put(jax.lax.slice_in_dim(value, start, stop, axis=1), rows)
             else:
                 out[key] = sharding_lib.host_to_global(np.asarray(value)[:, start:stop], rows)
+        if answer_ids is None:
+            answer_ids = np.full(samples.completion_mask.shape[0], -1)
+        out["answer_ids"] = sharding_lib.host_to_global(np.asarray(answer_ids, np.int32),
+                                                        sharding_lib.batch_sharding(self.mesh, 1))
         return out
 
-    def _seq_logp(self, params, batch, temperature):
-        """log p_i of every completion (sum over its tokens at the sampling temperature) and aux stats."""
+    def _stats(self, params, batch, temperature) -> SequenceStats:
+        """Every completion's log p, summed token entropy and self-certainty (at the sampling temperature),
+        token count and answer class: what an objective reads."""
         model = nnx.merge(self.graphdef, params)
         ids = jnp.concatenate([batch["prompt_ids"], batch["tokens"]], axis=1)
         attention = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1)
         loss_mask = jnp.concatenate([jnp.zeros_like(batch["prompt_mask"]), batch["completion_mask"]], axis=1)
-        return sequence_logprobs(model, ids, attention, loss_mask, temperature, remat=self.remat,
-                                 chunk_size=self.chunk_size)
+        logp, aux = sequence_logprobs(model, ids, attention, loss_mask, temperature, remat=self.remat,
+                                      chunk_size=self.chunk_size)
+        return SequenceStats(logp, aux["entropy"], aux["certainty"], aux["lengths"], batch["answer_ids"])
 
     def loss_and_grads(self, params, batch, temperature):
-        """Loss, metrics and gradients; with grad_accum > 1, exact accumulation over row micro-batches.
+        """Loss, metrics, the per-sequence stats and gradients; with grad_accum > 1, exact accumulation over
+        row micro-batches.
 
-        Accumulation first scores every row without gradients, takes dL/dlog p_i from the objective,
-        then back-propagates Σ_i (dL/dlog p_i) log p_i one micro-batch at a time: exact for any objective.
+        Accumulation first scores every row without gradients and evaluates the objective on the whole
+        batch (so group statistics span each question's N samples whichever micro-batch holds them), takes
+        dL/dx_i for each differentiable per-sequence x (log p, entropy, self-certainty), then
+        back-propagates Σ_i Σ_x (dL/dx_i) x_i one micro-batch at a time: exact for any objective.
         """
         def loss_fn(p):
-            seq_logp, aux = self._seq_logp(p, batch, temperature)
-            loss, metrics = self.objective(seq_logp, self.num_samples)
-            return loss, (metrics, aux["mean_entropy"], aux["num_tokens"])
+            stats = self._stats(p, batch, temperature)
+            loss, metrics = self.objective(stats, self.num_samples)
+            return loss, (metrics, stats)
 
         if self.grad_accum == 1:
-            (loss, (metrics, entropy, tokens)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            return loss, metrics, entropy, tokens, grads
-        # micro-batch m holds rows m, m + G, m + 2G, ...: each device keeps its rows (no resharding)
-        micro = jax.tree.map(lambda x: x.reshape(-1, self.grad_accum, *x.shape[1:]).swapaxes(0, 1), batch)
-        micro = self._constrain_micro(micro)
-        rows_order = lambda x: x.swapaxes(0, 1).reshape(-1)  # noqa: E731  [G, R/G] -> the batch's row order
+            (loss, (metrics, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            return loss, metrics, stats, grads
 
-        def score(mb):
-            seq_logp, aux = self._seq_logp(params, mb, temperature)
-            return seq_logp, aux["mean_entropy"] * aux["num_tokens"], aux["num_tokens"]
-        seq_logp, entropy_sum, tokens = jax.lax.map(score, micro)
-        (loss, metrics), coef = jax.value_and_grad(self.objective, has_aux=True)(rows_order(seq_logp),
-                                                                                  self.num_samples)
+        def to_micro(x):  # micro-batch m holds rows m, m + G, m + 2G, ...: each device keeps its rows
+            return x.reshape(-1, self.grad_accum, *x.shape[1:]).swapaxes(0, 1)
+
+        micro = self._constrain_micro(jax.tree.map(to_micro, batch))
+        rows_order = lambda x: x.swapaxes(0, 1).reshape(-1)  # noqa: E731  [G, R/G] -> the batch's row order
+        stats = jax.tree.map(rows_order, jax.lax.map(lambda mb: self._stats(params, mb, temperature), micro))
+
+        def objective(diff):
+            return self.objective(dataclasses.replace(stats, **diff), self.num_samples)
+        (loss, metrics), coef = jax.value_and_grad(objective, has_aux=True)(
+            {k: getattr(stats, k) for k in DIFFERENTIABLE})
 
         def accumulate(acc, xs):
             mb, c = xs
-            g = jax.grad(lambda p: jnp.sum(c * self._seq_logp(p, mb, temperature)[0]))(params)
-            return jax.tree.map(jnp.add, acc, g), None
+
+            def surrogate(p):
+                mb_stats = self._stats(p, mb, temperature)
+                return sum(jnp.sum(c[k] * getattr(mb_stats, k)) for k in DIFFERENTIABLE)
+            return jax.tree.map(jnp.add, acc, jax.grad(surrogate)(params)), None
         zeros = jax.tree.map(jnp.zeros_like, params)
-        grads, _ = jax.lax.scan(accumulate, zeros, (micro, coef.reshape(-1, self.grad_accum).swapaxes(0, 1)))
-        total = tokens.sum()
-        return loss, metrics, entropy_sum.sum() / jnp.maximum(total, 1), total, grads
+        grads, _ = jax.lax.scan(accumulate, zeros, (micro, jax.tree.map(to_micro, coef)))
+        return loss, metrics, stats, grads
 
     def _constrain_micro(self, micro):
         """Keeps each micro-batch's rows sharded over (data, fsdp)."""
@@ -205,24 +217,30 @@ class Trainer:
         checkpointing it. Reading the output for the check costs no memory.
         """
         params, opt_state = state["params"], state["opt_state"]
-        loss, metrics, entropy, tokens, grads = self.loss_and_grads(params, batch, temperature)
+        loss, metrics, stats, grads = self.loss_and_grads(params, batch, temperature)
         grad_norm = optax.global_norm(grads)
         updates, new_opt = self.tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(self.schedule(_step_count(opt_state)))
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         state = {"params": keep(new_params, params), "opt_state": keep(new_opt, opt_state)}
-        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, mean_token_entropy=entropy, num_tokens=tokens,
+        tokens = stats.num_tokens.sum()
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, num_tokens=tokens,
+                       mean_token_entropy=stats.entropy.sum() / jnp.maximum(tokens, 1.0),
+                       mean_self_certainty=stats.certainty.sum() / jnp.maximum(tokens, 1.0),
                        skipped=(~finite).astype(jnp.int32), state_finite=all_finite(state).astype(jnp.int32))
         return state, metrics
+
+    def _batch_shardings(self) -> dict:
+        """Every batch array split over rows: [rows, width] token arrays and the [rows] answer classes."""
+        return {k: sharding_lib.batch_sharding(self.mesh, 1 if k == "answer_ids" else 2) for k in BATCH_KEYS}
 
     @functools.cached_property
     def _jitted_step(self):
         """`_step` jitted once with explicit shardings; the train state is donated (updated in place)."""
-        rows = sharding_lib.batch_sharding(self.mesh, 2)
         replicated = sharding_lib.replicated(self.mesh)
         return jax.jit(self._step, donate_argnums=(0,),
-                       in_shardings=(self.state_shardings, {k: rows for k in BATCH_KEYS}, replicated),
+                       in_shardings=(self.state_shardings, self._batch_shardings(), replicated),
                        out_shardings=(self.state_shardings, replicated))
 
     def compile_step(self, state: dict, rows: int, prompt_width: int, completion_width: int) -> jax.stages.Compiled:
@@ -231,10 +249,11 @@ class Trainer:
         `state` may be abstract (see `create`); `memory_analysis()` and `cost_analysis()` of the result
         are XLA's per-device bytes and FLOPs for that shape.
         """
-        rows_sh = sharding_lib.batch_sharding(self.mesh, 2)
-        widths = {"prompt_ids": prompt_width, "prompt_mask": prompt_width, "tokens": completion_width,
-                  "completion_mask": completion_width}
-        batch = {k: jax.ShapeDtypeStruct((rows, w), jnp.int32, sharding=rows_sh) for k, w in widths.items()}
+        shapes = {"prompt_ids": (rows, prompt_width), "prompt_mask": (rows, prompt_width),
+                  "tokens": (rows, completion_width), "completion_mask": (rows, completion_width),
+                  "answer_ids": (rows,)}
+        batch = {k: jax.ShapeDtypeStruct(shapes[k], jnp.int32, sharding=sh)
+                 for k, sh in self._batch_shardings().items()}
         temperature = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding_lib.replicated(self.mesh))
         with sharding_lib.use_mesh(self.mesh):
             return self._jitted_step.lower(state, batch, temperature).compile()

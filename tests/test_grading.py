@@ -13,6 +13,7 @@ import pytest
 
 from rlsc_jax.benchmarks import BENCHMARKS, load_benchmark
 from rlsc_jax.grading import (
+    answer_classes,
     answer_groups,
     extract_answer,
     is_equivalent,
@@ -187,6 +188,12 @@ def test_maj_at_k_edges() -> None:
     assert maj_at_k([2, 2], [True, False], 0, 4) == pytest.approx(0.5)  # a tie of all n splits evenly
     with pytest.raises(ValueError, match="1 <= k <= n"):
         maj_at_k([2], [True], 0, 3)
+
+
+def test_answer_classes_number_by_votes_with_the_majority_first() -> None:
+    assert answer_classes(["3", "1/2", "0.5", "3", "\\frac{1}{2}", None, "9"]) == [1, 0, 0, 1, 0, -1, 2]
+    assert answer_classes(["7", "2", "2", "7"]) == [0, 1, 1, 0]  # the tie goes to the first seen, as majority_answer
+    assert answer_classes([None, None]) == [-1, -1] and answer_classes([]) == []
 
 
 def test_last_boxed_reads_real_minerva_solution() -> None:

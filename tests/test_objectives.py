@@ -1,4 +1,7 @@
-"""Objective registry and RLSC L1/L2 against a PyTorch autograd transcription of the paper's formulas."""
+"""Objective registry; every objective against a PyTorch autograd transcription of its paper's formula
+(tests/torch_objectives.py), with answers voted from strings independently of rlsc_jax's grouping."""
+
+from collections import Counter
 
 import jax
 import jax.numpy as jnp
@@ -6,84 +9,168 @@ import numpy as np
 import pytest
 import torch
 
-from rlsc_jax.objectives import OBJECTIVES, get_objective
+from rlsc_jax.grading import answer_classes
+from rlsc_jax.objectives import (
+    DIFFERENTIABLE,
+    OBJECTIVES,
+    SequenceStats,
+    bind,
+    get_objective,
+)
+from tests import torch_objectives
 
 Q, N = 2, 4
 # Two questions of four samples; -150 underflows exp in fp32 (p_old = 0 in JAX and PyTorch alike).
 LOGP = np.array([-0.3, -1.2, -2.5, -0.05, -4.0, -0.7, -150.0, -3.3], np.float32)
+ENTROPY = np.array([0.9, 2.1, 0.4, 3.3, 1.7, 0.2, 5.5, 1.1], np.float32)
+CERTAINTY = np.array([4.1, 2.2, 6.0, 0.7, 3.9, 5.2, 1.4, 2.8], np.float32)
+LENGTHS = np.array([3, 7, 2, 11, 5, 1, 40, 6], np.float32)
+# q0: "7" wins 2 to 1 (one sample without an answer); q1: "2" and "5" tie 2-2, the first seen ("2") wins
+ANSWERS = ["7", "3", "7", None, "2", "5", "5", "2"]
+RTOL = 1e-6  # fp32 arithmetic on both sides: the largest measured relative difference is below 2e-7
 
 
-def _torch_reference(logp: np.ndarray, alpha: float | None) -> tuple[float, np.ndarray]:
-    """Paper: L = -Σ_i (p_old_i [+ α]) log p_i per question (p_old detached), mean over questions."""
-    lp = torch.tensor(logp, requires_grad=True)
-    weight = lp.detach().exp() + (alpha or 0.0)
-    loss = -(weight * lp).view(-1, N).sum(1).mean()
-    loss.backward()
-    return loss.item(), lp.grad.numpy()
+def _seqs(logp=LOGP, answers=ANSWERS) -> SequenceStats:
+    ids = [i for q in range(Q) for i in answer_classes(answers[q * N:(q + 1) * N])]
+    return SequenceStats(jnp.asarray(logp), jnp.asarray(ENTROPY), jnp.asarray(CERTAINTY), jnp.asarray(LENGTHS),
+                         jnp.asarray(ids, jnp.int32))
 
 
-def _jax(name: str, logp: np.ndarray, **hparams):
-    """(loss, grad w.r.t. seq_logp, metrics) of a registered objective."""
-    fn = lambda x: get_objective(name)(x, N, **hparams)  # noqa: E731
-    (loss, metrics), grad = jax.value_and_grad(fn, has_aux=True)(jnp.asarray(logp))
-    return float(loss), np.asarray(grad), metrics
+def _jax(name: str, seqs: SequenceStats, **hparams):
+    """(loss, {field: d loss / d field}, metrics) of a registered objective."""
+    def fn(diff):
+        return get_objective(name)(SequenceStats(**{**vars(seqs), **diff}), N, **hparams)
+    (loss, metrics), grads = jax.value_and_grad(fn, has_aux=True)({k: getattr(seqs, k) for k in DIFFERENTIABLE})
+    return float(loss), {k: np.asarray(v) for k, v in grads.items()}, metrics
 
 
-@pytest.mark.parametrize("name,hparams,alpha", [("rlsc_l1", {}, None), ("rlsc_l2", {}, 0.1),
-                                                ("rlsc_l2", {"alpha": 0.3}, 0.3)])
-def test_rlsc_matches_pytorch(name, hparams, alpha):
-    loss, grad, _ = _jax(name, LOGP, **hparams)
-    ref_loss, ref_grad = _torch_reference(LOGP, alpha)
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=0)
-    np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=0)
+def _majority_reward(answers) -> np.ndarray:
+    """1 where a sample's answer is its question's most common one (exact strings; ties: first seen), else 0."""
+    reward = []
+    for q in range(Q):
+        group = answers[q * N:(q + 1) * N]
+        top = Counter(a for a in group if a is not None).most_common(1)
+        reward += [float(bool(top) and a == top[0][0]) for a in group]
+    return np.array(reward, np.float32)
 
 
-@pytest.mark.parametrize("name", ["rlsc_l1", "rlsc_l2", "nll"])
-def test_sum_over_samples_mean_over_questions(name):
-    loss, _, _ = _jax(name, LOGP)
-    per_question = [_jax(name, LOGP[q * N:(q + 1) * N])[0] for q in range(Q)]
-    np.testing.assert_allclose(loss, np.mean(per_question), rtol=1e-6)
+def _torch(name: str, **hparams):
+    """Loss and gradients by PyTorch autograd of tests/torch_objectives.py."""
+    lp, ent, cert = (torch.tensor(x, requires_grad=True) for x in (LOGP, ENTROPY, CERTAINTY))
+    value = torch_objectives.loss(name, lp, ent, cert, torch.tensor(LENGTHS), torch.tensor(_majority_reward(ANSWERS)),
+                                  N, **hparams)
+    value.backward()
+    grads = {k: (x.grad if x.grad is not None else torch.zeros_like(x)).numpy() for k, x in
+             zip(DIFFERENTIABLE, (lp, ent, cert))}
+    return value.item(), grads
 
 
-def test_nll_is_minus_mean_log_p():
-    loss, grad, _ = _jax("nll", LOGP)
-    np.testing.assert_allclose(loss, -LOGP.mean(), rtol=1e-6)
-    np.testing.assert_allclose(grad, np.full(Q * N, -1.0 / (Q * N)), rtol=1e-6)
+CASES = [("rlsc_l1", {}, {}), ("rlsc_l2", {}, {}), ("rlsc_l2", {"alpha": 0.3}, {"alpha": 0.3}),
+         ("rlsc_group", {}, {}), ("entropy_min", {}, {}), ("ttrl", {}, {}),
+         ("ttrl", {"advantage_eps": 0.5}, {"eps": 0.5}), ("self_certainty", {}, {}),
+         ("self_certainty", {"advantage_eps": 0.5}, {"eps": 0.5}), ("nll", {}, {})]
+
+
+@pytest.mark.parametrize("name,hparams,ref_kw", CASES)
+def test_matches_pytorch(name, hparams, ref_kw):
+    loss, grads, _ = _jax(name, _seqs(), **hparams)
+    ref_loss, ref_grads = _torch(name, **ref_kw)
+    np.testing.assert_allclose(loss, ref_loss, rtol=RTOL, atol=0)
+    for k in DIFFERENTIABLE:
+        np.testing.assert_allclose(grads[k], ref_grads[k], rtol=RTOL, atol=1e-9, err_msg=k)
+
+
+def test_every_registered_objective_has_a_reference():
+    assert {name for name, _, _ in CASES} == set(OBJECTIVES)
+
+
+@pytest.mark.parametrize("name", ["rlsc_l1", "rlsc_l2", "rlsc_group", "ttrl", "self_certainty", "nll"])
+def test_per_question_then_mean_over_questions(name):
+    seqs = _seqs()
+    loss, _, _ = _jax(name, seqs)
+    halves = [SequenceStats(**{k: v[q * N:(q + 1) * N] for k, v in vars(seqs).items()}) for q in range(Q)]
+    np.testing.assert_allclose(loss, np.mean([_jax(name, h)[0] for h in halves]), rtol=1e-6)
+
+
+def test_rewards_are_not_differentiated():
+    """TTRL and self-certainty move only log p; entropy minimisation only the entropy."""
+    for name, live in (("ttrl", "logp"), ("self_certainty", "logp"), ("entropy_min", "entropy")):
+        _, grads, _ = _jax(name, _seqs())
+        assert all(np.any(grads[k]) == (k == live) for k in DIFFERENTIABLE), name
+
+
+def test_unanimous_or_unanswered_questions_give_no_ttrl_gradient():
+    for answers in (["4"] * 8, [None] * 8, ["4", "4", "4", "4", None, None, None, None]):
+        loss, grads, metrics = _jax("ttrl", _seqs(answers=answers))
+        assert loss == 0.0 and not np.any(grads["logp"])
+        assert float(metrics["flat_group_frac"]) == 1.0
+
+
+def test_rlsc_group_weights_survive_underflow():
+    """All log p near -2000: L1's weights are all 0, the group-softmax weights still sum to 1 per question."""
+    logp = LOGP - 2000.0
+    _, l1, _ = _jax("rlsc_l1", _seqs(logp))
+    _, group, _ = _jax("rlsc_group", _seqs(logp))
+    assert not np.any(l1["logp"])
+    np.testing.assert_allclose(-group["logp"].reshape(Q, N).sum(1) * Q, 1.0, rtol=1e-6)
 
 
 def test_metrics():
-    _, _, m = _jax("rlsc_l2", LOGP)
+    _, _, m = _jax("rlsc_l2", _seqs())
     p = np.exp(LOGP.astype(np.float64))
     np.testing.assert_allclose(float(m["seq_logp_mean"]), LOGP.mean(), rtol=1e-6)
     assert float(m["seq_logp_min"]) == -150.0
     assert float(m["p_old_underflow_frac"]) == 1 / 8
     np.testing.assert_allclose(float(m["p_old_mean"]), p.mean(), rtol=1e-6)
     np.testing.assert_allclose(float(m["p_old_max"]), p.max(), rtol=1e-6)
+    _, _, m = _jax("ttrl", _seqs())
+    np.testing.assert_allclose(float(m["reward_mean"]), _majority_reward(ANSWERS).mean(), rtol=1e-6)
+    assert float(m["flat_group_frac"]) == 0.0
 
 
 def test_underflow_fraction():
-    assert float(_jax("rlsc_l1", np.full(Q * N, -200.0, np.float32))[2]["p_old_underflow_frac"]) == 1.0
+    assert float(_jax("rlsc_l1", _seqs(np.full(Q * N, -200.0, np.float32)))[2]["p_old_underflow_frac"]) == 1.0
     half = np.array([-200.0, -1.0, -200.0, -2.0, -50.0, -200.0, -3.0, -200.0], np.float32)
-    assert float(_jax("rlsc_l1", half)[2]["p_old_underflow_frac"]) == 0.5
+    assert float(_jax("rlsc_l1", _seqs(half))[2]["p_old_underflow_frac"]) == 0.5
 
 
 def test_all_underflowed_l1_has_zero_gradient_and_l2_is_alpha_nll():
-    logp = np.full(Q * N, -200.0, np.float32)
-    _, grad_l1, _ = _jax("rlsc_l1", logp)
-    assert np.all(grad_l1 == 0.0)
+    seqs = _seqs(np.full(Q * N, -200.0, np.float32))
+    assert np.all(_jax("rlsc_l1", seqs)[1]["logp"] == 0.0)
     for alpha in (0.1, 0.3):
-        loss, grad_l2, _ = _jax("rlsc_l2", logp, alpha=alpha)
-        np.testing.assert_allclose(grad_l2, np.full(Q * N, -alpha / Q), rtol=1e-6)
+        loss, grads, _ = _jax("rlsc_l2", seqs, alpha=alpha)
+        np.testing.assert_allclose(grads["logp"], np.full(Q * N, -alpha / Q), rtol=1e-6)
         np.testing.assert_allclose(loss, alpha * N * 200.0, rtol=1e-6)
 
 
+def test_bind_takes_what_each_objective_accepts():
+    seqs = _seqs()
+    for name in OBJECTIVES:
+        loss = bind(name, alpha=0.3, advantage_eps=0.5)(seqs, N)[0]
+        expected = _jax(name, seqs, **{"rlsc_l2": {"alpha": 0.3}, "ttrl": {"advantage_eps": 0.5},
+                                       "self_certainty": {"advantage_eps": 0.5}}.get(name, {}))[0]
+        np.testing.assert_allclose(float(loss), expected, rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("hparams,needle", [({"alpha": -0.1}, "alpha=-0.1: must be finite and >= 0"),
+                                            ({"alpha": float("nan")}, "alpha=nan"),
+                                            ({"advantage_eps": 0.0}, "advantage_eps=0.0: must be finite and > 0"),
+                                            ({"advantage_eps": float("inf")}, "advantage_eps=inf")])
+def test_bad_hyper_parameters_are_one_line_errors(hparams, needle):
+    with pytest.raises(ValueError) as e:
+        bind("rlsc_l2", **hparams)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
 def test_registry_and_errors():
-    assert {"rlsc_l1", "rlsc_l2", "nll"} <= set(OBJECTIVES)
+    assert {"rlsc_l1", "rlsc_l2", "rlsc_group", "entropy_min", "ttrl", "self_certainty", "nll"} <= set(OBJECTIVES)
     with pytest.raises(ValueError) as e:
         get_objective("rlsc_l3")
     msg = str(e.value)
     assert "\n" not in msg and "rlsc_l3" in msg and all(name in msg for name in OBJECTIVES)
     with pytest.raises(ValueError, match="groups of 3"):
-        get_objective("rlsc_l1")(jnp.zeros(8), 3)
+        get_objective("rlsc_l1")(_seqs(), 3)
+    with pytest.raises(ValueError, match="num_samples >= 2"):
+        get_objective("ttrl")(_seqs(), 1)
     with pytest.raises(TypeError):
-        get_objective("rlsc_l1")(jnp.zeros(8), 4, alpha=0.1)
+        get_objective("rlsc_l1")(_seqs(), N, alpha=0.1)

@@ -18,6 +18,7 @@ import train
 from rlsc_jax import synthetic
 from rlsc_jax.config import load_config
 from rlsc_jax.loop import heldout_questions
+from rlsc_jax.objectives import OBJECTIVES
 from tests.hf_models import make_chat_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +48,8 @@ def test_end_to_end_outputs(chat_model, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     for key in ("loss", "seq_logp_mean", "seq_logp_min", "p_old_underflow_frac", "mean_token_entropy",
-                "completion_length", "distinct_answers", "majority_share", "grad_norm", "lr", "sample_seconds",
-                "train_seconds", "tokens_per_second"):
+                "mean_self_certainty", "truncated_frac", "completion_length", "distinct_answers", "majority_share",
+                "grad_norm", "lr", "sample_seconds", "vote_seconds", "train_seconds", "tokens_per_second"):
         assert all(np.isfinite(r[key]) for r in rows), key
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["2", "3"]
     assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "tokenizer.json").is_file()
@@ -85,6 +86,25 @@ def test_benchmark_heldout_uses_one_protocol_before_and_after(chat_model, tmp_pa
     assert "| truncated_frac |" in printed and "| accuracy |" in printed
     if after["truncated_frac"] > 0.05:
         assert "warning: held-out after:" in printed
+
+
+# the shipped default model, cut to 2 steps of 2 questions x 4 samples
+SMALL_DEFAULT = ["steps=2", "questions_per_step=2", "sampling.num_samples=4", "data.num_questions=4",
+                 "eval.num_questions=0", "plot=false", "export_final=false"]
+DIAGNOSTICS = ("mean_token_entropy", "truncated_frac", "distinct_answers", "majority_share")
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_every_objective_trains_the_default_model(tmp_path, objective):
+    """`python train.py objective=NAME` on the default config; every step logs the label-free diagnostics."""
+    out = tmp_path / objective
+    assert train.main([f"output_dir={out}", f"objective={objective}", *SMALL_DEFAULT]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and not any(r["skipped"] for r in rows)
+    for key in ("loss", "grad_norm", *DIAGNOSTICS):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert all(0 <= r["truncated_frac"] <= 1 and 0 <= r["majority_share"] <= 1 for r in rows)
+    assert all(1 <= r["distinct_answers"] <= 4 for r in rows)
 
 
 def test_eval_offset_skips_the_first_heldout_questions():
@@ -160,6 +180,9 @@ BAD_CONFIG_JSON = {"LISTJSON": [1, 2], "ROPESTRING": {"rope_scaling": "linear"},
     (["model=LISTJSON"], "expected a JSON object"),
     (["model=ROPESTRING"], "field 'rope_scaling'"),
     (["model=ABCHIDDEN"], "field 'hidden_size' must be a positive integer, got 'abc'"),
+    (["alpha=-1"], "alpha=-1"),
+    (["objective=ttrl", "advantage_eps=0"], "advantage_eps=0"),
+    (["objective=self_certainty", "sampling.num_samples=1"], "sampling.num_samples >= 2"),
 ])
 def test_bad_input_is_one_line_error(chat_model, tmp_path, capsys, args, needle):
     """Each is rejected with one line and exit 2 before any weight is loaded or any file written."""

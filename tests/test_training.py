@@ -1,10 +1,12 @@
-"""RLSC step parity with a PyTorch autograd Algorithm 1, sharding equality, accumulation and skipped steps."""
+"""Step parity with PyTorch autograd (RLSC's Algorithm 1 and the other objectives), sharding equality, exact
+accumulation for every objective, and skipped steps."""
 
 import copy
 
 import jax
 import numpy as np
 import pytest
+import torch
 
 from rlsc_jax import hf, torch_reference
 from rlsc_jax.config import load_config
@@ -12,10 +14,12 @@ from rlsc_jax.objectives import OBJECTIVES, register
 from rlsc_jax.sampling import Samples
 from rlsc_jax.sharding import make_mesh
 from rlsc_jax.training import Trainer, trimmed_width
+from tests import torch_objectives
 from tests.hf_models import VOCAB, make_hf_model, save_hf_model
 
 Q, N, P, M = 2, 4, 6, 5
 TEMPERATURE = 0.7
+ANSWER_IDS = np.array([0, 1, 0, -1, 1, 0, 0, 2], np.int32)  # vote classes of the 8 completions (0 = majority)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +51,38 @@ def _cfg(**kw):
 
 
 def _torch_step(ref, samples, objective):
-    """Algorithm 1 in PyTorch (`rlsc_jax.torch_reference`) on a copy of `ref`, with the step's settings of `_cfg`."""
+    """One step in PyTorch with the step's settings of `_cfg`: RLSC through `rlsc_jax.torch_reference` (Algorithm 1,
+    shared with `python -m rlsc_jax.compare`), the other objectives through `_torch_label_free_step`."""
+    if objective not in ("rlsc_l1", "rlsc_l2"):
+        return _torch_label_free_step(ref, samples, objective)
     step = torch_reference.rlsc_step(copy.deepcopy(ref), samples, N, TEMPERATURE, objective, lr=1e-3,
                                      weight_decay=0.01, eps=1e-2)
     return step.loss, step.grads, step.params, step.logp
+
+
+def _torch_label_free_step(ref, samples, objective, lr=1e-3, weight_decay=0.01, eps=1e-2):
+    """One step in PyTorch: per answer, Σ over its tokens of log p, entropy and KL(uniform ‖ p) at T; the
+    objective of tests/torch_objectives.py (RLSC: Algorithm 1, p_old detached); one AdamW step."""
+    model = make_hf_model("qwen2", num_hidden_layers=2)
+    model.load_state_dict(ref.state_dict())
+    ids = torch.tensor(np.concatenate([samples.prompt_ids, samples.tokens], 1), dtype=torch.long)
+    attn = torch.tensor(np.concatenate([samples.prompt_mask, samples.completion_mask], 1), dtype=torch.long)
+    answer = torch.tensor(np.concatenate([np.zeros_like(samples.prompt_mask), samples.completion_mask], 1))
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = model(ids, attention_mask=attn, position_ids=positions).logits[:, :-1] / TEMPERATURE
+    logsm = torch.log_softmax(logits, -1)
+    mask = answer[:, 1:]
+    logp = (logsm.gather(-1, ids[:, 1:, None])[..., 0] * mask).sum(-1)
+    entropy = (-(logsm.exp() * logsm).sum(-1) * mask).sum(-1)
+    certainty = ((-np.log(logsm.shape[-1]) - logsm).mean(-1) * mask).sum(-1)
+    loss = torch_objectives.loss(objective, logp, entropy, certainty, mask.sum(-1).float(),
+                                 torch.tensor(ANSWER_IDS == 0).float(), N)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, eps=eps)
+    loss.backward()
+    grads = {n: p.grad.detach().clone().numpy() for n, p in model.named_parameters()}
+    opt.step()
+    params = {n: p.detach().numpy() for n, p in model.named_parameters()}
+    return float(loss.detach()), grads, params, logp.detach().numpy().ravel()
 
 
 def _flax_by_hf_name(model):
@@ -58,8 +90,8 @@ def _flax_by_hf_name(model):
     return {m.hf_name: arr for m, arr in hf.hf_tensors(model)}
 
 
-@pytest.mark.parametrize("objective", ["rlsc_l2", "rlsc_l1"])
-def test_one_step_matches_pytorch_algorithm_1(ckpt, objective):
+@pytest.mark.parametrize("objective", ["rlsc_l2", "rlsc_l1", "entropy_min", "ttrl", "self_certainty"])
+def test_one_step_matches_pytorch(ckpt, objective):
     ref, path = ckpt
     samples = _samples()
     t_loss, t_grads, t_params, t_logp = _torch_step(ref, samples, objective)
@@ -69,9 +101,9 @@ def test_one_step_matches_pytorch_algorithm_1(ckpt, objective):
     trainer, state = Trainer.create(model, _cfg(objective=objective), mesh)
     before = _flax_by_hf_name(trainer.model(state))
     grads_fn = jax.jit(lambda st, b: trainer.loss_and_grads(st["params"], b, TEMPERATURE))
-    loss, _, _, _, grads = grads_fn(state, trainer.batch(samples))
+    loss, _, _, grads = grads_fn(state, trainer.batch(samples, ANSWER_IDS))
     grads = _flax_by_hf_name(trainer.model({"params": grads}))
-    state, step_metrics = trainer.step(state, trainer.batch(samples), TEMPERATURE)
+    state, step_metrics = trainer.step(state, trainer.batch(samples, ANSWER_IDS), TEMPERATURE)
     assert abs(float(loss) - t_loss) <= 1e-5 * abs(t_loss)
     assert abs(float(step_metrics["loss"]) - t_loss) <= 1e-5 * abs(t_loss)
     after = _flax_by_hf_name(trainer.model(state))
@@ -121,6 +153,36 @@ def test_gradient_accumulation_and_remat_are_exact(ckpt, single_device_run, grad
         np.testing.assert_allclose(params[name], value, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.parametrize("objective", ["rlsc_group", "entropy_min", "ttrl", "self_certainty"])
+def test_gradient_accumulation_is_exact_for_every_objective(ckpt, objective):
+    """grad_accum=2 puts rows 0, 2, 4, 6 and 1, 3, 5, 7 in separate micro-batches, so each question's samples
+    are split; the objective still sees all N of them, and loss and gradients equal grad_accum=1's.
+
+    Micro-batches of 4 rows round the per-sequence sums differently (measured: up to 5e-7 relative), and a
+    group-normalised advantage divides that by the rewards' spread (std 0.08 here), so the loss is compared
+    at 1e-5 (measured: 2.2e-6 for self_certainty, at most 6e-7 for the others) and gradients at 1e-5 (4e-6).
+    """
+    mesh = make_mesh(devices=jax.devices()[:1])
+    results = []
+    for grad_accum in (1, 2):
+        trainer, state = Trainer.create(hf.load(ckpt[1]), _cfg(objective=objective, grad_accum=grad_accum), mesh)
+        fn = jax.jit(lambda st, b, t=trainer: t.loss_and_grads(st["params"], b, TEMPERATURE))
+        loss, metrics, stats, grads = fn(state, trainer.batch(_samples(), ANSWER_IDS))
+        grads = _flax_by_hf_name(trainer.model({"params": grads}))
+        results.append((float(loss), jax.device_get((metrics, stats)), grads))
+    (loss, (metrics, stats), grads), (acc_loss, (acc_metrics, acc_stats), acc_grads) = results
+    for key in ("logp", "entropy", "certainty"):
+        want = np.asarray(getattr(stats, key))
+        assert np.abs(np.asarray(getattr(acc_stats, key)) - want).max() <= 1e-6 * np.abs(want).max(), key
+    np.testing.assert_array_equal(acc_stats.answer_ids, ANSWER_IDS)
+    assert abs(acc_loss - loss) <= 1e-5 * abs(loss)
+    for key, value in metrics.items():
+        np.testing.assert_allclose(acc_metrics[key], value, rtol=1e-5, err_msg=key)
+    for name, g in grads.items():
+        rel = np.abs(acc_grads[name] - g).max() / np.abs(g).max()
+        assert rel <= 1e-5, f"{name}: accumulated gradient relative error {rel}"
+
+
 def _with_padding_columns(samples: Samples, prompt_pad: int, completion_pad: int) -> Samples:
     """The same samples inside wider arrays: extra all-padding columns left of the prompts, right of the answers."""
     rows = samples.tokens.shape[0]
@@ -157,8 +219,8 @@ def test_trimmed_width_rounds_up_to_eighths(used, total, expected):
 @pytest.fixture
 def nan_objective():
     @register("nan_for_test")
-    def nan_loss(seq_logp, num_samples):
-        return seq_logp.sum() * np.float32("nan"), {}
+    def nan_loss(seqs, num_samples):
+        return seqs.logp.sum() * np.float32("nan"), {}
     yield "nan_for_test"
     OBJECTIVES.pop("nan_for_test")
 
