@@ -23,7 +23,7 @@ from rlsc_jax.checkpoints import Checkpointer, saved_steps
 from rlsc_jax.config import TrainConfig, to_yaml, validate
 from rlsc_jax.data import load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol, generation_eos
-from rlsc_jax.files import atomic_write_text, make_dir
+from rlsc_jax.files import atomic_write_json, atomic_write_text, make_dir
 from rlsc_jax.metrics import MetricsLog, read_metrics
 from rlsc_jax.run_record import check_resume, write_record
 from rlsc_jax.rollouts import answer_ids, answer_stats, truncated_fraction
@@ -191,8 +191,7 @@ def run(cfg: TrainConfig, before: dict | None = None) -> dict:
     if heldout:
         before = before or (_saved_before(out, cfg) if resuming else None) or evaluate(trainer.model(state), tokenizer, cfg, heldout)
         if writer:
-            atomic_write_text(out / "eval_before.json",
-                              json.dumps({"settings": _eval_settings(cfg), "metrics": before}, indent=2))
+            atomic_write_json(out / "eval_before.json", {"settings": _eval_settings(cfg), "metrics": before})
     ckpt = Checkpointer(out / "checkpoints", cfg.keep_checkpoints)
     key = jax.random.key(cfg.seed)
     start, restored, meta = ckpt.restore_latest({"params": state["params"], "opt_state": state["opt_state"],
@@ -214,7 +213,7 @@ def run(cfg: TrainConfig, before: dict | None = None) -> dict:
     if heldout:
         result["after"] = evaluate(final, tokenizer, cfg, heldout)
         if writer:
-            atomic_write_text(out / "eval_after.json", json.dumps(result["after"], indent=2))
+            atomic_write_json(out / "eval_after.json", {"settings": _eval_settings(cfg), "metrics": result["after"]})
     if writer and cfg.plot:
         from rlsc_jax.plotting import plot_run
         plot_run(read_metrics(out), result, out / "curves.png")

@@ -77,7 +77,7 @@ def test_benchmark_heldout_uses_one_protocol_before_and_after(chat_model, tmp_pa
     assert train.main([f"model={chat_model}", f"output_dir={out}", "steps=1", f"eval.source={heldout}",
                        "eval.num_questions=2", "plot=false", *FAST]) == 0
     printed = capsys.readouterr().out
-    before, after = (json.loads((out / f"eval_{x}.json").read_text()) for x in ("before", "after"))
+    before, after = (json.loads((out / f"eval_{x}.json").read_text())["metrics"] for x in ("before", "after"))
     for result in (before, after):
         assert result["protocol"] == "qwen-math" and result["num_samples"] == 1
         assert 100 < result["max_new_tokens"] < 256 and 0 <= result["truncated_frac"] <= 1
