@@ -52,8 +52,8 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, keep: int):
         self.directory = Path(directory).absolute()
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max(keep, 1), create=True, cleanup_tmp_directories=True))
+        options = ocp.CheckpointManagerOptions(max_to_keep=max(keep, 1), create=True, cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state: dict, meta: dict) -> None:
         """Saves asynchronously; the next save or `close` waits for it. A Ctrl-C during the call is held

@@ -174,7 +174,8 @@ def _read_yaml(path: Path):
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ValueError(f"{path}: invalid YAML{where} ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(layer, DictConfig):
-        raise ValueError(f"{path}: expected a mapping of config keys, got a {type(layer).__name__.replace('Config', '')}")
+        kind = type(layer).__name__.replace("Config", "")
+        raise ValueError(f"{path}: expected a mapping of config keys, got a {kind}")
     return layer
 
 
@@ -182,25 +183,34 @@ def validate(cfg: TrainConfig) -> None:
     """Every value range `train.py` depends on, checked before anything is loaded or written; each failure
     is a one-line ValueError naming the key."""
     s, o, e = cfg.sampling, cfg.optim, cfg.eval
+    finite = math.isfinite
     checks = (
-        ("steps", cfg.steps >= 1, ">= 1"), ("questions_per_step", cfg.questions_per_step >= 1, ">= 1"),
-        ("grad_accum", cfg.grad_accum >= 1, ">= 1"), ("checkpoint_every", cfg.checkpoint_every >= 1, ">= 1"),
-        ("keep_checkpoints", cfg.keep_checkpoints >= 1, ">= 1"), ("logprob_chunk", cfg.logprob_chunk >= 1, ">= 1"),
+        ("steps", cfg.steps >= 1, ">= 1"),
+        ("questions_per_step", cfg.questions_per_step >= 1, ">= 1"),
+        ("grad_accum", cfg.grad_accum >= 1, ">= 1"),
+        ("checkpoint_every", cfg.checkpoint_every >= 1, ">= 1"),
+        ("keep_checkpoints", cfg.keep_checkpoints >= 1, ">= 1"),
+        ("logprob_chunk", cfg.logprob_chunk >= 1, ">= 1"),
         ("max_skipped_steps", cfg.max_skipped_steps >= 1, ">= 1"),
-        ("sampling.num_samples", s.num_samples >= 1, ">= 1"), ("sampling.max_new_tokens", s.max_new_tokens >= 1, ">= 1"),
-        ("sampling.temperature", math.isfinite(s.temperature) and s.temperature > 0, "finite and > 0 for training"),
-        ("sampling.top_k", s.top_k >= 0, ">= 0 (0 = off)"), ("sampling.top_p", 0 < s.top_p <= 1, "in (0, 1]"),
-        ("optim.lr", math.isfinite(o.lr) and o.lr > 0, "finite and > 0"), ("optim.eps", math.isfinite(o.eps) and o.eps > 0,
-                                                                      "finite and > 0"),
-        ("optim.weight_decay", math.isfinite(o.weight_decay) and o.weight_decay >= 0, "finite and >= 0"),
-        ("optim.b1", 0 <= o.b1 < 1, "in [0, 1)"), ("optim.b2", 0 <= o.b2 < 1, "in [0, 1)"),
-        ("optim.grad_clip", math.isfinite(o.grad_clip) and o.grad_clip >= 0, "finite and >= 0 (0 = off)"),
+        ("sampling.num_samples", s.num_samples >= 1, ">= 1"),
+        ("sampling.max_new_tokens", s.max_new_tokens >= 1, ">= 1"),
+        ("sampling.temperature", finite(s.temperature) and s.temperature > 0, "finite and > 0 for training"),
+        ("sampling.top_k", s.top_k >= 0, ">= 0 (0 = off)"),
+        ("sampling.top_p", 0 < s.top_p <= 1, "in (0, 1]"),
+        ("optim.lr", finite(o.lr) and o.lr > 0, "finite and > 0"),
+        ("optim.eps", finite(o.eps) and o.eps > 0, "finite and > 0"),
+        ("optim.weight_decay", finite(o.weight_decay) and o.weight_decay >= 0, "finite and >= 0"),
+        ("optim.b1", 0 <= o.b1 < 1, "in [0, 1)"),
+        ("optim.b2", 0 <= o.b2 < 1, "in [0, 1)"),
+        ("optim.grad_clip", finite(o.grad_clip) and o.grad_clip >= 0, "finite and >= 0 (0 = off)"),
         ("optim.warmup_steps", o.warmup_steps >= 0, ">= 0"),
         ("optim.schedule", o.schedule in ("constant", "cosine"), "'constant' or 'cosine'"),
         ("data.num_questions", cfg.data.num_questions >= 0, ">= 0 (0 = all)"),
-        ("eval.num_questions", e.num_questions >= 0, ">= 0 (0 = skip)"), ("eval.offset", e.offset >= 0, ">= 0"),
-        ("eval.num_samples", e.num_samples >= 1, ">= 1"), ("eval.batch_size", e.batch_size >= 1, ">= 1"),
-        ("eval.temperature", math.isfinite(e.temperature) and e.temperature >= 0, "finite and >= 0"),
+        ("eval.num_questions", e.num_questions >= 0, ">= 0 (0 = skip)"),
+        ("eval.offset", e.offset >= 0, ">= 0"),
+        ("eval.num_samples", e.num_samples >= 1, ">= 1"),
+        ("eval.batch_size", e.batch_size >= 1, ">= 1"),
+        ("eval.temperature", finite(e.temperature) and e.temperature >= 0, "finite and >= 0"),
         ("dtype", cfg.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
         ("compute_dtype", cfg.compute_dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
         ("export_dtype", cfg.export_dtype in ("", *DTYPES), f"'' or one of {', '.join(DTYPES)}"),
