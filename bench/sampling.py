@@ -3,7 +3,7 @@
     python bench/sampling.py [--layers 24] [--new-tokens 128] [--samples 16] [--prompt-len 64] [--iters 2]
 
 One random fp32 Qwen2.5-0.5B-shaped model (`--layers` decoder layers; 24 is the real model) on both
-sides. Each case draws `--samples` completions of `--new-tokens` tokens per prompt at T = 1 (no top-k /
+sides. Each case draws `--samples` completions of `--new-tokens` tokens per prompt at `--temperature` (0.5; no top-k /
 top-p), for one prompt and for a batch of 4 prompts; PyTorch runs
 `generate(do_sample=True, num_return_sequences=N)`. The EOS id is one the random model practically never
 samples, so both sides generate the full length and tokens/s = rows x new tokens / seconds.
@@ -43,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (the paper's 0.5)")
     p.add_argument("--prompts", type=int, nargs="+", default=[1, 4], help="prompts per call, one case each")
     p.add_argument("--iters", type=int, default=2, help="timed calls per side and case")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16-parameter JAX rows")
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
         rows, results = [], {}
         for num_prompts in args.prompts:
             prompts = [rng.integers(0, 150000, args.prompt_len).tolist() for _ in range(num_prompts)]
-            kw = dict(num_samples=args.samples, max_new_tokens=args.new_tokens, temperature=1.0, eos_ids=[EOS])
+            kw = dict(num_samples=args.samples, max_new_tokens=args.new_tokens, temperature=args.temperature,
+                      eos_ids=[EOS])
             ids = torch.tensor(prompts)
 
             def run_jax(model=shared.jax_model, seed=iter(range(10**6))):
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
             def run_torch():
                 with torch.inference_mode():
                     return shared.torch_model.generate(
-                        ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0,
+                        ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=args.temperature, top_k=0,
                         top_p=1.0, max_new_tokens=args.new_tokens, num_return_sequences=args.samples,
                         eos_token_id=EOS, pad_token_id=EOS)
 
@@ -88,7 +90,7 @@ def main(argv=None) -> int:
                 rows.append([f"{num_prompts} prompt x {args.samples}", name, tps, t.median, tps / base,
                              100 * tps * flops_per_token / 1e9 / peak])
         print(f"\nsampling, Qwen2.5-0.5B shapes with {args.layers} layers, {args.prompt_len}-token prompts, "
-              f"{args.new_tokens} new tokens, T=1; fp32 matmul peak {peak:.0f} GFLOP/s\n")
+              f"{args.new_tokens} new tokens, T={args.temperature}; fp32 matmul peak {peak:.0f} GFLOP/s\n")
         print(markdown_table(["case", "side", "tokens/s", "s/call", "vs torch", "% of roofline"], rows))
         if args.json:
             write_json(args.json, dict(args=vars(args) | {"json": str(args.json)}, peak_gflops=peak,
