@@ -168,8 +168,9 @@ def _read_compare(folder: str, protocol: str, cfg: EvalConfig, benchmarks: dict[
 
 
 def _evaluate(model, tokenizer, cfg: EvalConfig, seed: int, benchmarks: dict[str, list[Problem]],
-              out_dir: Path) -> dict[str, dict]:
-    """One seed over every benchmark, resuming from and appending to `out_dir/<benchmark>.jsonl`."""
+              out_dir: Path, model_dir: Path) -> dict[str, dict]:
+    """One seed over every benchmark, resuming from and appending to `out_dir/<benchmark>.jsonl` (EOS ids from
+    `model_dir`, the checkpoint the model was loaded from)."""
     summaries = {}
     for name, problems in benchmarks.items():
         path = out_dir / f"{name}.jsonl"
@@ -182,7 +183,7 @@ def _evaluate(model, tokenizer, cfg: EvalConfig, seed: int, benchmarks: dict[str
             _, summaries[name] = evaluate_problems(
                 model, tokenizer, problems, template=cfg.template, num_samples=cfg.num_samples,
                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-                batch_size=cfg.batch_size, seed=seed, done=done, on_record=_appender(f))
+                batch_size=cfg.batch_size, seed=seed, done=done, on_record=_appender(f), model_dir=model_dir)
     return summaries
 
 
@@ -233,7 +234,7 @@ def run(args: argparse.Namespace) -> dict:
               "overrides": departures, "limit": args.limit, "config": dataclasses.asdict(cfg)}
     per_seed = []
     for seed, run_dir in run_dirs.items():
-        per_seed.append(_evaluate(model, tokenizer, cfg, seed, benchmarks, run_dir))
+        per_seed.append(_evaluate(model, tokenizer, cfg, seed, benchmarks, run_dir, model_dir))
         atomic_write_json(run_dir / "results.json", {**common, "seed": seed, "benchmarks": per_seed[-1]})
     results, spread = {**common, "seed": seeds[0], "benchmarks": per_seed[0]}, None
     if args.seeds:

@@ -55,10 +55,11 @@ def heldout_questions(cfg: TrainConfig) -> list:
 
 
 def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: float) -> dict:
-    """mean@N / maj@N / pass@k / length of `eval.num_samples` samples per problem at `temperature`, seeded by cfg.seed."""
+    """mean@N / maj@N / pass@k / length of `eval.num_samples` samples per problem at `temperature`, seeded by cfg.seed
+    (EOS ids of the run's source checkpoint, `cfg.model`, whose generation config an export copies)."""
     return evaluate_problems(model, tokenizer, problems, template=cfg.data.template, num_samples=cfg.eval.num_samples,
                              temperature=temperature, max_new_tokens=cfg.sampling.max_new_tokens,
-                             batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=False)[1]
+                             batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=False, model_dir=cfg.model)[1]
 
 
 def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
@@ -68,10 +69,10 @@ def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
     tokens); both with the fraction of completions cut at the budget."""
     if cfg.eval.source != "synthetic":
         return evaluate_protocol(model, tokenizer, problems, cfg.eval.protocol, seed=cfg.seed,
-                                 batch_size=cfg.eval.batch_size)
+                                 batch_size=cfg.eval.batch_size, model_dir=cfg.model)
     _, greedy = evaluate_problems(model, tokenizer, problems, template=cfg.data.template,
                                   max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.eval.batch_size,
-                                  seed=cfg.seed, progress=False)
+                                  seed=cfg.seed, progress=False, model_dir=cfg.model)
     sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature)
     sampled["mean_token_entropy"] = sampled.pop("mean_token_nll")  # -log p of sampled tokens: an entropy estimate
     return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"},
@@ -126,16 +127,17 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, que
     return state
 
 
-def export(model, path: Path, dtype) -> None:
-    """Writes `model` to `path` as an HF directory, replacing an older export there only once the new one
-    is complete (a run resumed past its last export must not leave the older weights in final/)."""
+def export(model, path: Path, dtype, source: str | Path) -> None:
+    """Writes `model` to `path` as an HF directory with `source`'s tokenizer files and config extras, replacing
+    an older export there only once the new one is complete (a run resumed past its last export must not leave
+    the older weights in final/)."""
     if not path.exists():
-        hf.save(model, path, dtype=dtype)
+        hf.save(model, path, dtype=dtype, source=source)
         return
     fresh, stale = path.with_name(f".{path.name}.new"), path.with_name(f".{path.name}.old")
     for leftover in (fresh, stale):
         shutil.rmtree(leftover, ignore_errors=True)
-    hf.save(model, fresh, dtype=dtype)
+    hf.save(model, fresh, dtype=dtype, source=source)
     if jax.process_index() == 0:
         path.rename(stale)
         fresh.rename(path)
@@ -209,7 +211,7 @@ def run(cfg: TrainConfig, before: dict | None = None) -> dict:
         ckpt.close()
     final = trainer.model(state)
     if cfg.export_final and (start < cfg.steps or not (out / "final").exists()):
-        export(final, out / "final", cfg.export_dtype or None)
+        export(final, out / "final", cfg.export_dtype or None, cfg.model)
     result = {"steps": cfg.steps, "before": before if heldout else None}
     if heldout:
         result["after"] = evaluate(final, tokenizer, cfg, heldout)
