@@ -32,17 +32,6 @@ from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
 from rlsc_jax.training import Trainer
 
 
-def make_run_mesh(cfg: TrainConfig, devices=None) -> jax.sharding.Mesh:
-    """The config's mesh (over all devices, or the given ones), checked against the rows it must split."""
-    mesh = sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
-    ways = sharding_lib.row_shards(mesh)
-    rows = cfg.questions_per_step * cfg.sampling.num_samples // cfg.grad_accum
-    if rows % ways:
-        raise ValueError(f"questions_per_step * sampling.num_samples / grad_accum = {rows} rows per micro-batch "
-                         f"must be divisible by mesh.data * mesh.fsdp = {ways}")
-    return mesh
-
-
 def heldout_questions(cfg: TrainConfig) -> list:
     """The evaluation questions: `eval.num_questions` of `eval.source`'s held-out split after the first `eval.offset`."""
     if not cfg.eval.num_questions:
@@ -166,7 +155,7 @@ def prepare(cfg: TrainConfig) -> tuple[list, list, jax.sharding.Mesh, dict, bool
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=cfg.data.num_questions)
     heldout = heldout_questions(cfg)
-    mesh = make_run_mesh(cfg)
+    mesh = sharding_lib.make_run_mesh(cfg)
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output_dir={cfg.output_dir!r}: exists and is not a directory")
