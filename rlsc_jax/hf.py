@@ -181,7 +181,8 @@ def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = N
     """Loads an HF Qwen2/Llama checkpoint directory as a `Decoder` with parameters of `dtype`.
 
     `compute_dtype` (default: `dtype`) is what the model's matmuls run in. With a mesh every tensor goes
-    straight to its sharding (each device copies only its shard). `num_layers` keeps only the first that
+    straight to its sharding under the logical-axis `rules` (each device copies only its shard; train with
+    `Trainer.create(..., rules=rules)` to keep it). `num_layers` keeps only the first that
     many decoder layers (the deeper ones are never read): a truncated model for numeric checks.
     """
     path = Path(path)

@@ -92,15 +92,17 @@ class Trainer:
     chunk_size: int
 
     @classmethod
-    def create(cls, model: nnx.Module, cfg: TrainConfig, mesh: jax.sharding.Mesh) -> tuple["Trainer", dict]:
-        """Builds the trainer and its initial state {params, opt_state} placed on the mesh.
+    def create(cls, model: nnx.Module, cfg: TrainConfig, mesh: jax.sharding.Mesh,
+               rules: dict[str, tuple[str, ...]] = sharding_lib.DEFAULT_RULES) -> tuple["Trainer", dict]:
+        """Builds the trainer and its initial state {params, opt_state} placed on the mesh by the logical-axis
+        `rules` (pass those the model was loaded with, or they are undone); the step keeps that placement.
 
         For an abstract model (`nnx.eval_shape`) the state is abstract too: `jax.ShapeDtypeStruct`s that
         carry their shardings, enough to lower and compile the step without allocating anything.
         """
         tx, schedule = make_optimizer(cfg.optim, cfg.steps)
         graphdef, params = nnx.split(model)
-        param_sh = sharding_lib.param_shardings(params, mesh)
+        param_sh = sharding_lib.param_shardings(params, mesh, rules)
         opt_sh = optax.tree_map_params(
             tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_sh,
             transform_non_params=lambda _: sharding_lib.replicated(mesh),

@@ -7,12 +7,14 @@ import jax
 import numpy as np
 import pytest
 import torch
+from flax import nnx
+from jax.sharding import PartitionSpec
 
 from rlsc_jax import hf, torch_reference
 from rlsc_jax.config import load_config
 from rlsc_jax.objectives import OBJECTIVES, register
 from rlsc_jax.sampling import Samples
-from rlsc_jax.sharding import make_mesh
+from rlsc_jax.sharding import DEFAULT_RULES, make_mesh, param_shardings
 from rlsc_jax.training import Trainer, trimmed_width
 from tests import torch_objectives
 from tests.hf_models import VOCAB, make_hf_model, save_hf_model
@@ -142,6 +144,22 @@ def test_meshes_give_the_same_training(ckpt, single_device_run, mesh_shape):
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     for name, value in ref_params.items():
         np.testing.assert_allclose(params[name], value, atol=1e-5, err_msg=name)
+
+
+def test_axis_rules_survive_create_and_a_step(ckpt):
+    """Parameters loaded with non-default rules (embed replicated, mlp over fsdp) keep that placement through
+    `Trainer.create` and a step, and the moments follow them."""
+    rules = dict(DEFAULT_RULES, embed=(), mlp=("fsdp",))
+    mesh = make_mesh(1, 4, 2)
+    trainer, state = Trainer.create(hf.load(ckpt[1], mesh=mesh, rules=rules), _cfg(), mesh, rules=rules)
+    state, _ = trainer.step(state, trainer.batch(_samples()), TEMPERATURE)
+    want = {k: v.get_value().spec for k, v in nnx.to_flat_state(param_shardings(state["params"], mesh, rules))}
+    assert want[("layers", "mlp", "gate")] == PartitionSpec(None, None, "fsdp")
+    assert want != {k: v.get_value().spec for k, v in nnx.to_flat_state(param_shardings(state["params"], mesh))}
+    got = {k: v.get_value().sharding.spec for k, v in nnx.to_flat_state(state["params"])}
+    assert got == want
+    mu = state["opt_state"][0].mu
+    assert {k: v.get_value().sharding.spec for k, v in nnx.to_flat_state(mu)} == want
 
 
 @pytest.mark.parametrize("grad_accum,remat", [(2, False), (4, False), (1, True), (2, True)])
