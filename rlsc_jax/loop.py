@@ -54,8 +54,9 @@ def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: f
 def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
     """Held-out metrics, computed the same way before and after training. Benchmark and JSONL sources: the named
     protocol `eval.protocol`. Synthetic: greedy accuracy and, with N samples at the eval temperature, mean@N /
-    maj@N, mean length and the mean token entropy of the samples (estimated as the mean -log p of the sampled
-    tokens); both with the fraction of completions cut at the budget."""
+    maj@N, mean length and `mean_token_nll` (the mean −log p of the sampled tokens, an estimate of the token
+    entropy, which training logs exactly as `mean_token_entropy`); both with the fraction of completions cut at
+    the budget."""
     if cfg.eval.source != "synthetic":
         return evaluate_protocol(model, tokenizer, problems, cfg.eval.protocol, seed=cfg.seed,
                                  batch_size=cfg.eval.batch_size, model_dir=cfg.model)
@@ -63,7 +64,6 @@ def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
                                   max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.eval.batch_size,
                                   seed=cfg.seed, progress=False, model_dir=cfg.model)
     sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature)
-    sampled["mean_token_entropy"] = sampled.pop("mean_token_nll")  # -log p of sampled tokens: an entropy estimate
     return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"},
             "greedy_truncated_frac": greedy["truncated_frac"]}
 
