@@ -222,7 +222,7 @@ def test_padding_columns_are_cut_and_change_nothing(ckpt):
         results.append((batch, float(metrics["loss"]), _flax_by_hf_name(trainer.model(state))))
     (_, loss, params), (batch, padded_loss, padded_params) = results
     # 16 prompt columns hold 6 used ones, cut in steps of 2; 32 completion columns hold 5, in steps of 4
-    assert batch["prompt_ids"].shape == (Q * N, 6) and batch["tokens"].shape == (Q * N, 8)
+    assert batch.prompt_ids.shape == (Q * N, 6) and batch.tokens.shape == (Q * N, 8)
     assert abs(padded_loss - loss) <= 1e-6 * abs(loss)
     for name, value in params.items():
         np.testing.assert_allclose(padded_params[name], value, atol=1e-6, err_msg=name)
