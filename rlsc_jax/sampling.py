@@ -35,8 +35,8 @@ class Samples:
     completion_mask: jax.Array
     lengths: jax.Array
     logprobs: jax.Array
-    prompt_ids: jax.Array
-    prompt_mask: jax.Array
+    prompt_ids: np.ndarray
+    prompt_mask: np.ndarray
 
 
 def _bucket(n: int, minimum: int) -> int:
