@@ -68,7 +68,8 @@ class OptimConfig:
 
 @dataclasses.dataclass
 class EvalConfig:
-    """Held-out evaluation before and after training (0 questions = skip)."""
+    """Held-out evaluation before and after training (0 questions = skip); `eval.py`'s settings are
+    `eval_cli.EvalRunConfig`."""
 
     source: str = "synthetic"
     num_questions: int = 100

@@ -35,9 +35,11 @@ FIXED = ("problems", "num_samples", "max_new_tokens")  # summary entries that ar
 
 
 @dataclasses.dataclass
-class EvalConfig:
+class EvalRunConfig:
     """The `key=value` settings of `eval.py`: the protocol's settings (None: the protocol's value) and the rest;
-    question/answer fields apply to `--jsonl` files."""
+    question/answer fields apply to `--jsonl` files. Unlike `config.EvalConfig` (train.py's `eval.*`: which
+    held-out questions to score before and after training, benchmark sources by a protocol as published),
+    this one overrides a protocol's settings for one model."""
 
     template: str | None = None
     num_samples: int | None = None
@@ -53,11 +55,11 @@ class EvalConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
 
-def parse_config(overrides: list[str], protocol: str = DEFAULT_PROTOCOL) -> tuple[EvalConfig, dict]:
+def parse_config(overrides: list[str], protocol: str = DEFAULT_PROTOCOL) -> tuple[EvalRunConfig, dict]:
     """The protocol's settings with explicit `key=value` overrides on top, checked; also returns the overrides
     that depart from the protocol (a run with any is no longer the protocol as published)."""
     values = get_protocol(protocol)
-    cfg = load_config(None, overrides, schema=EvalConfig)
+    cfg = load_config(None, overrides, schema=EvalRunConfig)
     departures = {k: getattr(cfg, k) for k in SETTINGS
                   if getattr(cfg, k) is not None and getattr(cfg, k) != getattr(values, k)}
     for k in SETTINGS:
@@ -107,7 +109,7 @@ def _appender(f) -> Callable[[dict], None]:
     return append
 
 
-def _load_problems(args: argparse.Namespace, cfg: EvalConfig) -> dict[str, list[Problem]]:
+def _load_problems(args: argparse.Namespace, cfg: EvalRunConfig) -> dict[str, list[Problem]]:
     """Every requested benchmark's problems (all read before the model is loaded, so bad input fails fast)."""
     if args.benchmarks is not None:
         names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
@@ -130,7 +132,7 @@ def _load_problems(args: argparse.Namespace, cfg: EvalConfig) -> dict[str, list[
     return out
 
 
-def _seeds(args: argparse.Namespace, cfg: EvalConfig) -> list[int]:
+def _seeds(args: argparse.Namespace, cfg: EvalRunConfig) -> list[int]:
     """The seeds to run: `--seeds` (a sampled protocol, distinct seeds, no `seed=` beside it) or `seed=`."""
     if not args.seeds:
         return [cfg.seed]
@@ -144,7 +146,7 @@ def _seeds(args: argparse.Namespace, cfg: EvalConfig) -> list[int]:
     return list(args.seeds)
 
 
-def _read_compare(folder: str, protocol: str, cfg: EvalConfig, benchmarks: dict[str, list[Problem]]) -> dict:
+def _read_compare(folder: str, protocol: str, cfg: EvalRunConfig, benchmarks: dict[str, list[Problem]]) -> dict:
     """The results of `--compare DIR`, which must come from the same protocol and settings and the same
     benchmarks (names and problem counts) as this run, or the curves would not be comparable."""
     path = Path(folder) / "results.json"
@@ -167,9 +169,10 @@ def _read_compare(folder: str, protocol: str, cfg: EvalConfig, benchmarks: dict[
     return other
 
 
-def _evaluate(model, tokenizer, cfg: EvalConfig, seed: int, benchmarks: dict[str, list[Problem]],
-              out_dir: Path) -> dict[str, dict]:
-    """One seed over every benchmark, resuming from and appending to `out_dir/<benchmark>.jsonl`."""
+def _evaluate(model, tokenizer, cfg: EvalRunConfig, seed: int, benchmarks: dict[str, list[Problem]],
+              out_dir: Path, model_dir: Path) -> dict[str, dict]:
+    """One seed over every benchmark, resuming from and appending to `out_dir/<benchmark>.jsonl` (EOS ids from
+    `model_dir`, the checkpoint the model was loaded from)."""
     summaries = {}
     for name, problems in benchmarks.items():
         path = out_dir / f"{name}.jsonl"
@@ -182,7 +185,7 @@ def _evaluate(model, tokenizer, cfg: EvalConfig, seed: int, benchmarks: dict[str
             _, summaries[name] = evaluate_problems(
                 model, tokenizer, problems, template=cfg.template, num_samples=cfg.num_samples,
                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-                batch_size=cfg.batch_size, seed=seed, done=done, on_record=_appender(f))
+                batch_size=cfg.batch_size, seed=seed, done=done, on_record=_appender(f), model_dir=model_dir)
     return summaries
 
 
@@ -233,7 +236,7 @@ def run(args: argparse.Namespace) -> dict:
               "overrides": departures, "limit": args.limit, "config": dataclasses.asdict(cfg)}
     per_seed = []
     for seed, run_dir in run_dirs.items():
-        per_seed.append(_evaluate(model, tokenizer, cfg, seed, benchmarks, run_dir))
+        per_seed.append(_evaluate(model, tokenizer, cfg, seed, benchmarks, run_dir, model_dir))
         atomic_write_json(run_dir / "results.json", {**common, "seed": seed, "benchmarks": per_seed[-1]})
     results, spread = {**common, "seed": seeds[0], "benchmarks": per_seed[0]}, None
     if args.seeds:
@@ -257,7 +260,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="eval.py", description="Evaluate an HF-format model on math benchmarks (accuracy, maj@k, pass@k).",
         epilog=f"settings (key=value; each overrides the protocol's value): "
-               f"{', '.join(f.name for f in dataclasses.fields(EvalConfig) if f.name != 'mesh')}"
+               f"{', '.join(f.name for f in dataclasses.fields(EvalRunConfig) if f.name != 'mesh')}"
                ", mesh.data, mesh.fsdp, mesh.tensor")
     p.add_argument("--model", required=True, help="HF checkpoint directory (config, safetensors, tokenizer)")
     p.add_argument("--protocol", default=DEFAULT_PROTOCOL,

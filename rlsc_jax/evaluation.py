@@ -126,14 +126,16 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
                       template: str = DEFAULT_PROMPT, num_samples: int = 1, temperature: float = 0.0,
                       top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 2048, batch_size: int = 8,
                       seed: int = 0, progress: bool = True, done: dict[str, dict] | None = None,
-                      on_record: Callable[[dict], Any] | None = None) -> tuple[list[dict], dict]:
+                      on_record: Callable[[dict], Any] | None = None,
+                      model_dir: str | Path | None = None) -> tuple[list[dict], dict]:
     """Samples, decodes and grades every problem not already in `done` (id -> record); returns (records, summary).
 
     `batch_size` problems share one `sample` call, whose key is the seed folded with the index of the
     batch's first problem. `on_record` sees each new record as soon as it is graded. The budget is
     `token_budget` over all of `problems` (so it does not depend on batching or on what is already done);
     the summary's `max_new_tokens` is that budget.
-    EOS ids: the tokenizer's plus those of the `generation_config.json` beside the loaded model, if any.
+    EOS ids: the tokenizer's plus those of `model_dir`'s `generation_config.json` (the checkpoint the model
+    came from), if any.
     """
     check_settings(template, num_samples, temperature, max_new_tokens, batch_size, top_p=top_p, top_k=top_k)
     if not problems:
@@ -152,7 +154,7 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
         if len(record["correct"]) != num_samples or record.get("max_new_tokens") != budget:
             raise ValueError(f"problem '{record['id']}' was evaluated with {len(record['correct'])} samples of at "
                              f"most {record.get('max_new_tokens')} tokens, not {num_samples} of at most {budget}")
-    eos = eos_ids(tokenizer, generation_eos(getattr(model, "hf_source", None)))
+    eos = eos_ids(tokenizer, generation_eos(model_dir))
     pending = [(i, p) for i, p in enumerate(problems) if p.id not in records]
     key = jax.random.key(seed)
     with tqdm(total=len(problems), initial=len(problems) - len(pending), unit="problem", disable=not progress) as bar:
@@ -178,13 +180,15 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
 
 
 def evaluate_protocol(model: Decoder, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], protocol: str, *,
-                      seed: int = 0, batch_size: int = 8) -> dict:
+                      seed: int = 0, batch_size: int = 8, model_dir: str | Path | None = None) -> dict:
     """The named protocol's summary of `problems`, labelled with its name: train.py's held-out evaluation of
-    benchmark sources, so that before and after are measured with the same prompt, decoding and budget."""
+    benchmark sources, so that before and after are measured with the same prompt, decoding and budget.
+    `model_dir` as for `evaluate_problems`."""
     p = get_protocol(protocol)
     _, summary = evaluate_problems(model, tokenizer, problems, template=p.template, num_samples=p.num_samples,
                                    temperature=p.temperature, top_p=p.top_p, top_k=p.top_k,
-                                   max_new_tokens=p.max_new_tokens, batch_size=batch_size, seed=seed, progress=False)
+                                   max_new_tokens=p.max_new_tokens, batch_size=batch_size, seed=seed, progress=False,
+                                   model_dir=model_dir)
     return {"protocol": protocol, **summary}
 
 

@@ -5,7 +5,7 @@ every tensor name and shape from the headers before reading any data, then reads
 time and places it directly on its target sharding (a decoder layer's tensor goes into its slot of
 the stacked `layers` parameter, on the devices). `save` writes a directory that
 `transformers.AutoModelForCausalLM.from_pretrained` loads, atomically (a temporary sibling renamed
-into place), and copies the tokenizer files of the source checkpoint through.
+into place), and copies the tokenizer files and extra config keys of a given source checkpoint through.
 """
 
 from __future__ import annotations
@@ -181,7 +181,8 @@ def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = N
     """Loads an HF Qwen2/Llama checkpoint directory as a `Decoder` with parameters of `dtype`.
 
     `compute_dtype` (default: `dtype`) is what the model's matmuls run in. With a mesh every tensor goes
-    straight to its sharding (each device copies only its shard). `num_layers` keeps only the first that
+    straight to its sharding under the logical-axis `rules` (each device copies only its shard; train with
+    `Trainer.create(..., rules=rules)` to keep it). `num_layers` keeps only the first that
     many decoder layers (the deeper ones are never read): a truncated model for numeric checks.
     """
     path = Path(path)
@@ -211,9 +212,7 @@ def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = N
         values[m.path] = _set_layer(values[m.path], _place(host, layer_sharding), m.layer)
     for key, value in values.items():
         flat[key].set_value(value)
-    model = nnx.merge(graphdef, nnx.from_flat_state(flat))
-    model.hf_source = str(path)
-    return model
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
 def _truncated(cfg: ModelConfig, files: dict[str, Path], num_layers: int) -> tuple[ModelConfig, dict[str, Path]]:
@@ -256,21 +255,23 @@ def hf_tensors(model: Decoder) -> Iterator[tuple[Mapping, np.ndarray]]:
         yield m, np.ascontiguousarray(m.to_hf(sharding_lib.to_host(value)))
 
 
-def _hf_config(model: Decoder, dtype_name: str) -> dict:
-    """The source config.json (keeping ids and extras) updated with this model's fields."""
-    source = getattr(model, "hf_source", None)
+def _hf_config(model: Decoder, dtype_name: str, source: Path | None) -> dict:
+    """The source config.json, if any (keeping ids and extras), updated with this model's fields."""
     hf = {}
-    if source and (Path(source) / "config.json").is_file():
-        hf = json.loads((Path(source) / "config.json").read_text())
+    if source and (source / "config.json").is_file():
+        hf = json.loads((source / "config.json").read_text())
     hf.pop("rope_scaling", None)
     hf.update(model.cfg.to_hf())
     hf["dtype"] = hf["torch_dtype"] = dtype_name
     return hf
 
 
-def save(model: Decoder, path: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES, dtype=None) -> Path:
+def save(model: Decoder, path: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES, dtype=None,
+         source: str | Path | None = None) -> Path:
     """Writes `model` as an HF checkpoint directory (sharded with an index above `max_shard_bytes`), its
     tensors in `dtype` (default: the parameters' own, e.g. the fp32 masters; 'bfloat16' for serving).
+    `source`, the checkpoint directory the model was loaded from, supplies the tokenizer files and the
+    config keys the model does not hold (token ids, extras); without it only weights and config are written.
 
     Refuses a non-empty target; writes into a temporary sibling and renames it into place, so an
     interrupted save leaves nothing half-written. Multi-host: every process gathers, process 0 writes.
@@ -298,7 +299,7 @@ def save(model: Decoder, path: str | Path, max_shard_bytes: int = DEFAULT_SHARD_
             weight_map[m.hf_name] = len(files)
         files.append(_flush(shard, tmp, len(files)))
         if writer:
-            _finish(model, tmp, files, weight_map, dtype_name)
+            _finish(model, tmp, files, weight_map, dtype_name, Path(source) if source else None)
             if path.exists():
                 path.rmdir()
             os.replace(tmp, path)
@@ -320,7 +321,8 @@ def _flush(shard: dict[str, np.ndarray], tmp: Path | None, number: int) -> Path 
     return file
 
 
-def _finish(model: Decoder, tmp: Path, files: list[Path], weight_map: dict[str, int], dtype_name: str) -> None:
+def _finish(model: Decoder, tmp: Path, files: list[Path], weight_map: dict[str, int], dtype_name: str,
+            source: Path | None) -> None:
     """Names the shards as transformers expects, writes the index, config and tokenizer files."""
     if len(files) == 1:
         files[0].rename(tmp / SINGLE_FILE)
@@ -331,11 +333,10 @@ def _finish(model: Decoder, tmp: Path, files: list[Path], weight_map: dict[str, 
             f.rename(tmp / name)
         index = {"metadata": {"total_size": total}, "weight_map": {k: names[i] for k, i in weight_map.items()}}
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2))
-    (tmp / "config.json").write_text(json.dumps(_hf_config(model, dtype_name), indent=2))
-    source = getattr(model, "hf_source", None)
+    (tmp / "config.json").write_text(json.dumps(_hf_config(model, dtype_name, source), indent=2))
     for fname in TOKENIZER_FILES:
-        if source and (Path(source) / fname).is_file():
-            shutil.copy2(Path(source) / fname, tmp / fname)
+        if source and (source / fname).is_file():
+            shutil.copy2(source / fname, tmp / fname)
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; the export should look like any other directory

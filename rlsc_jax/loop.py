@@ -32,17 +32,6 @@ from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
 from rlsc_jax.training import Trainer
 
 
-def make_run_mesh(cfg: TrainConfig, devices=None) -> jax.sharding.Mesh:
-    """The config's mesh (over all devices, or the given ones), checked against the rows it must split."""
-    mesh = sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
-    ways = sharding_lib.row_shards(mesh)
-    rows = cfg.questions_per_step * cfg.sampling.num_samples // cfg.grad_accum
-    if rows % ways:
-        raise ValueError(f"questions_per_step * sampling.num_samples / grad_accum = {rows} rows per micro-batch "
-                         f"must be divisible by mesh.data * mesh.fsdp = {ways}")
-    return mesh
-
-
 def heldout_questions(cfg: TrainConfig) -> list:
     """The evaluation questions: `eval.num_questions` of `eval.source`'s held-out split after the first `eval.offset`."""
     if not cfg.eval.num_questions:
@@ -55,25 +44,26 @@ def heldout_questions(cfg: TrainConfig) -> list:
 
 
 def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: float) -> dict:
-    """mean@N / maj@N / pass@k / length of `eval.num_samples` samples per problem at `temperature`, seeded by cfg.seed."""
+    """mean@N / maj@N / pass@k / length of `eval.num_samples` samples per problem at `temperature`, seeded by cfg.seed
+    (EOS ids of the run's source checkpoint, `cfg.model`, whose generation config an export copies)."""
     return evaluate_problems(model, tokenizer, problems, template=cfg.data.template, num_samples=cfg.eval.num_samples,
                              temperature=temperature, max_new_tokens=cfg.sampling.max_new_tokens,
-                             batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=False)[1]
+                             batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=False, model_dir=cfg.model)[1]
 
 
 def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
     """Held-out metrics, computed the same way before and after training. Benchmark and JSONL sources: the named
     protocol `eval.protocol`. Synthetic: greedy accuracy and, with N samples at the eval temperature, mean@N /
-    maj@N, mean length and the mean token entropy of the samples (estimated as the mean -log p of the sampled
-    tokens); both with the fraction of completions cut at the budget."""
+    maj@N, mean length and `mean_token_nll` (the mean −log p of the sampled tokens, an estimate of the token
+    entropy, which training logs exactly as `mean_token_entropy`); both with the fraction of completions cut at
+    the budget."""
     if cfg.eval.source != "synthetic":
         return evaluate_protocol(model, tokenizer, problems, cfg.eval.protocol, seed=cfg.seed,
-                                 batch_size=cfg.eval.batch_size)
+                                 batch_size=cfg.eval.batch_size, model_dir=cfg.model)
     _, greedy = evaluate_problems(model, tokenizer, problems, template=cfg.data.template,
                                   max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.eval.batch_size,
-                                  seed=cfg.seed, progress=False)
+                                  seed=cfg.seed, progress=False, model_dir=cfg.model)
     sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature)
-    sampled["mean_token_entropy"] = sampled.pop("mean_token_nll")  # -log p of sampled tokens: an entropy estimate
     return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"},
             "greedy_truncated_frac": greedy["truncated_frac"]}
 
@@ -126,16 +116,17 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, que
     return state
 
 
-def export(model, path: Path, dtype) -> None:
-    """Writes `model` to `path` as an HF directory, replacing an older export there only once the new one
-    is complete (a run resumed past its last export must not leave the older weights in final/)."""
+def export(model, path: Path, dtype, source: str | Path) -> None:
+    """Writes `model` to `path` as an HF directory with `source`'s tokenizer files and config extras, replacing
+    an older export there only once the new one is complete (a run resumed past its last export must not leave
+    the older weights in final/)."""
     if not path.exists():
-        hf.save(model, path, dtype=dtype)
+        hf.save(model, path, dtype=dtype, source=source)
         return
     fresh, stale = path.with_name(f".{path.name}.new"), path.with_name(f".{path.name}.old")
     for leftover in (fresh, stale):
         shutil.rmtree(leftover, ignore_errors=True)
-    hf.save(model, fresh, dtype=dtype)
+    hf.save(model, fresh, dtype=dtype, source=source)
     if jax.process_index() == 0:
         path.rename(stale)
         fresh.rename(path)
@@ -164,7 +155,7 @@ def prepare(cfg: TrainConfig) -> tuple[list, list, jax.sharding.Mesh, dict, bool
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=cfg.data.num_questions)
     heldout = heldout_questions(cfg)
-    mesh = make_run_mesh(cfg)
+    mesh = sharding_lib.make_run_mesh(cfg)
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output_dir={cfg.output_dir!r}: exists and is not a directory")
@@ -208,7 +199,7 @@ def run(cfg: TrainConfig, before: dict | None = None) -> dict:
         ckpt.close()
     final = trainer.model(state)
     if cfg.export_final and (start < cfg.steps or not (out / "final").exists()):
-        export(final, out / "final", cfg.export_dtype or None)
+        export(final, out / "final", cfg.export_dtype or None, cfg.model)
     result = {"steps": cfg.steps, "before": before if heldout else None}
     if heldout:
         result["after"] = evaluate(final, tokenizer, cfg, heldout)

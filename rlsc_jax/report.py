@@ -25,7 +25,7 @@ def before_after_table(before: dict, after: dict) -> str:
         if (key not in after or not isinstance(value, (int, float)) or key in NOT_SCORES
                 or key.endswith("_stderr")):
             continue
-        if key.endswith(("entropy", "nll")):
+        if key.endswith("nll"):
             lines.append(f"| {key} | {value:.4f} | {after[key]:.4f} | {after[key] - value:+.4f} |")
             continue
         scale, unit = (1, "") if key.endswith("length") else (100, "%")

@@ -15,7 +15,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
 from rlsc_jax import sharding as sharding_lib
 from rlsc_jax.models import Decoder, init_cache
@@ -35,8 +35,26 @@ class Samples:
     completion_mask: jax.Array
     lengths: jax.Array
     logprobs: jax.Array
-    prompt_ids: jax.Array
-    prompt_mask: jax.Array
+    prompt_ids: np.ndarray
+    prompt_mask: np.ndarray
+
+
+@struct.dataclass
+class DecodeState:
+    """The decode loop's carry; rows = prompts x samples, sharded over (data, fsdp) on a mesh.
+
+    step: int32 scalar, the next column to fill; cache: per layer (k, v), each [rows, prompt + max_new_tokens,
+    kv_heads, head_dim] in the compute dtype; done: bool [rows], an EOS emitted; lengths: int32 [rows], tokens
+    emitted up to and including EOS; tokens: int32 [rows, max_new_tokens] (pad after EOS); logprobs: float32
+    [rows, max_new_tokens], each token's log-prob at the temperature (0 after EOS).
+    """
+
+    step: jax.Array
+    cache: list[tuple[jax.Array, jax.Array]]
+    done: jax.Array
+    lengths: jax.Array
+    tokens: jax.Array
+    logprobs: jax.Array
 
 
 def _bucket(n: int, minimum: int) -> int:
@@ -142,36 +160,36 @@ def decode(graphdef, state, layers, cache, first_logits, key_mask, next_position
     eos = jnp.asarray(eos_ids, jnp.int32)
     key = jax.random.wrap_key_data(key_data)
 
-    def emit(carry, logits, step):
-        tokens, logprobs, done = carry["tokens"], carry["logprobs"], carry["done"]
+    def emit(carry: DecodeState, logits, step) -> DecodeState:
+        done = carry.done
         token, lp = _pick(logits, jax.random.fold_in(key, step), temperature, greedy, top_k, top_p)
         token = jnp.where(done, pad_id, token).astype(jnp.int32)
         lp = jnp.where(done, 0.0, lp)
-        tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
-        logprobs = jax.lax.dynamic_update_slice(logprobs, lp[:, None], (0, step))
-        return dict(carry, tokens=tokens, logprobs=logprobs, done=done | jnp.isin(token, eos),
-                    lengths=carry["lengths"] + (~done).astype(jnp.int32))
+        tokens = jax.lax.dynamic_update_slice(carry.tokens, token[:, None], (0, step))
+        logprobs = jax.lax.dynamic_update_slice(carry.logprobs, lp[:, None], (0, step))
+        return carry.replace(tokens=tokens, logprobs=logprobs, done=done | jnp.isin(token, eos),
+                             lengths=carry.lengths + (~done).astype(jnp.int32))
 
-    def body(carry):
-        step = carry["step"]
-        last = jax.lax.dynamic_slice(carry["tokens"], (0, step - 1), (rows, 1))
+    def body(carry: DecodeState) -> DecodeState:
+        step = carry.step
+        last = jax.lax.dynamic_slice(carry.tokens, (0, step - 1), (rows, 1))
         positions = (next_position + step - 1)[:, None]
-        hidden, cache = model.hidden_states(last, positions, key_mask, carry["cache"], prompt_len + step - 1,
+        hidden, cache = model.hidden_states(last, positions, key_mask, carry.cache, prompt_len + step - 1,
                                             layers=layers)
-        carry = emit(dict(carry, cache=jax.tree.map(sharding_lib.constrain_rows, cache)), model.logits(hidden[:, 0]),
-                     step)
-        return dict(carry, step=step + 1)
+        carry = emit(carry.replace(cache=jax.tree.map(sharding_lib.constrain_rows, cache)),
+                     model.logits(hidden[:, 0]), step)
+        return carry.replace(step=step + 1)
 
-    def cond(carry):
-        return (carry["step"] < max_new_tokens) & ~jnp.all(carry["done"])
+    def cond(carry: DecodeState):
+        return (carry.step < max_new_tokens) & ~jnp.all(carry.done)
 
-    carry = dict(step=jnp.int32(1), cache=cache, done=jnp.zeros(rows, bool), lengths=jnp.zeros(rows, jnp.int32),
-                 tokens=jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
-                 logprobs=jnp.zeros((rows, max_new_tokens), jnp.float32))
+    carry = DecodeState(step=jnp.int32(1), cache=cache, done=jnp.zeros(rows, bool),
+                        lengths=jnp.zeros(rows, jnp.int32), tokens=jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
+                        logprobs=jnp.zeros((rows, max_new_tokens), jnp.float32))
     carry = emit(carry, first_logits, 0)
     carry = jax.lax.while_loop(cond, body, carry)
-    mask = (jnp.arange(max_new_tokens)[None, :] < carry["lengths"][:, None]).astype(jnp.int32)
-    return carry["tokens"], mask, carry["lengths"], carry["logprobs"], carry["cache"]
+    mask = (jnp.arange(max_new_tokens)[None, :] < carry.lengths[:, None]).astype(jnp.int32)
+    return carry.tokens, mask, carry.lengths, carry.logprobs, carry.cache
 
 
 def _check(model: Decoder, prompts, num_samples, max_new_tokens, temperature, top_k, top_p, eos_ids) -> None:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+if TYPE_CHECKING:
+    from rlsc_jax.config import TrainConfig
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -54,6 +57,18 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
     if devices == jax.devices():
         return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def make_run_mesh(cfg: TrainConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A training config's mesh (over all devices, or the given ones), checked against the rows of one
+    micro-batch, which it must split evenly over (data, fsdp)."""
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
+    ways = row_shards(mesh)
+    rows = cfg.questions_per_step * cfg.sampling.num_samples // cfg.grad_accum
+    if rows % ways:
+        raise ValueError(f"questions_per_step * sampling.num_samples / grad_accum = {rows} rows per micro-batch "
+                         f"must be divisible by mesh.data * mesh.fsdp = {ways}")
+    return mesh
 
 
 def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
+from flax import nnx, struct
 
 from rlsc_jax import sharding as sharding_lib
 from rlsc_jax.config import OptimConfig, TrainConfig
@@ -25,7 +25,21 @@ from rlsc_jax.logprobs import sequence_logprobs
 from rlsc_jax.objectives import DIFFERENTIABLE, SequenceStats, bind_checked
 from rlsc_jax.sampling import Samples
 
-BATCH_KEYS = ("prompt_ids", "prompt_mask", "tokens", "completion_mask", "answer_ids")
+
+@struct.dataclass
+class Batch:
+    """One step's inputs, int32 global arrays with rows split over (data, fsdp); a question's N rows adjacent.
+
+    prompt_ids, prompt_mask: [rows, prompt_width], left-padded prompts (mask 1 on real tokens).
+    tokens, completion_mask: [rows, completion_width], completions (mask 1 up to and including the first EOS).
+    answer_ids: [rows], each completion's answer class within its question (0 = majority, -1 = none).
+    """
+
+    prompt_ids: jax.Array
+    prompt_mask: jax.Array
+    tokens: jax.Array
+    completion_mask: jax.Array
+    answer_ids: jax.Array
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -92,15 +106,17 @@ class Trainer:
     chunk_size: int
 
     @classmethod
-    def create(cls, model: nnx.Module, cfg: TrainConfig, mesh: jax.sharding.Mesh) -> tuple["Trainer", dict]:
-        """Builds the trainer and its initial state {params, opt_state} placed on the mesh.
+    def create(cls, model: nnx.Module, cfg: TrainConfig, mesh: jax.sharding.Mesh,
+               rules: dict[str, tuple[str, ...]] = sharding_lib.DEFAULT_RULES) -> tuple["Trainer", dict]:
+        """Builds the trainer and its initial state {params, opt_state} placed on the mesh by the logical-axis
+        `rules` (pass those the model was loaded with, or they are undone); the step keeps that placement.
 
         For an abstract model (`nnx.eval_shape`) the state is abstract too: `jax.ShapeDtypeStruct`s that
         carry their shardings, enough to lower and compile the step without allocating anything.
         """
         tx, schedule = make_optimizer(cfg.optim, cfg.steps)
         graphdef, params = nnx.split(model)
-        param_sh = sharding_lib.param_shardings(params, mesh)
+        param_sh = sharding_lib.param_shardings(params, mesh, rules)
         opt_sh = optax.tree_map_params(
             tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_sh,
             transform_non_params=lambda _: sharding_lib.replicated(mesh),
@@ -121,7 +137,7 @@ class Trainer:
         """A module view of the current parameters (no copy), for sampling and export."""
         return nnx.merge(self.graphdef, state["params"])
 
-    def batch(self, samples: Samples, answer_ids: np.ndarray | None = None) -> dict[str, jax.Array]:
+    def batch(self, samples: Samples, answer_ids: np.ndarray | None = None) -> Batch:
         """Training inputs from samples as global arrays sharded over rows (prompt parts come from the host).
 
         answer_ids [rows] (host): each completion's answer class, numbered by votes within its question
@@ -132,34 +148,32 @@ class Trainer:
         rows = sharding_lib.batch_sharding(self.mesh, 2)
         prompt_width = samples.prompt_mask.shape[1]
         completion_width = samples.completion_mask.shape[1]
-        keep_prompt = trimmed_width(_used_columns(sharding_lib.to_host(samples.prompt_mask)[:, ::-1]), prompt_width)
-        keep_completion = trimmed_width(_used_columns(sharding_lib.to_host(samples.completion_mask)), completion_width)
-        span = {"prompt_ids": (prompt_width - keep_prompt, prompt_width),
-                "prompt_mask": (prompt_width - keep_prompt, prompt_width),
-                "tokens": (0, keep_completion), "completion_mask": (0, keep_completion)}
-        out = {}
-        for key, (start, stop) in span.items():
-            value = getattr(samples, key)
+        cut = prompt_width - trimmed_width(_used_columns(samples.prompt_mask[:, ::-1]), prompt_width)
+        keep = trimmed_width(_used_columns(sharding_lib.to_host(samples.completion_mask)), completion_width)
+
+        def completion_columns(value):  # the sampler's global arrays stay on the devices; host arrays are copied
             if isinstance(value, jax.Array):
-                out[key] = jax.device_put(jax.lax.slice_in_dim(value, start, stop, axis=1), rows)
-            else:
-                out[key] = sharding_lib.host_to_global(np.asarray(value)[:, start:stop], rows)
+                return jax.device_put(jax.lax.slice_in_dim(value, 0, keep, axis=1), rows)
+            return sharding_lib.host_to_global(np.asarray(value)[:, :keep], rows)
         if answer_ids is None:
             answer_ids = np.full(samples.completion_mask.shape[0], -1)
-        out["answer_ids"] = sharding_lib.host_to_global(np.asarray(answer_ids, np.int32),
-                                                        sharding_lib.batch_sharding(self.mesh, 1))
-        return out
+        return Batch(prompt_ids=sharding_lib.host_to_global(samples.prompt_ids[:, cut:], rows),
+                     prompt_mask=sharding_lib.host_to_global(samples.prompt_mask[:, cut:], rows),
+                     tokens=completion_columns(samples.tokens),
+                     completion_mask=completion_columns(samples.completion_mask),
+                     answer_ids=sharding_lib.host_to_global(np.asarray(answer_ids, np.int32),
+                                                            sharding_lib.batch_sharding(self.mesh, 1)))
 
-    def _stats(self, params, batch, temperature) -> SequenceStats:
+    def _stats(self, params, batch: Batch, temperature) -> SequenceStats:
         """Every completion's log p, summed token entropy and self-certainty (at the sampling temperature),
         token count and answer class: what an objective reads."""
         model = nnx.merge(self.graphdef, params)
-        ids = jnp.concatenate([batch["prompt_ids"], batch["tokens"]], axis=1)
-        attention = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1)
-        loss_mask = jnp.concatenate([jnp.zeros_like(batch["prompt_mask"]), batch["completion_mask"]], axis=1)
+        ids = jnp.concatenate([batch.prompt_ids, batch.tokens], axis=1)
+        attention = jnp.concatenate([batch.prompt_mask, batch.completion_mask], axis=1)
+        loss_mask = jnp.concatenate([jnp.zeros_like(batch.prompt_mask), batch.completion_mask], axis=1)
         logp, aux = sequence_logprobs(model, ids, attention, loss_mask, temperature, remat=self.remat,
                                       chunk_size=self.chunk_size)
-        return SequenceStats(logp, aux["entropy"], aux["certainty"], aux["lengths"], batch["answer_ids"])
+        return SequenceStats(logp, aux["entropy"], aux["certainty"], aux["lengths"], batch.answer_ids)
 
     def loss_and_grads(self, params, batch, temperature):
         """Loss, metrics, the per-sequence stats and gradients; with grad_accum > 1, exact accumulation over
@@ -231,9 +245,10 @@ class Trainer:
                        skipped=(~finite).astype(jnp.int32), state_finite=all_finite(state).astype(jnp.int32))
         return state, metrics
 
-    def _batch_shardings(self) -> dict:
+    def _batch_shardings(self) -> Batch:
         """Every batch array split over rows: [rows, width] token arrays and the [rows] answer classes."""
-        return {k: sharding_lib.batch_sharding(self.mesh, 1 if k == "answer_ids" else 2) for k in BATCH_KEYS}
+        rows, classes = sharding_lib.batch_sharding(self.mesh, 2), sharding_lib.batch_sharding(self.mesh, 1)
+        return Batch(prompt_ids=rows, prompt_mask=rows, tokens=rows, completion_mask=rows, answer_ids=classes)
 
     @functools.cached_property
     def _jitted_step(self):
@@ -249,16 +264,15 @@ class Trainer:
         `state` may be abstract (see `create`); `memory_analysis()` and `cost_analysis()` of the result
         are XLA's per-device bytes and FLOPs for that shape.
         """
-        shapes = {"prompt_ids": (rows, prompt_width), "prompt_mask": (rows, prompt_width),
-                  "tokens": (rows, completion_width), "completion_mask": (rows, completion_width),
-                  "answer_ids": (rows,)}
-        batch = {k: jax.ShapeDtypeStruct(shapes[k], jnp.int32, sharding=sh)
-                 for k, sh in self._batch_shardings().items()}
+        shapes = Batch(prompt_ids=(rows, prompt_width), prompt_mask=(rows, prompt_width),
+                       tokens=(rows, completion_width), completion_mask=(rows, completion_width), answer_ids=(rows,))
+        batch = jax.tree.map(lambda shape, sh: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sh), shapes,
+                             self._batch_shardings(), is_leaf=lambda x: isinstance(x, tuple))
         temperature = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding_lib.replicated(self.mesh))
         with sharding_lib.use_mesh(self.mesh):
             return self._jitted_step.lower(state, batch, temperature).compile()
 
-    def step(self, state: dict, batch: dict, temperature: float) -> tuple[dict, dict]:
+    def step(self, state: dict, batch: Batch, temperature: float) -> tuple[dict, dict]:
         """One jitted, sharded, donated step (compiled once per batch shape)."""
         temp = sharding_lib.host_to_global(np.float32(temperature), sharding_lib.replicated(self.mesh))
         with sharding_lib.use_mesh(self.mesh):

@@ -36,8 +36,10 @@ def test_round_trip_bit_exact_and_reloadable(tmp_path, family, overrides, shard_
     ref = make_hf_model(family, **overrides)
     src = save_hf_model(ref, tmp_path / "src")
     (src / "tokenizer_config.json").write_text("{}")
-    out = hf.save(hf.load(src), tmp_path / "out", max_shard_bytes=shard_bytes)
+    out = hf.save(hf.load(src), tmp_path / "out", max_shard_bytes=shard_bytes, source=src)
     assert (out / "tokenizer_config.json").is_file(), "tokenizer files must be copied through"
+    source_config = json.loads((src / "config.json").read_text())
+    assert json.loads((out / "config.json").read_text())["bos_token_id"] == source_config["bos_token_id"]
     assert (out / hf.INDEX_FILE).is_file() == (shard_bytes < hf.DEFAULT_SHARD_BYTES)
     a, b = _tensors(src), _tensors(out)
     assert sorted(a) == sorted(b)

@@ -41,6 +41,6 @@ def test_refuses_a_non_empty_output(tmp_path):
 def test_shipped_default_model_solves_heldout_questions():
     model, tok = hf.load(DEFAULT_MODEL), load_tokenizer(DEFAULT_MODEL)
     _, summary = evaluate_problems(model, tok, split_questions("heldout", 32), template="plain", max_new_tokens=96,
-                                   batch_size=32, progress=False)
+                                   batch_size=32, progress=False, model_dir=DEFAULT_MODEL)
     assert summary["truncated_frac"] == 0.0
     assert summary["accuracy"] >= SHIPPED_MIN_GREEDY, summary

@@ -64,7 +64,8 @@ def test_default_run_smoke(tmp_path, capsys):
     assert train.main([f"output_dir={out}", "steps=2", "eval.num_questions=4"]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and not any(r["skipped"] for r in rows)
-    assert "| greedy_accuracy |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| greedy_accuracy |" in printed and "| mean_token_nll |" in printed
     assert (out / "curves.png").is_file() and (out / "final" / "model.safetensors").is_file()
 
 

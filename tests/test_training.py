@@ -7,12 +7,14 @@ import jax
 import numpy as np
 import pytest
 import torch
+from flax import nnx
+from jax.sharding import PartitionSpec
 
 from rlsc_jax import hf, torch_reference
 from rlsc_jax.config import load_config
 from rlsc_jax.objectives import OBJECTIVES, register
 from rlsc_jax.sampling import Samples
-from rlsc_jax.sharding import make_mesh
+from rlsc_jax.sharding import DEFAULT_RULES, make_mesh, param_shardings
 from rlsc_jax.training import Trainer, trimmed_width
 from tests import torch_objectives
 from tests.hf_models import VOCAB, make_hf_model, save_hf_model
@@ -144,6 +146,22 @@ def test_meshes_give_the_same_training(ckpt, single_device_run, mesh_shape):
         np.testing.assert_allclose(params[name], value, atol=1e-5, err_msg=name)
 
 
+def test_axis_rules_survive_create_and_a_step(ckpt):
+    """Parameters loaded with non-default rules (embed replicated, mlp over fsdp) keep that placement through
+    `Trainer.create` and a step, and the moments follow them."""
+    rules = dict(DEFAULT_RULES, embed=(), mlp=("fsdp",))
+    mesh = make_mesh(1, 4, 2)
+    trainer, state = Trainer.create(hf.load(ckpt[1], mesh=mesh, rules=rules), _cfg(), mesh, rules=rules)
+    state, _ = trainer.step(state, trainer.batch(_samples()), TEMPERATURE)
+    want = {k: v.get_value().spec for k, v in nnx.to_flat_state(param_shardings(state["params"], mesh, rules))}
+    assert want[("layers", "mlp", "gate")] == PartitionSpec(None, None, "fsdp")
+    assert want != {k: v.get_value().spec for k, v in nnx.to_flat_state(param_shardings(state["params"], mesh))}
+    got = {k: v.get_value().sharding.spec for k, v in nnx.to_flat_state(state["params"])}
+    assert got == want
+    mu = state["opt_state"][0].mu
+    assert {k: v.get_value().sharding.spec for k, v in nnx.to_flat_state(mu)} == want
+
+
 @pytest.mark.parametrize("grad_accum,remat", [(2, False), (4, False), (1, True), (2, True)])
 def test_gradient_accumulation_and_remat_are_exact(ckpt, single_device_run, grad_accum, remat):
     losses, params = _two_steps(ckpt[1], devices=jax.devices()[:1], grad_accum=grad_accum, remat=remat)
@@ -204,7 +222,7 @@ def test_padding_columns_are_cut_and_change_nothing(ckpt):
         results.append((batch, float(metrics["loss"]), _flax_by_hf_name(trainer.model(state))))
     (_, loss, params), (batch, padded_loss, padded_params) = results
     # 16 prompt columns hold 6 used ones, cut in steps of 2; 32 completion columns hold 5, in steps of 4
-    assert batch["prompt_ids"].shape == (Q * N, 6) and batch["tokens"].shape == (Q * N, 8)
+    assert batch.prompt_ids.shape == (Q * N, 6) and batch.tokens.shape == (Q * N, 8)
     assert abs(padded_loss - loss) <= 1e-6 * abs(loss)
     for name, value in params.items():
         np.testing.assert_allclose(padded_params[name], value, atol=1e-6, err_msg=name)
