@@ -104,7 +104,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[ModelConfig, str, list[int],
     transformers prints a warning of its own, and the error must stay one line.
     """
     torch_reference.require_torch()
-    from rlsc_jax.evaluation import generation_eos
+    from rlsc_jax.tokenizer import generation_eos
     from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
 
     model_dir = Path(args.model)

@@ -31,10 +31,9 @@ from rlsc_jax import hf, sharding as sharding_lib
 from rlsc_jax.benchmarks import build_messages
 from rlsc_jax.config import TrainConfig, load_config
 from rlsc_jax.data import load_questions
-from rlsc_jax.evaluation import generation_eos
 from rlsc_jax.rollouts import answer_ids
 from rlsc_jax.sampling import sample
-from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
+from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
 from rlsc_jax.training import Trainer
 
 

@@ -31,7 +31,7 @@ from rlsc_jax.models import Decoder
 from rlsc_jax.protocols import get_protocol
 from rlsc_jax.sampling import sample
 from rlsc_jax.sharding import to_host
-from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids
+from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos
 
 
 def check_settings(template: str, num_samples: int, temperature: float, max_new_tokens: int,
@@ -46,17 +46,6 @@ def check_settings(template: str, num_samples: int, temperature: float, max_new_
         raise ValueError(f"need temperature >= 0, top_k >= 0 and 0 < top_p <= 1 (got {temperature}, {top_k}, {top_p})")
     if num_samples > 1 and temperature == 0:
         raise ValueError(f"num_samples={num_samples} needs temperature > 0 (greedy samples are all identical)")
-
-
-def generation_eos(model_dir: str | Path | None) -> int | list[int] | None:
-    """The `eos_token_id` of the model's `generation_config.json`, if it has one."""
-    path = Path(model_dir) / "generation_config.json" if model_dir else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text()).get("eos_token_id")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise ValueError(f"{path}: not a JSON object ({e})") from None
 
 
 def token_budget(max_new_tokens: int, prompt_lengths: dict[str, int], max_positions: int) -> tuple[int, str | None]:

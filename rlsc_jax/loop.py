@@ -22,13 +22,13 @@ from rlsc_jax.benchmarks import build_messages
 from rlsc_jax.checkpoints import Checkpointer, saved_steps
 from rlsc_jax.config import TrainConfig, to_yaml, validate
 from rlsc_jax.data import load_questions, questions_for_step
-from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol, generation_eos
+from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol
 from rlsc_jax.files import atomic_write_json, atomic_write_text, make_dir
 from rlsc_jax.metrics import MetricsLog, read_metrics
 from rlsc_jax.run_record import check_resume, write_record
 from rlsc_jax.rollouts import answer_ids, answer_stats, truncated_fraction
 from rlsc_jax.sampling import sample
-from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
+from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
 from rlsc_jax.training import Trainer
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -37,3 +38,14 @@ def eos_ids(tokenizer: PreTrainedTokenizerBase, generation_eos: int | list[int] 
     if generation_eos is not None:
         ids.update([generation_eos] if isinstance(generation_eos, int) else generation_eos)
     return sorted(ids)
+
+
+def generation_eos(model_dir: str | Path | None) -> int | list[int] | None:
+    """The `eos_token_id` of the model's `generation_config.json`, if it has one."""
+    path = Path(model_dir) / "generation_config.json" if model_dir else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("eos_token_id")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a JSON object ({e})") from None
