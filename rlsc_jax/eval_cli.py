@@ -21,7 +21,7 @@ from rlsc_jax import hf
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, load_benchmark, load_jsonl_problems
 from rlsc_jax.config import MeshConfig, load_config
 from rlsc_jax.evaluation import check_settings, evaluate_problems, format_table, read_records
-from rlsc_jax.files import atomic_write_json
+from rlsc_jax.files import atomic_write_json, make_dir
 from rlsc_jax.fingerprint import digests, fingerprint
 from rlsc_jax.protocols import DEFAULT_PROTOCOL, PROTOCOLS, SETTINGS, get_protocol
 from rlsc_jax.report import truncation_warning
@@ -96,7 +96,7 @@ def _check_resume(out_dir: Path, settings: dict, model_dir: Path, weights: dict 
             if old.get(k) != v:
                 raise ValueError(f"{path}: earlier results used {k}={old.get(k)!r}, not {v!r}; "
                                  f"use another --output-dir")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir, "--output-dir")
     atomic_write_json(path, {**settings, "weights": weights})
     return weights
 
@@ -223,6 +223,8 @@ def run(args: argparse.Namespace) -> dict:
     benchmarks = _load_problems(args, cfg)
     other = _read_compare(args.compare, args.protocol, cfg, benchmarks) if args.compare else None
     out_dir = Path(args.output_dir or Path("outputs") / f"eval-{model_dir.resolve().name}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--output-dir {out_dir}: exists and is not a directory")
     run_dirs = {seed: out_dir / f"seed-{seed}" if args.seeds else out_dir for seed in seeds}
     weights = None
     for seed, run_dir in run_dirs.items():
@@ -285,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # bad input, or a file that cannot be read or written
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

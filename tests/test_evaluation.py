@@ -146,11 +146,13 @@ def test_eval_cli_end_to_end_and_resume(tiny_model: Path, benchmark_dir: Path, t
         (["--benchmarks", "gsm8k", "top_p=1.5"], "0 < top_p <= 1"),
         (["--benchmarks", "gsm8k", "--seeds", "0", "1"], "'qwen-math' at temperature 0 is greedy"),
         (["--benchmarks", "gsm8k", "--protocol", "paper", "seed=3", "--seeds", "0", "1"], "either --seeds or seed="),
+        (["--jsonl", "{tmp}/good.jsonl", "--output-dir", "{tmp}/bad.jsonl"], "bad.jsonl: exists and is not a directory"),
     ],
 )
 def test_bad_input_is_one_line_error(args: list[str], message: str, tmp_path: Path,
                                      capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "bad.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n{"question": "2+2?", "answer":\n')
+    (tmp_path / "good.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n')
     argv = ["--model", str(tmp_path)] + [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert main(argv) == 2
     err = capsys.readouterr().err
