@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import jax
@@ -32,8 +33,8 @@ class MetricsLog:
         row = {"step": step} | {k: _scalar(v) for k, v in metrics.items()}
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
-        for k, v in row.items():
-            if k != "step" and isinstance(v, (int, float)):
+        for k, v in row.items():  # non-finite values stay in metrics.jsonl; TensorBoard would warn on each one
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                 self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
