@@ -95,14 +95,14 @@ def run_jax(args, data) -> list[float]:
     from rlsc_jax.sharding import make_mesh
     from rlsc_jax.training import Trainer
     cfg = load_config(None, [f"sampling.num_samples={args.rows}", f"optim.lr={LR}", f"alpha={ALPHA}",
-                             f"remat={not args.no_remat}"])
+                             f"remat={not args.no_remat}", f"sampling.temperature={TEMPERATURE}"])
     mesh = make_mesh()
     trainer, state = Trainer.create(hf.load(args.model, mesh=mesh), cfg, mesh)
     samples = Samples(lengths=None, logprobs=None, **data)
     times = []
     for _ in range(args.iters + 1):
         t0 = time.perf_counter()
-        state, metrics = trainer.step(state, trainer.batch(samples), TEMPERATURE)
+        state, metrics = trainer.step(state, trainer.batch(samples))
         jax.block_until_ready(metrics["loss"])
         times.append(time.perf_counter() - t0)
     return times[1:]

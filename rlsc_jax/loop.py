@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import time
 from pathlib import Path
 
 import jax
@@ -27,9 +26,8 @@ from rlsc_jax.files import atomic_write_json, atomic_write_text, make_dir
 from rlsc_jax.metrics import MetricsLog, read_metrics
 from rlsc_jax.run_record import check_resume, write_record
 from rlsc_jax.rollouts import answer_ids, answer_stats, truncated_fraction
-from rlsc_jax.sampling import sample
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
-from rlsc_jax.training import Trainer
+from rlsc_jax.training import Trainer, rlsc_step
 
 
 def heldout_questions(cfg: TrainConfig) -> list:
@@ -79,24 +77,14 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, que
             if q.id not in prompts:
                 system, user = build_messages(cfg.data.template, q.question)
                 prompts[q.id] = chat_prompt_ids(tokenizer, user, system)
-        t0 = time.perf_counter()
         s = cfg.sampling
-        samples = sample(trainer.model(state), [prompts[q.id] for q in batch_questions], num_samples=s.num_samples,
-                         max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                         eos_ids=eos, seed=jax.random.fold_in(key, step))
-        tokens, lengths = sharding_lib.to_host(samples.tokens), sharding_lib.to_host(samples.lengths)
-        t1 = time.perf_counter()
-        votes = answer_ids(tokenizer, tokens, lengths, s.num_samples)
-        t2 = time.perf_counter()
-        state, metrics = trainer.step(state, trainer.batch(samples, votes), s.temperature)
-        metrics = jax.device_get(metrics)
-        t3 = time.perf_counter()
-        total_tokens = int(samples.prompt_mask.sum() + lengths.sum())
-        metrics.update(answer_stats(votes, s.num_samples),
-                       truncated_frac=truncated_fraction(tokens, lengths, s.max_new_tokens, eos),
-                       completion_length=float(lengths.mean()), lr=float(trainer.schedule(step)),
-                       sample_seconds=t1 - t0, vote_seconds=t2 - t1, train_seconds=t3 - t2,
-                       tokens_per_second=total_tokens / (t3 - t0))
+        result = rlsc_step(trainer, state, [prompts[q.id] for q in batch_questions], s, eos,
+                           jax.random.fold_in(key, step),
+                           vote=lambda tokens, lengths: answer_ids(tokenizer, tokens, lengths, s.num_samples))
+        state, metrics = result.state, result.metrics
+        metrics.update(answer_stats(result.votes, s.num_samples),
+                       truncated_frac=truncated_fraction(result.tokens, result.lengths, s.max_new_tokens, eos),
+                       completion_length=float(result.lengths.mean()), lr=float(trainer.schedule(step)))
         skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
         if metrics["skipped"]:
             print(f"step {step + 1}: non-finite loss, gradient or update; update skipped")

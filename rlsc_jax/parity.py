@@ -121,7 +121,7 @@ def step(model: Decoder, torch_model, prompt_ids: list[int], max_new_tokens: int
     cfg = TrainConfig(sampling=SamplingConfig(num_samples=STEP_SAMPLES, temperature=STEP_TEMPERATURE),
                       optim=STEP_OPTIM)
     trainer, state = Trainer.create(model, cfg, make_mesh(devices=jax.devices()[:1]))
-    state, metrics = trainer.step(state, trainer.batch(samples), STEP_TEMPERATURE)
+    state, metrics = trainer.step(state, trainer.batch(samples))
     max_abs, worst = 0.0, {"ratio": -1.0}
     for m, value in hf.hf_tensors(trainer.model(state)):
         diff = float(np.abs(value.astype(np.float32) - ref.params[m.hf_name]).max())

@@ -1,16 +1,18 @@
-"""Label-free training: optimizer, sharded train state, the jitted step, and metrics of one step.
+"""Label-free training: optimizer, sharded train state, the jitted step, and one whole step (`rlsc_step`).
 
-One step (docs/method.md, "One RLSC step"): the sampler draws N completions per question, the fused log-likelihood pass gives each
-completion's log p, summed token entropy and self-certainty at the sampling temperature, the registered
-objective (RLSC L1/L2, TTRL, ...) turns them and the host's answer votes into a loss, and AdamW updates
-the parameters. Parameters and optimizer state are sharded by their logical axes and donated to the
-step; the batch is sharded over (data, fsdp).
+One step (docs/method.md, "One RLSC step"): the sampler draws N completions per question, the fused
+log-likelihood pass gives each completion's log p, summed token entropy and self-certainty at the sampling
+temperature (the trainer's own: it is the only temperature a step scores at), the registered objective
+(RLSC L1/L2, TTRL, ...) turns them and the host's answer votes into a loss, and AdamW updates the parameters.
+Parameters and optimizer state are sharded by their logical axes and donated to the step; the batch is sharded
+over (data, fsdp).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Callable
 
 import jax
@@ -20,10 +22,10 @@ import optax
 from flax import nnx, struct
 
 from rlsc_jax import sharding as sharding_lib
-from rlsc_jax.config import OptimConfig, TrainConfig
+from rlsc_jax.config import OptimConfig, SamplingConfig, TrainConfig
 from rlsc_jax.logprobs import sequence_logprobs
 from rlsc_jax.objectives import DIFFERENTIABLE, SequenceStats, bind_checked
-from rlsc_jax.sampling import Samples
+from rlsc_jax.sampling import Samples, sample
 
 
 @struct.dataclass
@@ -104,6 +106,7 @@ class Trainer:
     grad_accum: int
     remat: str | None
     chunk_size: int
+    temperature: float  # the sampling temperature, at which every step scores its completions
 
     @classmethod
     def create(cls, model: nnx.Module, cfg: TrainConfig, mesh: jax.sharding.Mesh,
@@ -130,7 +133,7 @@ class Trainer:
             state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params)}
         trainer = cls(graphdef, tx, schedule, mesh, shardings, objective_fn(cfg),
                       cfg.sampling.num_samples, cfg.grad_accum, cfg.remat_policy if cfg.remat else None,
-                      cfg.logprob_chunk * sharding_lib.row_shards(mesh))
+                      cfg.logprob_chunk * sharding_lib.row_shards(mesh), cfg.sampling.temperature)
         return trainer, state
 
     def model(self, state: dict) -> nnx.Module:
@@ -272,8 +275,42 @@ class Trainer:
         with sharding_lib.use_mesh(self.mesh):
             return self._jitted_step.lower(state, batch, temperature).compile()
 
-    def step(self, state: dict, batch: Batch, temperature: float) -> tuple[dict, dict]:
-        """One jitted, sharded, donated step (compiled once per batch shape)."""
-        temp = sharding_lib.host_to_global(np.float32(temperature), sharding_lib.replicated(self.mesh))
+    def step(self, state: dict, batch: Batch) -> tuple[dict, dict]:
+        """One jitted, sharded, donated step (compiled once per batch shape), scoring at the sampling temperature."""
+        temp = sharding_lib.host_to_global(np.float32(self.temperature), sharding_lib.replicated(self.mesh))
         with sharding_lib.use_mesh(self.mesh):
             return self._jitted_step(state, batch, temp)
+
+
+@dataclasses.dataclass
+class StepResult:
+    """What one RLSC step hands back: the new state, its metrics (host scalars), and host copies of the
+    completions ([rows, max_new_tokens] int32 tokens, [rows] lengths) and their answer votes ([rows] int32)."""
+
+    state: dict
+    metrics: dict
+    tokens: np.ndarray
+    lengths: np.ndarray
+    votes: np.ndarray
+
+
+def rlsc_step(trainer: Trainer, state: dict, prompts: list[list[int]], sampling: SamplingConfig,
+              eos_ids: list[int], key: jax.Array, vote: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> StepResult:
+    """One step of the method (docs/method.md): N completions per prompt at the sampling temperature, their final
+    answers voted on the host (`vote(tokens, lengths)`), every completion scored at that same temperature, the
+    objective's loss and one AdamW update; each phase timed."""
+    t0 = time.perf_counter()
+    samples = sample(trainer.model(state), prompts, num_samples=sampling.num_samples,
+                     max_new_tokens=sampling.max_new_tokens, temperature=trainer.temperature, top_k=sampling.top_k,
+                     top_p=sampling.top_p, eos_ids=eos_ids, seed=key)
+    tokens, lengths = sharding_lib.to_host(samples.tokens), sharding_lib.to_host(samples.lengths)
+    t1 = time.perf_counter()
+    votes = vote(tokens, lengths)
+    t2 = time.perf_counter()
+    state, metrics = trainer.step(state, trainer.batch(samples, votes))
+    metrics = jax.device_get(metrics)
+    t3 = time.perf_counter()
+    total_tokens = int(samples.prompt_mask.sum() + lengths.sum())
+    metrics.update(sample_seconds=t1 - t0, vote_seconds=t2 - t1, train_seconds=t3 - t2,
+                   tokens_per_second=total_tokens / (t3 - t0))
+    return StepResult(state, metrics, tokens, lengths, votes)

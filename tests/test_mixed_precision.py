@@ -29,12 +29,13 @@ def ckpt(tmp_path_factory):
 def _run(path, dtype="float32", compute_dtype="float32"):
     """Initial and final parameters (HF layout, fp32) and per-step losses of STEPS steps at lr 1e-5."""
     model = hf.load(path, dtype=dtype, compute_dtype=compute_dtype)
-    cfg = load_config(None, ["sampling.num_samples=4", f"optim.lr={LR}", "optim.weight_decay=0.0"])
+    cfg = load_config(None, ["sampling.num_samples=4", f"sampling.temperature={TEMPERATURE}", f"optim.lr={LR}",
+                             "optim.weight_decay=0.0"])
     trainer, state = Trainer.create(model, cfg, make_mesh(devices=jax.devices()[:1]))
     before = {m.hf_name: a.astype(np.float32) for m, a in hf.hf_tensors(trainer.model(state))}
     losses = []
     for step in range(STEPS):
-        state, metrics = trainer.step(state, trainer.batch(_samples(step)), TEMPERATURE)
+        state, metrics = trainer.step(state, trainer.batch(_samples(step)))
         losses.append(float(metrics["loss"]))
     after = {m.hf_name: a.astype(np.float32) for m, a in hf.hf_tensors(trainer.model(state))}
     return before, after, losses

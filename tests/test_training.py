@@ -48,7 +48,8 @@ def _samples(seed=0) -> Samples:
 def _cfg(**kw):
     # eps well above the gradient's float error keeps Adam's first step a smooth function of the gradient,
     # so updates can be compared tightly (at eps=1e-8 it is lr * sign(g), which flips on rounding noise).
-    overrides = [f"sampling.num_samples={N}", "optim.lr=1e-3", "optim.weight_decay=0.01", "optim.eps=1e-2"]
+    overrides = [f"sampling.num_samples={N}", f"sampling.temperature={TEMPERATURE}", "optim.lr=1e-3",
+                 "optim.weight_decay=0.01", "optim.eps=1e-2"]
     return load_config(None, overrides + [f"{k}={v}" for k, v in kw.items()])
 
 
@@ -105,7 +106,7 @@ def test_one_step_matches_pytorch(ckpt, objective):
     grads_fn = jax.jit(lambda st, b: trainer.loss_and_grads(st["params"], b, TEMPERATURE))
     loss, _, _, grads = grads_fn(state, trainer.batch(samples, ANSWER_IDS))
     grads = _flax_by_hf_name(trainer.model({"params": grads}))
-    state, step_metrics = trainer.step(state, trainer.batch(samples, ANSWER_IDS), TEMPERATURE)
+    state, step_metrics = trainer.step(state, trainer.batch(samples, ANSWER_IDS))
     assert abs(float(loss) - t_loss) <= 1e-5 * abs(t_loss)
     assert abs(float(step_metrics["loss"]) - t_loss) <= 1e-5 * abs(t_loss)
     after = _flax_by_hf_name(trainer.model(state))
@@ -127,7 +128,7 @@ def _two_steps(path, mesh_shape=None, devices=None, **cfg):
     trainer, state = Trainer.create(model, _cfg(**cfg), mesh)
     losses = []
     for seed in (0, 1):
-        state, metrics = trainer.step(state, trainer.batch(_samples(seed)), TEMPERATURE)
+        state, metrics = trainer.step(state, trainer.batch(_samples(seed)))
         losses.append(float(metrics["loss"]))
     return losses, _flax_by_hf_name(trainer.model(state))
 
@@ -152,7 +153,7 @@ def test_axis_rules_survive_create_and_a_step(ckpt):
     rules = dict(DEFAULT_RULES, embed=(), mlp=("fsdp",))
     mesh = make_mesh(1, 4, 2)
     trainer, state = Trainer.create(hf.load(ckpt[1], mesh=mesh, rules=rules), _cfg(), mesh, rules=rules)
-    state, _ = trainer.step(state, trainer.batch(_samples()), TEMPERATURE)
+    state, _ = trainer.step(state, trainer.batch(_samples()))
     want = {k: v.get_value().spec for k, v in nnx.to_flat_state(param_shardings(state["params"], mesh, rules))}
     assert want[("layers", "mlp", "gate")] == PartitionSpec(None, None, "fsdp")
     assert want != {k: v.get_value().spec for k, v in nnx.to_flat_state(param_shardings(state["params"], mesh))}
@@ -218,7 +219,7 @@ def test_padding_columns_are_cut_and_change_nothing(ckpt):
     for samples in (compact, padded):
         trainer, state = Trainer.create(hf.load(ckpt[1]), _cfg(), make_mesh(1, 8, 1))
         batch = trainer.batch(samples)
-        state, metrics = trainer.step(state, batch, TEMPERATURE)
+        state, metrics = trainer.step(state, batch)
         results.append((batch, float(metrics["loss"]), _flax_by_hf_name(trainer.model(state))))
     (_, loss, params), (batch, padded_loss, padded_params) = results
     # 16 prompt columns hold 6 used ones, cut in steps of 2; 32 completion columns hold 5, in steps of 4
@@ -247,7 +248,7 @@ def test_non_finite_loss_skips_the_update(ckpt, nan_objective):
     model = hf.load(ckpt[1])
     trainer, state = Trainer.create(model, _cfg(objective=nan_objective), make_mesh(1, 8, 1))
     before = _flax_by_hf_name(trainer.model(state))
-    state, metrics = trainer.step(state, trainer.batch(_samples()), TEMPERATURE)
+    state, metrics = trainer.step(state, trainer.batch(_samples()))
     assert int(metrics["skipped"]) == 1 and not np.isfinite(float(metrics["loss"]))
     after = _flax_by_hf_name(trainer.model(state))
     for name in before:
@@ -259,7 +260,7 @@ def test_non_finite_update_with_finite_gradient_is_skipped(ckpt):
     """lr = nan: loss and gradient are finite, the update is not; the state must stay as it was."""
     trainer, state = Trainer.create(hf.load(ckpt[1]), _cfg(**{"optim.lr": "nan"}), make_mesh(1, 8, 1))
     before = _flax_by_hf_name(trainer.model(state))
-    state, metrics = trainer.step(state, trainer.batch(_samples()), TEMPERATURE)
+    state, metrics = trainer.step(state, trainer.batch(_samples()))
     assert int(metrics["skipped"]) == 1
     assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
     after = _flax_by_hf_name(trainer.model(state))
