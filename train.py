@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+
+from rlsc_jax.cli import exit_process, run_command
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,18 +40,18 @@ def init_distributed(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def train():
         from rlsc_jax.config import load_config
         cfg = load_config(args.config, args.overrides)
         init_distributed(args)
         from rlsc_jax.loop import run
-        result = run(cfg)
-    except (ValueError, OSError) as e:  # bad input, or a file that cannot be read or written
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume from the last complete checkpoint", file=sys.stderr)
-        return 130
+        return cfg, run(cfg)
+
+    code, done = run_command(train, "interrupted; rerun the same command to resume from the last complete checkpoint")
+    if code:
+        return code
+    cfg, result = done
     from rlsc_jax.report import before_after_table, truncation_warning
     if result.get("before") and result.get("after"):
         if "protocol" in result["before"]:
@@ -65,9 +66,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    if code == 130:  # an interrupt can land mid-compile: leave without tearing down XLA's threads (it can crash)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    exit_process(main())

@@ -13,12 +13,12 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from rlsc_jax import hf
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, load_benchmark, load_jsonl_problems
+from rlsc_jax.cli import run_command
 from rlsc_jax.config import MeshConfig, load_config
 from rlsc_jax.evaluation import check_settings, evaluate_problems, format_table, read_records
 from rlsc_jax.files import atomic_write_json, make_dir
@@ -285,12 +285,4 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """`eval.py`: 0 on success; bad input is a one-line `error: ...` on stderr and exit status 2."""
     args = parser().parse_intermixed_args(argv)
-    try:
-        run(args)
-    except (ValueError, OSError) as e:  # bad input, or a file that cannot be read or written
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(lambda: run(args), "interrupted: run the same command again to resume")[0]

@@ -145,8 +145,6 @@ def prepare(cfg: TrainConfig) -> tuple[list, list, jax.sharding.Mesh, dict, bool
     heldout = heldout_questions(cfg)
     mesh = sharding_lib.make_run_mesh(cfg)
     out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output_dir={cfg.output_dir!r}: exists and is not a directory")
     resuming = bool(saved_steps(out / "checkpoints"))
     return questions, heldout, mesh, check_resume(out, cfg, resuming), resuming
 
@@ -168,7 +166,10 @@ def run(cfg: TrainConfig, before: dict | None = None) -> dict:
     eos = eos_ids(tokenizer, generation_eos(cfg.model))
     trainer, state = Trainer.create(model, cfg, mesh)
     if heldout:
-        before = before or (_saved_before(out, cfg) if resuming else None) or evaluate(trainer.model(state), tokenizer, cfg, heldout)
+        if before is None and resuming:
+            before = _saved_before(out, cfg)
+        if before is None:
+            before = evaluate(trainer.model(state), tokenizer, cfg, heldout)
         if writer:
             atomic_write_json(out / "eval_before.json", {"settings": _eval_settings(cfg), "metrics": before})
     ckpt = Checkpointer(out / "checkpoints", cfg.keep_checkpoints)

@@ -1,0 +1,32 @@
+"""What `train.py` and `eval.py` share at the process boundary: one-line errors, exit codes, a clean exit."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def run_command(fn: Callable[[], T], interrupted: str) -> tuple[int, T | None]:
+    """(0, fn()); bad input or an unreadable/unwritable file (ValueError, OSError) is one `error:` line on stderr
+    and exit code 2, Ctrl-C the line `interrupted` and 130."""
+    try:
+        return 0, fn()
+    except (ValueError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2, None
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130, None
+
+
+def exit_process(code: int) -> None:
+    """Ends the process with `code`. After Ctrl-C it skips interpreter teardown: the interrupt can land
+    mid-compile, and tearing down XLA's threads then can crash (a segfault instead of exit 130)."""
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
