@@ -147,7 +147,6 @@ def plan(cfg, devices: int, prompt_len: int) -> dict:
         "prompt_width": prompt_width, "max_new_tokens": s.max_new_tokens,
         "parameter_bytes": param_bytes, "optimizer_state_bytes": opt_bytes, "gradient_bytes": param_bytes,
         "decode_layout_bytes": _per_device_bytes(layers),
-        "stacked_layer_bytes": _per_device_bytes(params["layers"]),
         "programs": programs,
         "per_device_peak_bytes": max(programs["train_step"]["peak_bytes"], sampling_peak),
         "sampling_peak_bytes": sampling_peak,
@@ -165,7 +164,9 @@ def judge(report: dict, hardware) -> dict:
     train = p["train_step"]["flops"] / flops + p["train_step"]["collective_bytes_total"] / ici
     prefill = p["prefill"]["flops"] / flops + p["prefill"]["collective_bytes_total"] / ici
     per_token = p["decode"].get("per_iteration", p["decode"])
-    read = p["decode"]["argument_bytes"] - report["stacked_layer_bytes"]  # decode layout, LM head, KV cache
+    # What one decode step reads: the compiled loop's arguments (decode layout, embedding / LM head, KV cache);
+    # jit drops the arguments a program never reads, here the stacked layers that the decode layout replaces.
+    read = p["decode"]["argument_bytes"]
     token = max(per_token["flops"] / flops, read / hardware.hbm_bytes_per_s) + per_token["collective_bytes_total"] / ici
     needed = report["per_device_peak_bytes"]
     return {"hardware": hardware.name, "source": hardware.source, "device_memory_bytes": hardware.memory_bytes,
