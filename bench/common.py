@@ -20,6 +20,10 @@ import numpy as np
 
 from rlsc_jax.files import atomic_write_json
 
+if os.environ.get("JAX_PLATFORMS", "cpu") in ("cuda", "gpu"):
+    # JAX would otherwise take 75% of the GPU at its first use, leaving the PyTorch side (and child processes) little.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 # Qwen2.5-0.5B's shapes (HF config.json of Qwen/Qwen2.5-0.5B); `num_hidden_layers` is the only knob
 # the scripts change (24 is the real model).
 QWEN25_05B = dict(
@@ -161,27 +165,64 @@ def jax_blocking(fn: Callable, *args) -> Callable[[], object]:
     return lambda: jax.block_until_ready(fn(*args))
 
 
-def matmul_peak(n: int = 2048, iters: int = 10) -> dict[str, float]:
-    """The machine's fp32 matmul GFLOP/s: the best of `iters` n x n @ n x n matmuls, in jnp and torch."""
+def matmul_peak(dtype: str = "float32", iters: int = 10) -> dict[str, float]:
+    """The machine's matmul GFLOP/s in `dtype`: the best of `iters` n x n @ n x n matmuls, in jnp and torch
+    (n = 2048 on CPU, 8192 on a GPU)."""
     import jax
     import jax.numpy as jnp
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
+    device = torch_device()
+    n = 8192 if device == "cuda" else 2048
     rng = np.random.default_rng(0)
     a_np = rng.standard_normal((n, n), dtype=np.float32)
     b_np = rng.standard_normal((n, n), dtype=np.float32)
-    a_j, b_j = jnp.asarray(a_np), jnp.asarray(b_np)
+    a_j, b_j = jnp.asarray(a_np, dtype), jnp.asarray(b_np, dtype)
     mm = jax.jit(jnp.matmul)
-    a_t, b_t = torch.from_numpy(a_np), torch.from_numpy(b_np)
+    a_t, b_t = (torch.from_numpy(x).to(device, getattr(torch, dtype)) for x in (a_np, b_np))
 
     def torch_mm():
         with torch.inference_mode():
-            return torch.matmul(a_t, b_t)
+            out = torch.matmul(a_t, b_t)
+        torch_sync(device)
+        return out
 
     t = time_calls({"jax": jax_blocking(mm, a_j, b_j), "torch": torch_mm}, iters=iters, warmup=2)
     flops = 2 * n ** 3
     return {name: flops / timing.best / 1e9 for name, timing in t.items()}
+
+
+def torch_device() -> str:
+    """Where the PyTorch side runs: "cuda" when JAX was asked for the GPU (`JAX_PLATFORMS=cuda`), else "cpu",
+    so both sides always share one kind of device."""
+    return "cuda" if os.environ.get("JAX_PLATFORMS", "cpu") in ("cuda", "gpu") else "cpu"
+
+
+def torch_sync(device: str) -> None:
+    """Waits for queued PyTorch GPU work, so a timed call ends when its result exists."""
+    if device == "cuda":
+        import torch
+        torch.cuda.synchronize()
+
+
+def device_peak_gb(side: str) -> float | None:
+    """This process's peak accelerator memory on `side` ("jax" or "torch") in GB; None on CPU."""
+    if torch_device() != "cuda":
+        return None
+    if side == "torch":
+        import torch
+        return torch.cuda.max_memory_allocated() / 1024**3
+    import jax
+    return jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 1024**3
+
+
+def memory_bytes() -> int:
+    """Memory the JAX side may fill: the GPU's (its allocator's limit) on a GPU, else the host's RAM."""
+    if torch_device() == "cuda":
+        import jax
+        return jax.devices()[0].memory_stats()["bytes_limit"]
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def max_abs_diff(a, b, chunk: int = 1) -> float:

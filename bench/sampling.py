@@ -1,6 +1,7 @@
 """Sampling throughput: rlsc_jax's jitted sampler vs transformers `generate`, same weights, same run.
 
     python bench/sampling.py [--layers 24] [--new-tokens 128] [--samples 16] [--prompt-len 64] [--iters 2]
+    JAX_PLATFORMS=cuda python bench/sampling.py   # both sides on the GPU, bf16
 
 One random fp32 Qwen2.5-0.5B-shaped model (`--layers` decoder layers; 24 is the real model) on both
 sides. Each case draws `--samples` completions of `--new-tokens` tokens per prompt at `--temperature` (0.5; no top-k /
@@ -9,12 +10,15 @@ top-p), for one prompt and for a batch of 4 prompts; PyTorch runs
 samples, so both sides generate the full length and tokens/s = rows x new tokens / seconds.
 Roofline: 2 x (decoder + LM-head parameters) FLOPs per generated token against the machine's measured
 fp32 matmul rate (attention over the short cache is ignored). Also reports bf16 parameters (JAX only:
-PyTorch bf16 matmuls are unusably slow on this kind of CPU).
+PyTorch bf16 matmuls are unusably slow on this kind of CPU). On a GPU (`JAX_PLATFORMS=cuda`) both sides run
+there in bf16 (fp32 would compare XLA's TF32 with PyTorch's full fp32), plus the sampler as training runs
+it: fp32 master weights with bf16 compute.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -29,7 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import (build_shared_qwen2, environment, markdown_table, matmul_params, matmul_peak,  # noqa: E402
-                          qwen25_05b_config, time_calls, write_json)
+                          qwen25_05b_config, time_calls, torch_device, torch_sync, write_json)
 from rlsc_jax import hf  # noqa: E402
 from rlsc_jax.sampling import sample  # noqa: E402
 
@@ -57,8 +61,15 @@ def main(argv=None) -> int:
     shared = build_shared_qwen2(qwen25_05b_config(args.layers, max_position_embeddings=4096))
     try:
         cfg = shared.jax_model.cfg
-        bf16 = None if args.no_bf16 else hf.load(shared.path, dtype="bfloat16")
-        peak = max(matmul_peak().values())
+        device = torch_device()
+        gpu = device == "cuda"
+        bf16 = None if args.no_bf16 and not gpu else hf.load(shared.path, dtype="bfloat16")
+        torch_model = shared.torch_model.to(device, torch.bfloat16 if gpu else torch.float32)
+        models = {"jax bf16": bf16, "torch bf16": torch_model,
+                  "jax fp32 masters, bf16 compute": hf.load(shared.path, compute_dtype="bfloat16")} if gpu else \
+            {"jax fp32": shared.jax_model, "torch fp32": torch_model, **({"jax bf16": bf16} if bf16 else {})}
+        baseline = "torch bf16" if gpu else "torch fp32"
+        peak = max(matmul_peak("bfloat16" if gpu else "float32").values())
         flops_per_token = 2 * sum(matmul_params(cfg).values())
         rng = np.random.default_rng(0)
         rows, results = [], {}
@@ -66,31 +77,33 @@ def main(argv=None) -> int:
             prompts = [rng.integers(0, 150000, args.prompt_len).tolist() for _ in range(num_prompts)]
             kw = dict(num_samples=args.samples, max_new_tokens=args.new_tokens, temperature=args.temperature,
                       eos_ids=[EOS])
-            ids = torch.tensor(prompts)
+            ids = torch.tensor(prompts, device=device)
 
-            def run_jax(model=shared.jax_model, seed=iter(range(10**6))):
+            def run_jax(model, seed=iter(range(10**6))):
                 return jax.block_until_ready(sample(model, prompts, seed=next(seed), **kw).tokens)
 
-            def run_torch():
+            def run_torch(model):
                 with torch.inference_mode():
-                    return shared.torch_model.generate(
+                    out = model.generate(
                         ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=args.temperature, top_k=0,
                         top_p=1.0, max_new_tokens=args.new_tokens, num_return_sequences=args.samples,
                         eos_token_id=EOS, pad_token_id=EOS)
+                torch_sync(device)
+                return out
 
-            fns = {"jax fp32": run_jax, "torch fp32": run_torch}
-            if bf16 is not None:
-                fns["jax bf16"] = lambda: run_jax(bf16)
+            fns = {name: functools.partial(run_torch if name.startswith("torch") else run_jax, model)
+                   for name, model in models.items()}
             timings = time_calls(fns, iters=args.iters, warmup=1)
             tokens = num_prompts * args.samples * args.new_tokens
-            base = tokens / timings["torch fp32"].median
+            base = tokens / timings[baseline].median
             for name, t in timings.items():
                 tps = tokens / t.median
                 results[f"{num_prompts}x{args.samples} {name}"] = dict(seconds=t.median, tokens_per_s=tps)
                 rows.append([f"{num_prompts} prompt x {args.samples}", name, tps, t.median, tps / base,
                              100 * tps * flops_per_token / 1e9 / peak])
         print(f"\nsampling, Qwen2.5-0.5B shapes with {args.layers} layers, {args.prompt_len}-token prompts, "
-              f"{args.new_tokens} new tokens, T={args.temperature}; fp32 matmul peak {peak:.0f} GFLOP/s\n")
+              f"{args.new_tokens} new tokens, T={args.temperature}, on {device}; "
+              f"{'bf16' if gpu else 'fp32'} matmul peak {peak:.0f} GFLOP/s\n")
         print(markdown_table(["case", "side", "tokens/s", "s/call", "vs torch", "% of roofline"], rows))
         if args.json:
             write_json(args.json, dict(args=vars(args) | {"json": str(args.json)}, peak_gflops=peak,

@@ -1,12 +1,15 @@
 """One RLSC training step: rlsc_jax (remat, fused log-likelihood, donated state) vs the same step in PyTorch.
 
     python bench/train_step.py [--layers 24] [--rows 16] [--prompt-len 64] [--completion-len 256] [--iters 2]
+    JAX_PLATFORMS=cuda python bench/train_step.py --compute-dtype bfloat16   # both sides on the GPU
 
 Both sides load one random fp32 Qwen2.5-0.5B-shaped checkpoint (`--layers` decoder layers) and run the
 RLSC L2 step (docs/method.md) on the same 16 completions: PyTorch with a transformers model, the naive full
 [B, T, V] logits and torch.optim.AdamW; JAX with `rlsc_jax.training.Trainer`. Each side runs in its own
-process so its peak resident memory (ru_maxrss) is its own. MFU = 6 x matmul parameters x tokens
-(+ attention) per step against the machine's fp32 matmul peak (remat's recomputation is not counted as
+process so its peak memory is its own: resident memory (ru_maxrss) on CPU, the allocator's peak on a GPU
+(`JAX_PLATFORMS=cuda`, where PyTorch runs on cuda and `--compute-dtype bfloat16` means autocast; JAX also
+reports the compiled step's own figures, `memory_analysis()`, to set against the measured peak).
+MFU = 6 x matmul parameters x tokens (+ attention) per step against the machine's matmul peak (remat's recomputation is not counted as
 useful work). A second table compares the fused log-likelihood with the naive one (value + gradient
 w.r.t. hidden states and LM head) at V = 151936 and 16 x 1024 tokens: time, and XLA's compiled
 temporary memory (the naive one is only run if it fits in memory). A side the kernel kills for memory is
@@ -45,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--completion-len", type=int, default=256)
     p.add_argument("--iters", type=int, default=2, help="timed steps per side (after one warm-up step)")
     p.add_argument("--no-remat", action="store_true")
+    p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="matmul dtype over fp32 master weights (JAX compute_dtype; PyTorch autocast)")
     p.add_argument("--logprob-tokens", type=int, default=16 * 1024, help="tokens in the log-likelihood table")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--side", choices=["jax", "torch"], help=argparse.SUPPRESS)
@@ -66,28 +71,35 @@ def run_torch(args, data) -> list[float]:
     """The paper's step in PyTorch: naive logits, L2 with p_old detached, AdamW."""
     import torch
     from transformers import AutoModelForCausalLM
+    from bench.common import torch_device, torch_sync
     torch.set_num_threads(os.cpu_count() or 1)
-    model = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=torch.float32).train()
+    device = torch_device()
+    model = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=torch.float32).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
-    ids = torch.tensor(np.concatenate([data["prompt_ids"], data["tokens"]], 1), dtype=torch.long)
-    attn = torch.tensor(np.concatenate([data["prompt_mask"], data["completion_mask"]], 1), dtype=torch.long)
-    answer = torch.tensor(np.concatenate([np.zeros_like(data["prompt_mask"]), data["completion_mask"]], 1))
+    tensor = lambda a: torch.tensor(a, dtype=torch.long, device=device)  # noqa: E731
+    ids = tensor(np.concatenate([data["prompt_ids"], data["tokens"]], 1))
+    attn = tensor(np.concatenate([data["prompt_mask"], data["completion_mask"]], 1))
+    answer = tensor(np.concatenate([np.zeros_like(data["prompt_mask"]), data["completion_mask"]], 1))
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=args.compute_dtype == "bfloat16")
     times = []
     for _ in range(args.iters + 1):
         t0 = time.perf_counter()
-        logits = model(ids, attention_mask=attn).logits[:, :-1] / TEMPERATURE
+        with autocast:
+            logits = model(ids, attention_mask=attn).logits[:, :-1] / TEMPERATURE
         logp = (torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None])[..., 0] * answer[:, 1:]).sum(-1)
         loss = -((logp.detach().exp() + ALPHA) * logp).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        torch_sync(device)
         times.append(time.perf_counter() - t0)
         del logits, logp, loss
     return times[1:]
 
 
-def run_jax(args, data) -> list[float]:
-    """The same step through rlsc_jax's Trainer (jitted, donated, remat, chunked log-likelihood)."""
+def run_jax(args, data) -> tuple[list[float], dict]:
+    """The same step through rlsc_jax's Trainer (jitted, donated, remat, chunked log-likelihood); also the
+    compiled step's memory_analysis() figures in GB."""
     import jax
     from rlsc_jax import hf
     from rlsc_jax.config import load_config
@@ -97,7 +109,10 @@ def run_jax(args, data) -> list[float]:
     cfg = load_config(None, [f"sampling.num_samples={args.rows}", f"optim.lr={LR}", f"alpha={ALPHA}",
                              f"remat={not args.no_remat}", f"sampling.temperature={TEMPERATURE}"])
     mesh = make_mesh()
-    trainer, state = Trainer.create(hf.load(args.model, mesh=mesh), cfg, mesh)
+    trainer, state = Trainer.create(hf.load(args.model, mesh=mesh, compute_dtype=args.compute_dtype), cfg, mesh)
+    memory = trainer.compile_step(state, args.rows, args.prompt_len, args.completion_len).memory_analysis()
+    compiled = {k: getattr(memory, f"{k}_size_in_bytes") / 1024**3 for k in ("argument", "output", "alias", "temp")}
+    compiled["peak"] = compiled["argument"] + compiled["output"] - compiled["alias"] + compiled["temp"]
     samples = Samples(lengths=None, logprobs=None, **data)
     times = []
     for _ in range(args.iters + 1):
@@ -105,15 +120,22 @@ def run_jax(args, data) -> list[float]:
         state, metrics = trainer.step(state, trainer.batch(samples))
         jax.block_until_ready(metrics["loss"])
         times.append(time.perf_counter() - t0)
-    return times[1:]
+    return times[1:], compiled
 
 
 def child(args) -> int:
-    """One side, in its own process; prints its step times and peak RSS as JSON."""
+    """One side, in its own process; prints its step times and peak memory (GB) as JSON."""
+    from bench.common import device_peak_gb
     data = batch(args)
-    times = (run_jax if args.side == "jax" else run_torch)(args, data)
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(json.dumps({"times": times, "peak_rss_gb": peak_gb}))
+    out = {}
+    if args.side == "jax":
+        out["times"], out["compiled_gb"] = run_jax(args, data)
+    else:
+        out["times"] = run_torch(args, data)
+    out["peak_gb"] = device_peak_gb(args.side)
+    if out["peak_gb"] is None:
+        out["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(json.dumps(out))
     return 0
 
 
@@ -121,7 +143,7 @@ def logprob_table(args, peak: float) -> tuple[list[list], dict]:
     """Fused vs naive log-likelihood (value + gradients) at the real vocabulary."""
     import jax
     import jax.numpy as jnp
-    from bench.common import time_calls, jax_blocking
+    from bench.common import jax_blocking, memory_bytes, time_calls
     from rlsc_jax.logprobs import DEFAULT_CHUNK_SIZE, token_logprobs
     e, v, n = 896, 151936, args.logprob_tokens
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
@@ -137,13 +159,17 @@ def logprob_table(args, peak: float) -> tuple[list[list], dict]:
         return jnp.take_along_axis(jax.nn.log_softmax(logits), t[..., None], -1).sum()
 
     rows, out = [], {}
-    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    available = memory_bytes()
     for name, fn in (("fused", fused), ("naive", naive)):
         grad = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
         temp = grad.lower(h, w).compile().memory_analysis().temp_size_in_bytes / 1024**3
         seconds = None
         if temp * 1024**3 < 0.6 * available:
-            seconds = time_calls({name: jax_blocking(grad, h, w)}, iters=2, warmup=1)[name].median
+            try:
+                seconds = time_calls({name: jax_blocking(grad, h, w)}, iters=2, warmup=1)[name].median
+            except jax.errors.JaxRuntimeError as e:  # the allocator's verdict outranks the estimate above
+                if "RESOURCE_EXHAUSTED" not in str(e):
+                    raise
         out[name] = {"temp_gb": temp, "seconds": seconds}
         rows.append([name, temp, seconds if seconds is not None else "not run (memory)"])
     rows.append(["fused / naive", out["fused"]["temp_gb"] / out["naive"]["temp_gb"],
@@ -157,8 +183,8 @@ def main(argv=None) -> int:
     if args.side:
         return child(args)
     from bench.common import (build_shared_qwen2, environment, markdown_table, matmul_params, matmul_peak,
-                              qwen25_05b_config, write_json)
-    peak = max(matmul_peak().values())
+                              qwen25_05b_config, torch_device, write_json)
+    peak = max(matmul_peak(args.compute_dtype).values())
     with tempfile.TemporaryDirectory(prefix="rlsc_bench_") as tmp:
         shared = build_shared_qwen2(qwen25_05b_config(args.layers), path=Path(tmp) / "model")
         cfg = shared.jax_model.cfg
@@ -168,7 +194,7 @@ def main(argv=None) -> int:
             cmd = [sys.executable, __file__, "--side", side, "--model", str(Path(tmp) / "model"),
                    "--layers", str(args.layers), "--rows", str(args.rows), "--prompt-len", str(args.prompt_len),
                    "--completion-len", str(args.completion_len), "--iters", str(args.iters),
-                   *(["--no-remat"] if args.no_remat else [])]
+                   "--compute-dtype", args.compute_dtype, *(["--no-remat"] if args.no_remat else [])]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode == -signal.SIGKILL:  # the kernel's OOM killer: a result, not a failure
                 results[side] = {"killed": True}
@@ -187,14 +213,21 @@ def main(argv=None) -> int:
             continue
         s = float(np.median(r["times"]))
         r.update(seconds=s, tokens_per_s=tokens / s, mfu=flops / s / 1e9 / peak)
-        rows.append([side, r["tokens_per_s"], s, r["peak_rss_gb"], 100 * r["mfu"]])
+        rows.append([side, r["tokens_per_s"], s, r["peak_gb"], 100 * r["mfu"]])
     j, t = results["jax"], results["torch"]
     if "seconds" in j and "seconds" in t:
         rows.append(["jax / torch", j["tokens_per_s"] / t["tokens_per_s"], j["seconds"] / t["seconds"],
-                     j["peak_rss_gb"] / t["peak_rss_gb"], "-"])
+                     j["peak_gb"] / t["peak_gb"], "-"])
+    memory = "peak device GB" if torch_device() == "cuda" else "peak RSS GB"
     print(f"\nRLSC step, Qwen2.5-0.5B shapes with {args.layers} layers, {args.rows} x ({args.prompt_len} + "
-          f"{args.completion_len}) tokens, fp32, remat={not args.no_remat}; fp32 matmul peak {peak:.0f} GFLOP/s\n")
-    print(markdown_table(["side", "tokens/s", "s/step", "peak RSS GB", "MFU %"], rows))
+          f"{args.completion_len}) tokens, fp32 masters, {args.compute_dtype} compute, remat={not args.no_remat}; "
+          f"{args.compute_dtype} matmul peak {peak:.0f} GFLOP/s\n")
+    print(markdown_table(["side", "tokens/s", "s/step", memory, "MFU %"], rows))
+    if "compiled_gb" in j:
+        c = j["compiled_gb"]
+        print(f"\nJAX step, compiled (memory_analysis): arguments {c['argument']:.2f} + outputs {c['output']:.2f} "
+              f"- aliased {c['alias']:.2f} + temp {c['temp']:.2f} = {c['peak']:.2f} GB; "
+              f"measured peak {j['peak_gb']:.2f}")
     lp_rows, lp = logprob_table(args, peak)
     print(f"\nlog-likelihood value + gradient, V=151936, {args.logprob_tokens} tokens, E=896\n")
     print(markdown_table(["version", "XLA temp GB", "seconds"], lp_rows))
