@@ -9,8 +9,8 @@ RLSC L2 step (docs/method.md) on the same 16 completions: PyTorch with a transfo
 process so its peak memory is its own: resident memory (ru_maxrss) on CPU, the allocator's peak on a GPU
 (`JAX_PLATFORMS=cuda`, where PyTorch runs on cuda and `--compute-dtype bfloat16` means autocast; JAX also
 reports the compiled step's own figures, `memory_analysis()`, to set against the measured peak).
-MFU = 6 x matmul parameters x tokens (+ attention) per step against the machine's matmul peak (remat's recomputation is not counted as
-useful work). A second table compares the fused log-likelihood with the naive one (value + gradient
+MFU = 6 x matmul parameters x tokens (+ attention) per step against the machine's matmul peak (remat's
+recomputation is not counted as useful work). A second table compares the fused log-likelihood with the naive one (value + gradient
 w.r.t. hidden states and LM head) at V = 151936 and 16 x 1024 tokens: time, and XLA's compiled
 temporary memory (the naive one is only run if it fits in memory). A side the kernel kills for memory is
 reported as such (at 24 layers and 16 x (64 + 256) tokens the naive PyTorch step needs more than 24 GB).
