@@ -78,9 +78,11 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, que
                 system, user = build_messages(cfg.data.template, q.question)
                 prompts[q.id] = chat_prompt_ids(tokenizer, user, system)
         s = cfg.sampling
+        every = cfg.grad_terms_every
         result = rlsc_step(trainer, state, [prompts[q.id] for q in batch_questions], s, eos,
                            jax.random.fold_in(key, step),
-                           vote=lambda tokens, lengths: answer_ids(tokenizer, tokens, lengths, s.num_samples))
+                           vote=lambda tokens, lengths: answer_ids(tokenizer, tokens, lengths, s.num_samples),
+                           grad_terms=every > 0 and (step == 0 or (step + 1) % every == 0))
         state, metrics = result.state, result.metrics
         metrics.update(answer_stats(result.votes, s.num_samples),
                        truncated_frac=truncated_fraction(result.tokens, result.lengths, s.max_new_tokens, eos),

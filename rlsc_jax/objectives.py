@@ -74,6 +74,12 @@ def get_objective(name: str) -> Objective:
     return OBJECTIVES[name]
 
 
+def _with_hparams(fn: Objective, hparams: dict[str, float]) -> Callable:
+    """`fn` with the hyper-parameters its signature accepts bound."""
+    accepted = inspect.signature(fn).parameters
+    return functools.partial(fn, **{k: v for k, v in hparams.items() if k in accepted})
+
+
 def bind(name: str, **hparams: float) -> Callable[[SequenceStats, int], tuple[jax.Array, dict[str, jax.Array]]]:
     """The objective `name` with the hyper-parameters it accepts bound, after checking every given value
     (a one-line ValueError naming the key for a bad one): `fn(seqs, num_samples)`."""
@@ -81,9 +87,13 @@ def bind(name: str, **hparams: float) -> Callable[[SequenceStats, int], tuple[ja
         ok, valid = HPARAMS[key]
         if not (math.isfinite(value) and ok(value)):
             raise ValueError(f"{key}={value}: must be finite and {valid}")
-    fn = get_objective(name)
-    accepted = inspect.signature(fn).parameters
-    return functools.partial(fn, **{k: v for k, v in hparams.items() if k in accepted})
+    return _with_hparams(get_objective(name), hparams)
+
+
+def bind_terms(name: str, **hparams: float) -> dict[str, Callable]:
+    """The named summands of objective `name` (`TERMS`; none for most), each bound like `bind`: their losses,
+    and so their gradients, add up to the objective's."""
+    return {term: _with_hparams(fn, hparams) for term, fn in TERMS.get(name, {}).items()}
 
 
 def bind_checked(name: str, num_samples: int, rows: int, **hparams: float) -> Callable:
@@ -163,6 +173,18 @@ def rlsc_l2(seqs: SequenceStats, num_samples: int, alpha: float = 0.1) -> tuple[
     logp = _logp(seqs, num_samples)
     loss = -jnp.mean(jnp.sum((_p_old(logp) + alpha) * logp, axis=1))
     return loss, _metrics(logp)
+
+
+def rlsc_l2_alpha_term(seqs: SequenceStats, num_samples: int,
+                       alpha: float = 0.1) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """L2's α summand, −α Σ_i log p_i per question, mean over questions: α × the NLL of the model's own samples,
+    whose expected gradient is 0 when the samples come from the scored distribution (docs/objectives.md)."""
+    logp = _logp(seqs, num_samples)
+    return -alpha * jnp.mean(jnp.sum(logp, axis=1)), {}
+
+
+# objective -> its summands, each an objective: L2 = the p_old-weighted term (L1) + the α term
+TERMS: dict[str, dict[str, Objective]] = {"rlsc_l2": {"p_old": rlsc_l1, "alpha": rlsc_l2_alpha_term}}
 
 
 @register("rlsc_group")

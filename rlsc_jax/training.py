@@ -24,7 +24,7 @@ from flax import nnx, struct
 from rlsc_jax import sharding as sharding_lib
 from rlsc_jax.config import OptimConfig, SamplingConfig, TrainConfig
 from rlsc_jax.logprobs import sequence_logprobs
-from rlsc_jax.objectives import DIFFERENTIABLE, SequenceStats, bind_checked
+from rlsc_jax.objectives import DIFFERENTIABLE, SequenceStats, bind_checked, bind_terms
 from rlsc_jax.sampling import Samples, sample
 
 
@@ -92,6 +92,11 @@ def objective_fn(cfg: TrainConfig) -> Callable:
                         alpha=cfg.alpha, advantage_eps=cfg.advantage_eps)
 
 
+def objective_terms(cfg: TrainConfig) -> dict[str, Callable]:
+    """The config objective's named summands (rlsc_l2: "p_old", "alpha") with its hyper-parameters bound."""
+    return bind_terms(cfg.objective, alpha=cfg.alpha, advantage_eps=cfg.advantage_eps)
+
+
 @dataclasses.dataclass
 class Trainer:
     """Holds the static pieces (graph, optimizer, shardings) and the jitted step over a mesh."""
@@ -107,6 +112,7 @@ class Trainer:
     remat: str | None
     chunk_size: int
     temperature: float  # the sampling temperature, at which every step scores its completions
+    terms: dict[str, Callable] = dataclasses.field(default_factory=dict)  # the objective's summands, by name
 
     @classmethod
     def create(cls, model: nnx.Module, cfg: TrainConfig, mesh: jax.sharding.Mesh,
@@ -133,7 +139,8 @@ class Trainer:
             state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params)}
         trainer = cls(graphdef, tx, schedule, mesh, shardings, objective_fn(cfg),
                       cfg.sampling.num_samples, cfg.grad_accum, cfg.remat_policy if cfg.remat else None,
-                      cfg.logprob_chunk * sharding_lib.row_shards(mesh), cfg.sampling.temperature)
+                      cfg.logprob_chunk * sharding_lib.row_shards(mesh), cfg.sampling.temperature,
+                      objective_terms(cfg))
         return trainer, state
 
     def model(self, state: dict) -> nnx.Module:
@@ -281,6 +288,32 @@ class Trainer:
         with sharding_lib.use_mesh(self.mesh):
             return self._jitted_step(state, batch, temp)
 
+    def gradient_terms(self, state: dict, batch: Batch) -> dict[str, jax.Array]:
+        """The gradient norm of each summand of the loss ("grad_norm_<term>_term") and, for two, their cosine
+        ("grad_terms_cosine"), at `state` on `batch`; {} for an objective without summands. One gradient each."""
+        if not self.terms:
+            return {}
+        temp = sharding_lib.host_to_global(np.float32(self.temperature), sharding_lib.replicated(self.mesh))
+        with sharding_lib.use_mesh(self.mesh):
+            return self._jitted_terms(state["params"], batch, temp)
+
+    @functools.cached_property
+    def _jitted_terms(self):
+        """`gradient_terms`' computation, jitted: each summand through `loss_and_grads` (exact under grad_accum)."""
+        def norms(params, batch, temperature):
+            grads = [dataclasses.replace(self, objective=fn).loss_and_grads(params, batch, temperature)[-1]
+                     for fn in self.terms.values()]
+            out = {f"grad_norm_{name}_term": optax.global_norm(g) for name, g in zip(self.terms, grads)}
+            if len(grads) == 2:
+                dot = sum(jnp.vdot(a.astype(jnp.float32), b.astype(jnp.float32))
+                          for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])))
+                out["grad_terms_cosine"] = dot / jnp.maximum(optax.global_norm(grads[0]) * optax.global_norm(grads[1]),
+                                                             jnp.finfo(jnp.float32).tiny)
+            return out
+        replicated = sharding_lib.replicated(self.mesh)
+        return jax.jit(norms, in_shardings=(self.state_shardings["params"], self._batch_shardings(), replicated),
+                       out_shardings=replicated)
+
 
 @dataclasses.dataclass
 class StepResult:
@@ -295,10 +328,12 @@ class StepResult:
 
 
 def rlsc_step(trainer: Trainer, state: dict, prompts: list[list[int]], sampling: SamplingConfig,
-              eos_ids: list[int], key: jax.Array, vote: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> StepResult:
+              eos_ids: list[int], key: jax.Array, vote: Callable[[np.ndarray, np.ndarray], np.ndarray],
+              grad_terms: bool = False) -> StepResult:
     """One step of the method (docs/method.md): N completions per prompt at the sampling temperature, their final
     answers voted on the host (`vote(tokens, lengths)`), every completion scored at that same temperature, the
-    objective's loss and one AdamW update; each phase timed."""
+    objective's loss and one AdamW update; each phase timed. `grad_terms` adds `Trainer.gradient_terms` of the
+    step's batch at the parameters the update starts from."""
     t0 = time.perf_counter()
     samples = sample(trainer.model(state), prompts, num_samples=sampling.num_samples,
                      max_new_tokens=sampling.max_new_tokens, temperature=trainer.temperature, top_k=sampling.top_k,
@@ -307,10 +342,18 @@ def rlsc_step(trainer: Trainer, state: dict, prompts: list[list[int]], sampling:
     t1 = time.perf_counter()
     votes = vote(tokens, lengths)
     t2 = time.perf_counter()
-    state, metrics = trainer.step(state, trainer.batch(samples, votes))
-    metrics = jax.device_get(metrics)
+    batch = trainer.batch(samples, votes)
+    terms, terms_seconds = {}, 0.0
+    if grad_terms:  # before the update, which donates the state
+        t = time.perf_counter()
+        terms = jax.device_get(trainer.gradient_terms(state, batch))
+        terms_seconds = time.perf_counter() - t
+    state, metrics = trainer.step(state, batch)
+    metrics = {**jax.device_get(metrics), **terms}
     t3 = time.perf_counter()
     total_tokens = int(samples.prompt_mask.sum() + lengths.sum())
-    metrics.update(sample_seconds=t1 - t0, vote_seconds=t2 - t1, train_seconds=t3 - t2,
-                   tokens_per_second=total_tokens / (t3 - t0))
+    metrics.update(sample_seconds=t1 - t0, vote_seconds=t2 - t1, train_seconds=t3 - t2 - terms_seconds,
+                   tokens_per_second=total_tokens / (t3 - t0 - terms_seconds))
+    if grad_terms:
+        metrics["grad_terms_seconds"] = terms_seconds
     return StepResult(state, metrics, tokens, lengths, votes)

@@ -1,6 +1,7 @@
 """Objective registry; every objective against a PyTorch autograd transcription of its paper's formula
 (tests/torch_objectives.py), with answers voted from strings independently of rlsc_jax's grouping."""
 
+import dataclasses
 from collections import Counter
 
 import jax
@@ -15,6 +16,7 @@ from rlsc_jax.objectives import (
     OBJECTIVES,
     SequenceStats,
     bind,
+    bind_terms,
     get_objective,
 )
 from tests import torch_objectives
@@ -141,6 +143,19 @@ def test_all_underflowed_l1_has_zero_gradient_and_l2_is_alpha_nll():
         loss, grads, _ = _jax("rlsc_l2", seqs, alpha=alpha)
         np.testing.assert_allclose(grads["logp"], np.full(Q * N, -alpha / Q), rtol=1e-6)
         np.testing.assert_allclose(loss, alpha * N * 200.0, rtol=1e-6)
+
+
+def test_rlsc_l2_terms_add_up_to_its_loss_and_gradient():
+    """The diagnostic's summands: p_old-weighted (L1) + α (α × NLL) = L2, value and d/d log p, at α = 0.3."""
+    seqs = _seqs()
+    terms = bind_terms("rlsc_l2", alpha=0.3, advantage_eps=0.5)
+    assert set(terms) == {"p_old", "alpha"} and bind_terms("ttrl", alpha=0.3) == {}
+    total = lambda logp: sum(fn(dataclasses.replace(seqs, logp=logp), N)[0] for fn in terms.values())  # noqa: E731
+    loss, grads, _ = _jax("rlsc_l2", seqs, alpha=0.3)
+    np.testing.assert_allclose(float(total(seqs.logp)), loss, rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(total)(seqs.logp), grads["logp"], rtol=1e-6)
+    alpha_grad = jax.grad(lambda logp: terms["alpha"](dataclasses.replace(seqs, logp=logp), N)[0])(seqs.logp)
+    np.testing.assert_allclose(alpha_grad, np.full(Q * N, -0.3 / Q), rtol=1e-6)
 
 
 def test_bind_takes_what_each_objective_accepts():

@@ -106,6 +106,10 @@ def test_every_objective_trains_the_default_model(tmp_path, objective):
         assert all(np.isfinite(r[key]) for r in rows), key
     assert all(0 <= r["truncated_frac"] <= 1 and 0 <= r["majority_share"] <= 1 for r in rows)
     assert all(1 <= r["distinct_answers"] <= 4 for r in rows)
+    # gradient terms at step 1 (then every grad_terms_every = 10 steps), for the objective that has summands
+    logged = [sorted(k for k in r if k.endswith("_term") or k == "grad_terms_cosine") for r in rows]
+    first = ["grad_norm_alpha_term", "grad_norm_p_old_term", "grad_terms_cosine"] if objective == "rlsc_l2" else []
+    assert logged == [first, []]
 
 
 def test_eval_offset_skips_the_first_heldout_questions():

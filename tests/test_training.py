@@ -202,6 +202,23 @@ def test_gradient_accumulation_is_exact_for_every_objective(ckpt, objective):
         assert rel <= 1e-5, f"{name}: accumulated gradient relative error {rel}"
 
 
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_gradient_terms_add_up_to_the_steps_gradient(ckpt, grad_accum):
+    """rlsc_l2's two summands' gradients g_p, g_α (norms and cosine) recompose the step's own gradient norm:
+    |g_p + g_α|² = |g_p|² + |g_α|² + 2 cos |g_p| |g_α|; and an objective without summands reports nothing."""
+    mesh = make_mesh(devices=jax.devices()[:1])
+    trainer, state = Trainer.create(hf.load(ckpt[1]), _cfg(objective="rlsc_l2", alpha=0.3, grad_accum=grad_accum),
+                                    mesh)
+    batch = trainer.batch(_samples(), ANSWER_IDS)
+    terms = jax.device_get(trainer.gradient_terms(state, batch))
+    _, metrics = trainer.step(state, batch)
+    p, a, cos = terms["grad_norm_p_old_term"], terms["grad_norm_alpha_term"], terms["grad_terms_cosine"]
+    assert p > 0 and a > 0 and -1 <= cos <= 1
+    np.testing.assert_allclose(np.sqrt(p**2 + a**2 + 2 * cos * p * a), float(metrics["grad_norm"]), rtol=1e-4)
+    other, other_state = Trainer.create(hf.load(ckpt[1]), _cfg(objective="ttrl"), mesh)
+    assert other.gradient_terms(other_state, other.batch(_samples(), ANSWER_IDS)) == {}
+
+
 def _with_padding_columns(samples: Samples, prompt_pad: int, completion_pad: int) -> Samples:
     """The same samples inside wider arrays: extra all-padding columns left of the prompts, right of the answers."""
     rows = samples.tokens.shape[0]
