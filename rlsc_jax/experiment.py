@@ -1,8 +1,10 @@
-"""The default experiment: RLSC arms over several seeds against the base model sampled at lower temperatures.
+"""The default experiment: RLSC and the other label-free objectives over several seeds against the base model
+sampled at lower temperatures.
 
-    python -m rlsc_jax.experiment [--seeds 0 1 2] [--arms rlsc_l2 rlsc_l1 paper_batch] [--output DIR] [key=value ...]
+    python -m rlsc_jax.experiment [--config FILE] [--seeds 0 1 2] [--arms rlsc_l2 ...] [--output DIR] [key=value ...]
 
-Every arm is `train.py`'s default with a few overrides (the command-line overrides apply to all of them);
+Every arm is `train.py`'s run of `--config` (default: the embedded default) with a few overrides (the
+command-line overrides apply to all of them); the arms share the model, sampler, budget and evaluation.
 every seed sets the question order, the training samples and the evaluation samples. Per seed, the
 untrained model is evaluated once at the training temperature (the "before" of every arm, so changes are
 paired) and at each baseline temperature, the cheap way to sharpen a model without training. Every model
@@ -33,6 +35,10 @@ from rlsc_jax.tokenizer import load_tokenizer  # noqa: E402
 ARMS = {
     "rlsc_l2": ("RLSC L2", ["objective=rlsc_l2"]),
     "rlsc_l1": ("RLSC L1", ["objective=rlsc_l1"]),
+    "rlsc_l2_topk": ("RLSC L2, sampler top-k 50 (the paper's)", ["objective=rlsc_l2", "sampling.top_k=50"]),
+    "entropy_min": ("entropy minimisation (EM-FT)", ["objective=entropy_min"]),
+    "ttrl": ("TTRL (majority-vote reward)", ["objective=ttrl"]),
+    "self_certainty": ("Intuitor (self-certainty reward)", ["objective=self_certainty"]),
     "paper_batch": ("RLSC L2, paper's batch: 1 question x 20 steps, lr 1e-5",
                     ["objective=rlsc_l2", "questions_per_step=1", "steps=20", "optim.lr=1e-5"]),
 }
@@ -61,6 +67,13 @@ def train_arm(cfg: TrainConfig, before: dict) -> dict:
     final = Path(cfg.output_dir) / "final"
     result["train"] = sampled_metrics(hf.load(final), load_tokenizer(final), cfg, _train_questions(cfg),
                                       cfg.eval.temperature)
+    rows = read_metrics(cfg.output_dir)
+    result["underflow"] = statistics.fmean(r["p_old_underflow_frac"] for r in rows)
+    terms = [r for r in rows if "grad_norm_p_old_term" in r]
+    if terms:  # the p_old-weighted term's share of the two summands' gradient norms
+        result["p_old_share"] = statistics.fmean(
+            r["grad_norm_p_old_term"] / max(r["grad_norm_p_old_term"] + r["grad_norm_alpha_term"], 1e-30)
+            for r in terms)
     return result
 
 
@@ -73,19 +86,25 @@ def _mean_sd(values: list[float], scale: float = 100.0, signed: bool = False) ->
 def table(base: dict[int, dict], runs: dict[str, dict[int, dict]], n: int, temperature: float) -> str:
     """Markdown rows: the base model at each temperature, then each arm; mean ± sd over seeds, in %.
 
-    "change" is mean@n minus the same seed's base mean@n at the training temperature (paired by seed).
+    "change" is mean@n minus the same seed's base mean@n at the training temperature (paired by seed);
+    "underflow" is the training steps' mean `p_old_underflow_frac`, "p_old share" the p_old-weighted term's
+    share of RLSC L2's two gradient norms (`grad_terms_every` steps).
     """
-    mean, maj = f"mean@{n}", f"maj@{n}"
-    header = ["model (held-out unless stated)", "greedy", mean, maj, f"change in {mean}", f"{mean} on training questions",
-              "length"]
+    mean, maj, pass_n = f"mean@{n}", f"maj@{n}", f"pass@{n}"
+    header = ["model (held-out unless stated)", "greedy", mean, maj, pass_n, f"change in {mean}",
+              f"{mean} on training questions", "underflow", "p_old share", "length"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     seeds = sorted(base)
     before = [base[s]["before"] for s in seeds]
 
-    def row(name, held, greedy="–", train=None):
+    def row(name, held, greedy="–", train=None, runs=None):
+        share = [r["p_old_share"] for r in runs or [] if "p_old_share" in r]
         cells = [name, greedy, _mean_sd([h[mean] for h in held]), _mean_sd([h[maj] for h in held]),
+                 _mean_sd([h[pass_n] for h in held]),
                  _mean_sd([h[mean] - b[mean] for h, b in zip(held, before)], signed=True),
                  _mean_sd([t[mean] for t in train]) if train else "–",
+                 _mean_sd([r["underflow"] for r in runs]) if runs else "–",
+                 _mean_sd(share) if share else "–",
                  f"{statistics.fmean(h['mean_length'] for h in held):.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
 
@@ -96,7 +115,8 @@ def table(base: dict[int, dict], runs: dict[str, dict[int, dict]], n: int, tempe
         row(f"base, {key}", [base[s][key] for s in seeds])
     for name, by_seed in runs.items():
         after = [by_seed[s]["after"] for s in seeds]
-        row(ARMS[name][0], after, _mean_sd([a["greedy_accuracy"] for a in after]), [by_seed[s]["train"] for s in seeds])
+        row(ARMS[name][0], after, _mean_sd([a["greedy_accuracy"] for a in after]), [by_seed[s]["train"] for s in seeds],
+            [by_seed[s] for s in seeds])
     return "\n".join(lines)
 
 
@@ -120,13 +140,14 @@ def plot(output: Path, runs: dict[str, dict[int, str]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="the task's YAML config, as for train.py (default: the embedded default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--baseline-temperatures", type=float, nargs="+", default=[0.3, 0.1])
     p.add_argument("--output", type=Path, default=Path("runs/experiment"))
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
-    config = lambda seed, *extra: load_config(None, [*args.overrides, f"seed={seed}", *extra])  # noqa: E731
+    config = lambda seed, *extra: load_config(args.config, [*args.overrides, f"seed={seed}", *extra])  # noqa: E731
     base, runs, dirs = {}, {}, {}
     for seed in args.seeds:
         print(f"== base model, seed {seed}")
