@@ -13,7 +13,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from rlsc_jax.hf import DTYPES
 from rlsc_jax.models.decoder import REMAT_POLICIES
-from rlsc_jax.objectives import bind_checked
+from rlsc_jax.objectives import HPARAMS, bind_checked
 from rlsc_jax.protocols import get_protocol
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent / "assets" / "default_model")
@@ -81,6 +81,18 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class ObjectiveArgs:
+    """The objectives' hyper-parameters (docs/objectives.md); each objective is given those it takes."""
+
+    alpha: float = 0.1  # RLSC L2's weight floor α (rlsc_l2)
+    advantage_eps: float = 1e-6  # ttrl, self_certainty: advantage (r − mean) / (std + eps)
+
+
+# old key -> where it lives now: giving the old one is an error naming the new one
+MOVED = {"alpha": "objective_args.alpha", "advantage_eps": "objective_args.advantage_eps"}
+
+
+@dataclasses.dataclass
 class TrainConfig:
     """Everything `train.py` reads. `model`, `output_dir`, `steps`, `seed` and `mesh.*` are a stable contract."""
 
@@ -91,8 +103,7 @@ class TrainConfig:
     dtype: str = "float32"  # storage of parameters and optimizer state (the masters)
     compute_dtype: str = "float32"  # matmuls and attention (bfloat16 on GPU/TPU)
     objective: str = "rlsc_l2"
-    alpha: float = 0.1  # RLSC L2's weight floor α (rlsc_l2)
-    advantage_eps: float = 1e-6  # ttrl, self_certainty: advantage (r − mean) / (std + eps)
+    objective_args: ObjectiveArgs = dataclasses.field(default_factory=ObjectiveArgs)
     questions_per_step: int = 16
     grad_accum: int = 1
     remat: bool = False
@@ -145,6 +156,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), schem
             merged = OmegaConf.merge(merged, layer)
         except ConfigKeyError as e:
             key = e.full_key or str(e.key)
+            if MOVED.get(key) in _valid_keys(schema):
+                raise ValueError(f"{where}: config key {key!r} is now {MOVED[key]!r}") from None
             close = difflib.get_close_matches(key, _valid_keys(schema), n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"{where}: unknown config key {key!r}{hint}") from None
@@ -216,6 +229,8 @@ def validate(cfg: TrainConfig) -> None:
         ("compute_dtype", cfg.compute_dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
         ("export_dtype", cfg.export_dtype in ("", *DTYPES), f"'' or one of {', '.join(DTYPES)}"),
         ("remat_policy", cfg.remat_policy in REMAT_POLICIES, f"one of {', '.join(REMAT_POLICIES)}"),
+        *((f"objective_args.{key}", finite(value) and HPARAMS[key][0](value), f"finite and {HPARAMS[key][1]}")
+          for key, value in dataclasses.asdict(cfg.objective_args).items()),
         *((f"mesh.{axis}", size >= 1 or size == -1, ">= 1 or -1") for axis, size in dataclasses.asdict(cfg.mesh).items()),
     )
     for key, ok, expected in checks:
@@ -226,7 +241,7 @@ def validate(cfg: TrainConfig) -> None:
     rows = cfg.questions_per_step * s.num_samples
     if rows % cfg.grad_accum:
         raise ValueError(f"grad_accum={cfg.grad_accum} must divide questions_per_step * sampling.num_samples = {rows}")
-    bind_checked(cfg.objective, s.num_samples, rows, alpha=cfg.alpha, advantage_eps=cfg.advantage_eps)
+    bind_checked(cfg.objective, s.num_samples, rows, **dataclasses.asdict(cfg.objective_args))
     get_protocol(cfg.eval.protocol)
 
 

@@ -89,7 +89,7 @@ def all_finite(tree) -> jax.Array:
 def objective_fn(cfg: TrainConfig) -> Callable:
     """The config's objective with its hyper-parameters bound (checked on the step's shape)."""
     return bind_checked(cfg.objective, cfg.sampling.num_samples, cfg.questions_per_step * cfg.sampling.num_samples,
-                        alpha=cfg.alpha, advantage_eps=cfg.advantage_eps)
+                        **dataclasses.asdict(cfg.objective_args))
 
 
 @dataclasses.dataclass

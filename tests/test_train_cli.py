@@ -181,8 +181,9 @@ BAD_CONFIG_JSON = {"LISTJSON": [1, 2], "ROPESTRING": {"rope_scaling": "linear"},
     (["model=LISTJSON"], "expected a JSON object"),
     (["model=ROPESTRING"], "field 'rope_scaling'"),
     (["model=ABCHIDDEN"], "field 'hidden_size' must be a positive integer, got 'abc'"),
-    (["alpha=-1"], "alpha=-1"),
-    (["objective=ttrl", "advantage_eps=0"], "advantage_eps=0"),
+    (["objective_args.alpha=-1"], "objective_args.alpha=-1.0: must be finite and >= 0"),
+    (["objective=ttrl", "objective_args.advantage_eps=0"], "objective_args.advantage_eps=0.0: must be finite and > 0"),
+    (["alpha=0.2"], "config key 'alpha' is now 'objective_args.alpha'"),
     (["objective=self_certainty", "sampling.num_samples=1"], "sampling.num_samples >= 2"),
 ])
 def test_bad_input_is_one_line_error(chat_model, tmp_path, capsys, args, needle):
