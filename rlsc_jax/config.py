@@ -15,17 +15,20 @@ from rlsc_jax.hf import DTYPES
 from rlsc_jax.models.decoder import REMAT_POLICIES
 from rlsc_jax.objectives import HPARAMS, bind_checked
 from rlsc_jax.protocols import get_protocol
+from rlsc_jax.sharding import MESH_AXES, axis_rules
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent / "assets" / "default_model")
 
 
 @dataclasses.dataclass
 class MeshConfig:
-    """Device mesh sizes; -1 takes the remaining devices (at most one axis)."""
+    """Device mesh sizes; -1 takes the remaining devices (at most one axis). `rules` replaces the mesh axes of the
+    logical axes it names in `sharding.DEFAULT_RULES` (e.g. `mesh.rules.mlp=[fsdp]`)."""
 
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
+    rules: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -169,14 +172,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), schem
 def _check_sections(values: dict, schema, where: str, prefix: str = "") -> None:
     """A section of the schema (e.g. `sampling`) given a scalar is a one-line error naming the key (OmegaConf's
     own merge error names no key)."""
-    sections = {f.name: f.default_factory for f in dataclasses.fields(schema)
+    sections = {f.name: f.default_factory() for f in dataclasses.fields(schema)
                 if f.default_factory is not dataclasses.MISSING}
     for key, value in values.items():
         if key in sections:
             if not isinstance(value, dict):
                 raise ValueError(f"{where}: {prefix}{key} must be a mapping of keys (e.g. {prefix}{key}.<key>: value),"
                                  f" got {value!r}")
-            _check_sections(value, type(sections[key]()), where, f"{prefix}{key}.")
+            if dataclasses.is_dataclass(sections[key]):
+                _check_sections(value, type(sections[key]), where, f"{prefix}{key}.")
 
 
 def _read_yaml(path: Path):
@@ -231,13 +235,15 @@ def validate(cfg: TrainConfig) -> None:
         ("remat_policy", cfg.remat_policy in REMAT_POLICIES, f"one of {', '.join(REMAT_POLICIES)}"),
         *((f"objective_args.{key}", finite(value) and HPARAMS[key][0](value), f"finite and {HPARAMS[key][1]}")
           for key, value in dataclasses.asdict(cfg.objective_args).items()),
-        *((f"mesh.{axis}", size >= 1 or size == -1, ">= 1 or -1") for axis, size in dataclasses.asdict(cfg.mesh).items()),
+        *((f"mesh.{axis}", getattr(cfg.mesh, axis) >= 1 or getattr(cfg.mesh, axis) == -1, ">= 1 or -1")
+          for axis in MESH_AXES),
     )
     for key, ok, expected in checks:
         if not ok:
             raise ValueError(f"{key}={_value(cfg, key)!r}: must be {expected}")
-    if list(dataclasses.asdict(cfg.mesh).values()).count(-1) > 1:
+    if [getattr(cfg.mesh, axis) for axis in MESH_AXES].count(-1) > 1:
         raise ValueError("mesh: at most one axis may be -1")
+    axis_rules(cfg.mesh.rules)
     rows = cfg.questions_per_step * s.num_samples
     if rows % cfg.grad_accum:
         raise ValueError(f"grad_accum={cfg.grad_accum} must divide questions_per_step * sampling.num_samples = {rows}")
