@@ -106,7 +106,7 @@ def run_jax(args, data) -> tuple[list[float], dict]:
     from rlsc_jax.sampling import Samples
     from rlsc_jax.sharding import make_mesh
     from rlsc_jax.training import Trainer
-    cfg = load_config(None, [f"sampling.num_samples={args.rows}", f"optim.lr={LR}", f"alpha={ALPHA}",
+    cfg = load_config(None, [f"sampling.num_samples={args.rows}", f"optim.lr={LR}", f"objective_args.alpha={ALPHA}",
                              f"remat={not args.no_remat}", f"sampling.temperature={TEMPERATURE}"])
     mesh = make_mesh()
     trainer, state = Trainer.create(hf.load(args.model, mesh=mesh, compute_dtype=args.compute_dtype), cfg, mesh)

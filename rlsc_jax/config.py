@@ -13,19 +13,22 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from rlsc_jax.hf import DTYPES
 from rlsc_jax.models.decoder import REMAT_POLICIES
-from rlsc_jax.objectives import bind_checked
+from rlsc_jax.objectives import HPARAMS, bind_checked
 from rlsc_jax.protocols import get_protocol
+from rlsc_jax.sharding import MESH_AXES, axis_rules
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent / "assets" / "default_model")
 
 
 @dataclasses.dataclass
 class MeshConfig:
-    """Device mesh sizes; -1 takes the remaining devices (at most one axis)."""
+    """Device mesh sizes; -1 takes the remaining devices (at most one axis). `rules` replaces the mesh axes of the
+    logical axes it names in `sharding.DEFAULT_RULES` (e.g. `mesh.rules.mlp=[fsdp]`)."""
 
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
+    rules: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -81,6 +84,18 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class ObjectiveArgs:
+    """The objectives' hyper-parameters (docs/objectives.md); each objective is given those it takes."""
+
+    alpha: float = 0.1  # RLSC L2's weight floor α (rlsc_l2)
+    advantage_eps: float = 1e-6  # ttrl, self_certainty: advantage (r − mean) / (std + eps)
+
+
+# old key -> where it lives now: giving the old one is an error naming the new one
+MOVED = {"alpha": "objective_args.alpha", "advantage_eps": "objective_args.advantage_eps"}
+
+
+@dataclasses.dataclass
 class TrainConfig:
     """Everything `train.py` reads. `model`, `output_dir`, `steps`, `seed` and `mesh.*` are a stable contract."""
 
@@ -91,8 +106,7 @@ class TrainConfig:
     dtype: str = "float32"  # storage of parameters and optimizer state (the masters)
     compute_dtype: str = "float32"  # matmuls and attention (bfloat16 on GPU/TPU)
     objective: str = "rlsc_l2"
-    alpha: float = 0.1  # RLSC L2's weight floor α (rlsc_l2)
-    advantage_eps: float = 1e-6  # ttrl, self_certainty: advantage (r − mean) / (std + eps)
+    objective_args: ObjectiveArgs = dataclasses.field(default_factory=ObjectiveArgs)
     questions_per_step: int = 16
     grad_accum: int = 1
     remat: bool = False
@@ -146,6 +160,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), schem
             merged = OmegaConf.merge(merged, layer)
         except ConfigKeyError as e:
             key = e.full_key or str(e.key)
+            if MOVED.get(key) in _valid_keys(schema):
+                raise ValueError(f"{where}: config key {key!r} is now {MOVED[key]!r}") from None
             close = difflib.get_close_matches(key, _valid_keys(schema), n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"{where}: unknown config key {key!r}{hint}") from None
@@ -157,14 +173,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), schem
 def _check_sections(values: dict, schema, where: str, prefix: str = "") -> None:
     """A section of the schema (e.g. `sampling`) given a scalar is a one-line error naming the key (OmegaConf's
     own merge error names no key)."""
-    sections = {f.name: f.default_factory for f in dataclasses.fields(schema)
+    sections = {f.name: f.default_factory() for f in dataclasses.fields(schema)
                 if f.default_factory is not dataclasses.MISSING}
     for key, value in values.items():
         if key in sections:
             if not isinstance(value, dict):
                 raise ValueError(f"{where}: {prefix}{key} must be a mapping of keys (e.g. {prefix}{key}.<key>: value),"
                                  f" got {value!r}")
-            _check_sections(value, type(sections[key]()), where, f"{prefix}{key}.")
+            if dataclasses.is_dataclass(sections[key]):
+                _check_sections(value, type(sections[key]), where, f"{prefix}{key}.")
 
 
 def _read_yaml(path: Path):
@@ -218,17 +235,21 @@ def validate(cfg: TrainConfig) -> None:
         ("compute_dtype", cfg.compute_dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
         ("export_dtype", cfg.export_dtype in ("", *DTYPES), f"'' or one of {', '.join(DTYPES)}"),
         ("remat_policy", cfg.remat_policy in REMAT_POLICIES, f"one of {', '.join(REMAT_POLICIES)}"),
-        *((f"mesh.{axis}", size >= 1 or size == -1, ">= 1 or -1") for axis, size in dataclasses.asdict(cfg.mesh).items()),
+        *((f"objective_args.{key}", finite(value) and HPARAMS[key][0](value), f"finite and {HPARAMS[key][1]}")
+          for key, value in dataclasses.asdict(cfg.objective_args).items()),
+        *((f"mesh.{axis}", getattr(cfg.mesh, axis) >= 1 or getattr(cfg.mesh, axis) == -1, ">= 1 or -1")
+          for axis in MESH_AXES),
     )
     for key, ok, expected in checks:
         if not ok:
             raise ValueError(f"{key}={_value(cfg, key)!r}: must be {expected}")
-    if list(dataclasses.asdict(cfg.mesh).values()).count(-1) > 1:
+    if [getattr(cfg.mesh, axis) for axis in MESH_AXES].count(-1) > 1:
         raise ValueError("mesh: at most one axis may be -1")
+    axis_rules(cfg.mesh.rules)
     rows = cfg.questions_per_step * s.num_samples
     if rows % cfg.grad_accum:
         raise ValueError(f"grad_accum={cfg.grad_accum} must divide questions_per_step * sampling.num_samples = {rows}")
-    bind_checked(cfg.objective, s.num_samples, rows, alpha=cfg.alpha, advantage_eps=cfg.advantage_eps)
+    bind_checked(cfg.objective, s.num_samples, rows, **dataclasses.asdict(cfg.objective_args))
     get_protocol(cfg.eval.protocol)
 
 

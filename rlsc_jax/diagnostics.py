@@ -62,11 +62,10 @@ def gradient_statistics(cfg: TrainConfig, num_questions: int, draws: int, progre
     if num_questions < 2 or draws < 2:
         raise ValueError(f"need at least 2 questions and 2 draws (got {num_questions} and {draws})")
     mesh = sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    ways = sharding_lib.row_shards(mesh)
-    if cfg.sampling.num_samples % ways:
-        raise ValueError(f"sampling.num_samples = {cfg.sampling.num_samples} rows per gradient must be divisible by "
-                         f"mesh.data * mesh.fsdp = {ways}")
-    model, tokenizer = hf.load(cfg.model, dtype=cfg.dtype, mesh=mesh), load_tokenizer(cfg.model)
+    sharding_lib.check_rows(cfg.sampling.num_samples, "sampling.num_samples", "per gradient", mesh,
+                            sharding_lib.axis_rules(cfg.mesh.rules))
+    model = hf.load(cfg.model, dtype=cfg.dtype, mesh=mesh, rules=cfg.mesh.rules)
+    tokenizer = load_tokenizer(cfg.model)
     eos = eos_ids(tokenizer, generation_eos(cfg.model))
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=num_questions)

@@ -25,7 +25,7 @@ from rlsc_jax.files import atomic_write_json, make_dir
 from rlsc_jax.fingerprint import digests, fingerprint
 from rlsc_jax.protocols import DEFAULT_PROTOCOL, PROTOCOLS, SETTINGS, get_protocol
 from rlsc_jax.report import truncation_warning
-from rlsc_jax.sharding import make_mesh
+from rlsc_jax.sharding import axis_rules, make_mesh
 from rlsc_jax.tokenizer import load_tokenizer
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -69,6 +69,7 @@ def parse_config(overrides: list[str], protocol: str = DEFAULT_PROTOCOL) -> tupl
                    top_p=cfg.top_p, top_k=cfg.top_k)
     if cfg.dtype not in DTYPES:
         raise ValueError(f"dtype '{cfg.dtype}' is not one of {', '.join(DTYPES)}")
+    axis_rules(cfg.mesh.rules)
     return cfg, departures
 
 
@@ -233,7 +234,8 @@ def run(args: argparse.Namespace) -> dict:
         weights = _check_resume(run_dir, settings, model_dir, weights)
 
     tokenizer = load_tokenizer(model_dir)
-    model = hf.load(model_dir, dtype=cfg.dtype, mesh=make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+    model = hf.load(model_dir, dtype=cfg.dtype, mesh=make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor),
+                    rules=cfg.mesh.rules)
     common = {"model": str(model_dir.resolve()), "weights": digests(weights), "protocol": args.protocol,
               "overrides": departures, "limit": args.limit, "config": dataclasses.asdict(cfg)}
     per_seed = []
@@ -263,7 +265,7 @@ def parser() -> argparse.ArgumentParser:
         prog="eval.py", description="Evaluate an HF-format model on math benchmarks (accuracy, maj@k, pass@k).",
         epilog=f"settings (key=value; each overrides the protocol's value): "
                f"{', '.join(f.name for f in dataclasses.fields(EvalRunConfig) if f.name != 'mesh')}"
-               ", mesh.data, mesh.fsdp, mesh.tensor")
+               ", mesh.data, mesh.fsdp, mesh.tensor, mesh.rules.<logical axis>")
     p.add_argument("--model", required=True, help="HF checkpoint directory (config, safetensors, tokenizer)")
     p.add_argument("--protocol", default=DEFAULT_PROTOCOL,
                    help=f"named settings: {', '.join(PROTOCOLS)} (default {DEFAULT_PROTOCOL}; see README)")

@@ -177,12 +177,12 @@ def check(path: str | Path) -> ModelConfig:
 
 
 def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
-         rules=sharding_lib.DEFAULT_RULES, compute_dtype=None, num_layers: int | None = None) -> Decoder:
+         rules=None, compute_dtype=None, num_layers: int | None = None) -> Decoder:
     """Loads an HF Qwen2/Llama checkpoint directory as a `Decoder` with parameters of `dtype`.
 
     `compute_dtype` (default: `dtype`) is what the model's matmuls run in. With a mesh every tensor goes
-    straight to its sharding under the logical-axis `rules` (each device copies only its shard; train with
-    `Trainer.create(..., rules=rules)` to keep it). `num_layers` keeps only the first that
+    straight to its sharding under the logical-axis `rules` (overrides of `sharding.DEFAULT_RULES`; each device
+    copies only its shard), which the model keeps for training and sampling. `num_layers` keeps only the first that
     many decoder layers (the deeper ones are never read): a truncated model for numeric checks.
     """
     path = Path(path)
@@ -193,9 +193,10 @@ def load(path: str | Path, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = N
         cfg, files = _truncated(cfg, files, num_layers)
     table = mappings(cfg)
 
-    abstract = nnx.eval_shape(lambda: Decoder(cfg, dtype=dtype, compute_dtype=compute_dtype, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: Decoder(cfg, dtype=dtype, compute_dtype=compute_dtype, rules=rules,
+                                              rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    shardings = sharding_lib.param_shardings(state, mesh, rules) if mesh is not None else None
+    shardings = sharding_lib.param_shardings(state, mesh, abstract.rules) if mesh is not None else None
     flat = dict(nnx.to_flat_state(state))
     flat_shardings = {k: v.get_value() for k, v in nnx.to_flat_state(shardings)} if shardings is not None else {}
     np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == jnp.bfloat16 else np.dtype(dtype)

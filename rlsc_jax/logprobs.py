@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from rlsc_jax.models import Decoder
-from rlsc_jax.sharding import constrain_logical, constrain_rows, gather_fsdp
+from rlsc_jax.sharding import Rules, axis_rules, constrain_logical, constrain_rows, gather_fsdp
 
 # Tokens per chunk: the transient fp32 logits of one chunk take chunk_size * V * 4 bytes, split over the
 # batch devices when the tokens are sharded (the trainer passes `logprob_chunk` x those devices).
@@ -75,13 +75,14 @@ def _scan_forward(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.
     return jax.lax.scan(step, None, (h, targets))[1]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _chunked_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.Array, compute_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _chunked_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, inv_temp: jax.Array, compute_dtype,
+                      rules: Rules):
     """(log p, entropy, KL(U ‖ p)) of chunked tokens [num_chunks, chunk_size]; differentiable in h and w."""
     return _scan_forward(h, w.astype(compute_dtype), targets, inv_temp)[:3]
 
 
-def _chunked_fwd(h, w, targets, inv_temp, compute_dtype):
+def _chunked_fwd(h, w, targets, inv_temp, compute_dtype, rules):
     """Forward pass keeping hidden states, targets, log-sum-exp and entropy (not the logits) for the backward.
 
     Its arguments arrive as `CustomVJPPrimal`s (symbolic zeros are on; see `_chunked_bwd`).
@@ -91,7 +92,7 @@ def _chunked_fwd(h, w, targets, inv_temp, compute_dtype):
     return (logp, entropy, certainty), (h, w, targets, inv_temp, lse, entropy)
 
 
-def _chunked_bwd(compute_dtype, res: tuple, cotangents: tuple):
+def _chunked_bwd(compute_dtype, rules: Rules, res: tuple, cotangents: tuple):
     """Recomputes each chunk's logits and back-propagates the three outputs through them, in fp32:
 
     d log p_y / dz = onehot_y − p,  dH / dz = −p ⊙ (log p + H),  dKL(U ‖ p) / dz = p − 1/V,
@@ -121,10 +122,10 @@ def _chunked_bwd(compute_dtype, res: tuple, cotangents: tuple):
         dh = jnp.einsum("cv,ev->ce", dz, wc, preferred_element_type=jnp.float32)
         # dW stays sharded like W (FSDP): each chunk's partial sums are reduce-scattered, not all-reduced
         dw = constrain_logical(dw + jnp.einsum("ce,cv->ev", hc.astype(wc.dtype), dz, preferred_element_type=jnp.float32),
-                               HEAD_AXES)
+                               HEAD_AXES, rules)
         return dw, dh.astype(hc.dtype)
 
-    dw, dh = jax.lax.scan(step, constrain_logical(jnp.zeros(w.shape, jnp.float32), HEAD_AXES),
+    dw, dh = jax.lax.scan(step, constrain_logical(jnp.zeros(w.shape, jnp.float32), HEAD_AXES, rules),
                           (h, targets, lse, entropy, used))
     return dh, dw.astype(w.dtype), None, None
 
@@ -133,25 +134,27 @@ _chunked_logprobs.defvjp(_chunked_fwd, _chunked_bwd, symbolic_zeros=True)
 
 
 def token_logprobs(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array, temperature: float = 1.0,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE,
-                   compute_dtype=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+                   chunk_size: int = DEFAULT_CHUNK_SIZE, compute_dtype=None,
+                   rules: Rules | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """log p(targets), entropy H(p) and self-certainty KL(U ‖ p) of p = softmax(hidden·W / temperature), fp32 [B, T].
 
     The matmuls run in `compute_dtype` (default: head_weight's dtype) with fp32 accumulation; gradients
     of all three come back in the dtypes of hidden [B, T, E] and head_weight [E, V]. The B*T tokens are
     processed `chunk_size` at a time (the last chunk zero-padded) in forward and backward. U is uniform
-    over all V columns of the head (a padded vocabulary included, as in the model's logits).
+    over all V columns of the head (a padded vocabulary included, as in the model's logits). `rules` (default:
+    `sharding.DEFAULT_RULES`) shard the tokens and the head under an ambient mesh: pass the model's.
     """
+    rules = axis_rules(rules)
     lead, e = hidden.shape[:-1], hidden.shape[-1]
     n = targets.size
     chunk_size = max(1, min(chunk_size, n))
     num_chunks = -(-n // chunk_size)
-    h = constrain_rows(_to_chunks(hidden.reshape(n, e), num_chunks, chunk_size), axis=1)
+    h = constrain_rows(_to_chunks(hidden.reshape(n, e), num_chunks, chunk_size), rules, axis=1)
     t = _to_chunks(targets.reshape(n).astype(jnp.int32), num_chunks, chunk_size)
-    head_weight = gather_fsdp(head_weight, HEAD_AXES)
+    head_weight = gather_fsdp(head_weight, HEAD_AXES, rules)
     inv_temp = jnp.asarray(1.0 / temperature, jnp.float32)
     compute_dtype = jnp.dtype(head_weight.dtype if compute_dtype is None else compute_dtype)
-    outputs = _chunked_logprobs(h, head_weight, t, inv_temp, compute_dtype)
+    outputs = _chunked_logprobs(h, head_weight, t, inv_temp, compute_dtype, rules)
     return tuple(_from_chunks(x, n).reshape(lead) for x in outputs)
 
 
@@ -171,7 +174,7 @@ def sequence_logprobs(model: Decoder, input_ids: jax.Array, attention_mask: jax.
     """
     hidden, _ = model.hidden_states(input_ids, attention_mask=attention_mask, remat=remat)
     logp, entropy, certainty = token_logprobs(hidden[:, :-1], model.head_weight(), input_ids[:, 1:], temperature,
-                                              chunk_size, model.compute_dtype)
+                                              chunk_size, model.compute_dtype, model.rules)
     mask = loss_mask[:, 1:].astype(bool)
     token_logp = jnp.pad(jnp.where(mask, logp, 0.0), ((0, 0), (1, 0)))
     num_tokens = mask.sum()

@@ -163,7 +163,7 @@ def run(cfg: TrainConfig, before: dict | None = None) -> dict:
         make_dir(out, "output_dir")
         atomic_write_text(out / "config.yaml", to_yaml(cfg))
         write_record(out, record)
-    model = hf.load(cfg.model, dtype=cfg.dtype, compute_dtype=cfg.compute_dtype, mesh=mesh)
+    model = hf.load(cfg.model, dtype=cfg.dtype, compute_dtype=cfg.compute_dtype, mesh=mesh, rules=cfg.mesh.rules)
     tokenizer = load_tokenizer(cfg.model)
     eos = eos_ids(tokenizer, generation_eos(cfg.model))
     trainer, state = Trainer.create(model, cfg, mesh)

@@ -2,10 +2,10 @@
 
 Every objective has the signature `fn(seqs, num_samples, **hparams) -> (loss, metrics)`: `seqs` is a
 `SequenceStats` of the step's Q * N completions, the N samples of question q in rows q*N .. q*N+N-1;
-hparams are keyword-only, named as the config keys that set them (`alpha`, `advantage_eps`), and an
-unknown one is a TypeError. A loss may differentiate through `logp`, `entropy` and `certainty`; the
-trainer back-propagates whatever it uses (exactly, also under gradient accumulation). Formulas and
-sources: docs/objectives.md.
+hparams are keyword-only, named as the keys of the config section that sets them (`objective_args.alpha`,
+`objective_args.advantage_eps`), and an unknown one is a TypeError. A loss may differentiate through `logp`,
+`entropy` and `certainty`; the trainer back-propagates whatever it uses (exactly, also under gradient
+accumulation). Formulas and sources: docs/objectives.md.
 
 The RLSC weights p_old_i = exp(log p_i) (gradient stopped) are computed in fp32, where they underflow
 for long answers: below log p ≈ −87.3 exp leaves the normal range, and XLA flushes the denormal to
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 OBJECTIVES: dict[str, Objective] = {}
-# config key (= keyword of the objectives that take it) -> (check, what a valid value is)
+# `objective_args` key (= keyword of the objectives that take it) -> (check, what a valid value is)
 HPARAMS: dict[str, tuple[Callable[[float], bool], str]] = {
     "alpha": (lambda v: v >= 0, ">= 0"),
     "advantage_eps": (lambda v: v > 0, "> 0"),

@@ -109,7 +109,7 @@ def plan(cfg, devices: int, prompt_len: int) -> dict:
     s = cfg.sampling
     mesh = make_run_mesh(cfg, devices=jax.devices()[:devices])
     model = nnx.eval_shape(lambda: Decoder(model_cfg, dtype=DTYPES[cfg.dtype], compute_dtype=DTYPES[cfg.compute_dtype],
-                                           rngs=nnx.Rngs(0)))
+                                           rules=cfg.mesh.rules, rngs=nnx.Rngs(0)))
     trainer, state = Trainer.create(model, cfg, mesh)
     prompt_width = sampling.bucket_length(prompt_len)
     if prompt_width + s.max_new_tokens > model_cfg.max_position_embeddings:

@@ -13,7 +13,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from rlsc_jax.config import TrainConfig
+from rlsc_jax.config import MOVED, TrainConfig
 from rlsc_jax.files import atomic_write_text
 from rlsc_jax.fingerprint import digests, fingerprint
 from rlsc_jax.models import ModelConfig
@@ -70,6 +70,8 @@ def check_resume(out: Path, cfg: TrainConfig, resuming: bool) -> dict:
     naming what changed (nothing is written either way)."""
     path = out / RECORD
     old = json.loads(path.read_text()) if path.is_file() else None
+    if old is not None:  # a record written before a key moved names it by its old key
+        old["settings"] = {MOVED.get(k, k): v for k, v in old.get("settings", {}).items()}
     if old is not None and resuming:
         quick = {"settings": trajectory_settings(cfg)}
         changed = differences({"settings": old.get("settings", {})}, quick)

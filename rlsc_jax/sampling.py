@@ -3,7 +3,7 @@
 Prompts are left-padded into power-of-two buckets (batch and length) with explicit positions, so
 new prompts of a similar size reuse the compiled programs. The dense cache is donated to the
 decode loop and updated in place. Each row stops at its first EOS; the loop ends when every row
-has stopped or after `max_new_tokens`. On a mesh the sample rows are sharded over (data, fsdp).
+has stopped or after `max_new_tokens`. On a mesh the sample rows are sharded over the model's batch axes.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Samples:
 
 @struct.dataclass
 class DecodeState:
-    """The decode loop's carry; rows = prompts x samples, sharded over (data, fsdp) on a mesh.
+    """The decode loop's carry; rows = prompts x samples, sharded over the batch axes on a mesh.
 
     step: int32 scalar, the next column to fill; cache: per layer (k, v), each [rows, prompt + max_new_tokens,
     kv_heads, head_dim] in the compute dtype; done: bool [rows], an EOS emitted; lengths: int32 [rows], tokens
@@ -141,7 +141,7 @@ def prefill(graphdef, state, layers, prompt_ids, prompt_mask, *, num_samples: in
     hidden, cache = model.hidden_states(prompt_ids, positions, key_mask, cache, 0, layers=layers)
     logits = model.logits(hidden[:, -1])
     repeat = lambda x: jnp.repeat(x, num_samples, axis=0)  # noqa: E731
-    cache, logits, key_mask = jax.tree.map(sharding_lib.constrain_rows,
+    cache, logits, key_mask = jax.tree.map(lambda x: sharding_lib.constrain_rows(x, model.rules),
                                            (jax.tree.map(repeat, cache), repeat(logits), repeat(key_mask)))
     return cache, logits, key_mask, repeat(positions[:, -1] + 1)
 
@@ -176,8 +176,8 @@ def decode(graphdef, state, layers, cache, first_logits, key_mask, next_position
         positions = (next_position + step - 1)[:, None]
         hidden, cache = model.hidden_states(last, positions, key_mask, carry.cache, prompt_len + step - 1,
                                             layers=layers)
-        carry = emit(carry.replace(cache=jax.tree.map(sharding_lib.constrain_rows, cache)),
-                     model.logits(hidden[:, 0]), step)
+        cache = jax.tree.map(lambda x: sharding_lib.constrain_rows(x, model.rules), cache)
+        carry = emit(carry.replace(cache=cache), model.logits(hidden[:, 0]), step)
         return carry.replace(step=step + 1)
 
     def cond(carry: DecodeState):

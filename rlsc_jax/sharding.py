@@ -1,15 +1,16 @@
 """Device mesh, logical-axis rules and shardings for parameters and batches.
 
-Parameters name their axes once (`logical_axes` metadata); the rules below map each logical name to
-mesh axes, so moving from FSDP to tensor parallelism is a config change. The mesh uses Auto axis
-types (GSPMD propagation between the explicit in/out shardings and sharding constraints we set).
+Parameters name their axes once (`logical_axes` metadata); rules map each logical name to mesh axes, so
+moving from FSDP to tensor parallelism is a config change (`mesh.rules`). A model carries its rules
+(`Decoder.rules`), and every placement and in-model sharding constraint reads them from there. The mesh
+uses Auto axis types (GSPMD propagation between the explicit in/out shardings and sharding constraints we set).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -21,11 +22,10 @@ if TYPE_CHECKING:
     from rlsc_jax.config import TrainConfig
 
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
 
 # logical axis -> mesh axes (tried in order; an axis that does not divide the dimension is dropped).
 DEFAULT_RULES: dict[str, tuple[str, ...]] = {
-    "batch": BATCH_AXES,
+    "batch": ("data", "fsdp"),
     "vocab": ("tensor",),
     "embed": ("fsdp",),
     "heads": ("tensor",),
@@ -33,6 +33,24 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     "head_dim": (),
     "mlp": ("tensor",),
 }
+# Rules frozen to sorted (logical axis, mesh axes) pairs: hashable, so a model's rules are part of its graphdef
+# and every jitted program that takes the graphdef is compiled (and cached) for exactly those rules.
+Rules = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def axis_rules(overrides: Mapping[str, Sequence[str]] | Rules | None = None) -> Rules:
+    """DEFAULT_RULES with `overrides` replacing the logical axes they name, frozen; an unknown logical or mesh
+    axis is a one-line ValueError naming it."""
+    rules = dict(DEFAULT_RULES)
+    for name, axes in dict(overrides or {}).items():
+        if name not in DEFAULT_RULES:
+            raise ValueError(f"mesh.rules.{name}: unknown logical axis; known: {', '.join(DEFAULT_RULES)}")
+        unknown = [a for a in axes if a not in MESH_AXES]
+        if unknown:
+            raise ValueError(f"mesh.rules.{name}={list(axes)}: unknown mesh axis {unknown[0]!r}; "
+                             f"known: {', '.join(MESH_AXES)}")
+        rules[name] = tuple(axes)
+    return tuple(sorted(rules.items()))
 
 
 def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
@@ -61,19 +79,25 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
 
 def make_run_mesh(cfg: TrainConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A training config's mesh (over all devices, or the given ones), checked against the rows of one
-    micro-batch, which it must split evenly over (data, fsdp)."""
+    micro-batch, which it must split evenly over the batch axes."""
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
-    ways = row_shards(mesh)
     rows = cfg.questions_per_step * cfg.sampling.num_samples // cfg.grad_accum
-    if rows % ways:
-        raise ValueError(f"questions_per_step * sampling.num_samples / grad_accum = {rows} rows per micro-batch "
-                         f"must be divisible by mesh.data * mesh.fsdp = {ways}")
+    check_rows(rows, "questions_per_step * sampling.num_samples / grad_accum", "per micro-batch", mesh,
+               axis_rules(cfg.mesh.rules))
     return mesh
 
 
-def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                 rules: dict[str, tuple[str, ...]] = DEFAULT_RULES) -> P:
+def check_rows(rows: int, what: str, per: str, mesh: Mesh, rules: Rules) -> None:
+    """A one-line ValueError unless `rows` (the value of `what`) split evenly over the batch axes."""
+    ways = row_shards(mesh, rules)
+    if rows % ways:
+        raise ValueError(f"{what} = {rows} rows {per} must be divisible by "
+                         f"{' * '.join(f'mesh.{a}' for a in batch_axes(rules))} = {ways}")
+
+
+def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules) -> P:
     """PartitionSpec for an array whose dimensions carry logical names; indivisible or reused mesh axes are dropped."""
+    rules = dict(rules)
     used: set[str] = set()
     spec = []
     for name, dim in zip(axes, shape):
@@ -88,7 +112,7 @@ def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
     return P(*spec)
 
 
-def param_shardings(state: nnx.State, mesh: Mesh, rules: dict[str, tuple[str, ...]] = DEFAULT_RULES):
+def param_shardings(state: nnx.State, mesh: Mesh, rules: Rules):
     """The `nnx.State` with each variable holding its NamedSharding (same tree structure as `state`)."""
     def one(var):
         shape = var.get_value().shape
@@ -97,14 +121,19 @@ def param_shardings(state: nnx.State, mesh: Mesh, rules: dict[str, tuple[str, ..
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Leading (batch) dimension split over data and fsdp; the rest replicated."""
-    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+def batch_axes(rules: Rules) -> tuple[str, ...]:
+    """The mesh axes a batch's rows are split over: the `batch` rule's (default: data, fsdp)."""
+    return dict(rules)["batch"]
 
 
-def row_shards(mesh) -> int:
-    """How many ways a batch's rows are split: the product of the (data, fsdp) mesh axes."""
-    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
+    """Leading (batch) dimension split over the batch axes; the rest replicated."""
+    return NamedSharding(mesh, P(batch_axes(rules), *([None] * (ndim - 1))))
+
+
+def row_shards(mesh, rules: Rules) -> int:
+    """How many ways a batch's rows are split: the product of the batch axes' sizes."""
+    return math.prod(mesh.shape[a] for a in batch_axes(rules))
 
 
 def use_mesh(mesh: Mesh | None):
@@ -119,8 +148,8 @@ def _ambient_mesh():
     return None if mesh.empty or any(a not in mesh.shape for a in MESH_AXES) else mesh
 
 
-def constrain_rows(x: jax.Array, axis: int = 0) -> jax.Array:
-    """Pins an activation's row axis (`axis`) to (data, fsdp) under the ambient mesh (`jax.set_mesh`).
+def constrain_rows(x: jax.Array, rules: Rules, axis: int = 0) -> jax.Array:
+    """Pins an activation's row axis (`axis`) to the batch axes under the ambient mesh (`jax.set_mesh`).
 
     Without it GSPMD may split a layer's matmuls over the FSDP-sharded weight dimension and all-gather
     the activations instead of the weights. Rows that do not divide (a prefill of fewer prompts than devices)
@@ -130,33 +159,27 @@ def constrain_rows(x: jax.Array, axis: int = 0) -> jax.Array:
     mesh = _ambient_mesh()
     if mesh is None or x.ndim <= axis:
         return x
-    rows = BATCH_AXES if x.shape[axis] % row_shards(mesh) == 0 else None
+    rows = batch_axes(rules) if x.shape[axis] % row_shards(mesh, rules) == 0 else None
     return jax.lax.with_sharding_constraint(x, P(*([None] * axis), rows, *([None] * (x.ndim - axis - 1))))
 
 
-def constrain_logical(x: jax.Array, axes: Sequence[str], rules: dict[str, tuple[str, ...]] = DEFAULT_RULES) -> jax.Array:
+def constrain_logical(x: jax.Array, axes: Sequence[str], rules: Rules) -> jax.Array:
     """x constrained to the sharding its logical `axes` get under the ambient mesh; identity without one."""
     mesh = _ambient_mesh()
     return x if mesh is None else jax.lax.with_sharding_constraint(x, logical_spec(axes, x.shape, mesh, rules))
 
 
-def gather_fsdp(x: jax.Array, axes: Sequence[str]) -> jax.Array:
-    """A weight constrained to its sharding without FSDP: gathered (in whatever dtype it has now, so cast it to
-    the compute dtype first) before it multiplies row-sharded activations, rather than all-reducing their
-    products; identity without an ambient mesh."""
-    return constrain_logical(x, axes, dict(DEFAULT_RULES, embed=()))
+def gather_fsdp(x: jax.Array, axes: Sequence[str], rules: Rules) -> jax.Array:
+    """A weight constrained to its sharding under `rules` without the fsdp axis: gathered (in whatever dtype it
+    has now, so cast it to the compute dtype first) before it multiplies row-sharded activations, rather than
+    all-reducing their products; identity without an ambient mesh."""
+    return constrain_logical(x, axes, tuple((name, tuple(a for a in mesh_axes if a != "fsdp"))
+                                            for name, mesh_axes in dict(rules).items()))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     """Fully replicated over the mesh."""
     return NamedSharding(mesh, P())
-
-
-def shard_model(model: nnx.Module, mesh: Mesh, rules: dict[str, tuple[str, ...]] = DEFAULT_RULES) -> nnx.Module:
-    """Places every parameter of `model` on its sharding (in place) and returns the model."""
-    state = nnx.state(model)
-    nnx.update(model, jax.device_put(state, param_shardings(state, mesh, rules)))
-    return model
 
 
 def host_to_global(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:

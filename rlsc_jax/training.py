@@ -4,8 +4,8 @@ One step (docs/method.md, "One RLSC step"): the sampler draws N completions per 
 log-likelihood pass gives each completion's log p, summed token entropy and self-certainty at the sampling
 temperature (the trainer's own: it is the only temperature a step scores at), the registered objective
 (RLSC L1/L2, TTRL, ...) turns them and the host's answer votes into a loss, and AdamW updates the parameters.
-Parameters and optimizer state are sharded by their logical axes and donated to the step; the batch is sharded
-over (data, fsdp).
+Parameters and optimizer state are sharded by their logical axes under the model's rules and donated to the
+step; the batch's rows are sharded over the rules' batch axes (default: data, fsdp).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from rlsc_jax.sampling import Samples, sample
 
 @struct.dataclass
 class Batch:
-    """One step's inputs, int32 global arrays with rows split over (data, fsdp); a question's N rows adjacent.
+    """One step's inputs, int32 global arrays with rows split over the batch axes; a question's N rows adjacent.
 
     prompt_ids, prompt_mask: [rows, prompt_width], left-padded prompts (mask 1 on real tokens).
     tokens, completion_mask: [rows, completion_width], completions (mask 1 up to and including the first EOS).
@@ -89,12 +89,12 @@ def all_finite(tree) -> jax.Array:
 def objective_fn(cfg: TrainConfig) -> Callable:
     """The config's objective with its hyper-parameters bound (checked on the step's shape)."""
     return bind_checked(cfg.objective, cfg.sampling.num_samples, cfg.questions_per_step * cfg.sampling.num_samples,
-                        alpha=cfg.alpha, advantage_eps=cfg.advantage_eps)
+                        **dataclasses.asdict(cfg.objective_args))
 
 
 def objective_terms(cfg: TrainConfig) -> dict[str, Callable]:
     """The config objective's named summands (rlsc_l2: "p_old", "alpha") with its hyper-parameters bound."""
-    return bind_terms(cfg.objective, alpha=cfg.alpha, advantage_eps=cfg.advantage_eps)
+    return bind_terms(cfg.objective, **dataclasses.asdict(cfg.objective_args))
 
 
 @dataclasses.dataclass
@@ -112,20 +112,20 @@ class Trainer:
     remat: str | None
     chunk_size: int
     temperature: float  # the sampling temperature, at which every step scores its completions
+    rules: sharding_lib.Rules  # the model's logical-axis rules: its parameters', the batch's and the step's shardings
     terms: dict[str, Callable] = dataclasses.field(default_factory=dict)  # the objective's summands, by name
 
     @classmethod
-    def create(cls, model: nnx.Module, cfg: TrainConfig, mesh: jax.sharding.Mesh,
-               rules: dict[str, tuple[str, ...]] = sharding_lib.DEFAULT_RULES) -> tuple["Trainer", dict]:
-        """Builds the trainer and its initial state {params, opt_state} placed on the mesh by the logical-axis
-        `rules` (pass those the model was loaded with, or they are undone); the step keeps that placement.
+    def create(cls, model: nnx.Module, cfg: TrainConfig, mesh: jax.sharding.Mesh) -> tuple["Trainer", dict]:
+        """Builds the trainer and its initial state {params, opt_state} placed on the mesh by the model's
+        logical-axis rules (`Decoder.rules`); the step keeps that placement.
 
         For an abstract model (`nnx.eval_shape`) the state is abstract too: `jax.ShapeDtypeStruct`s that
         carry their shardings, enough to lower and compile the step without allocating anything.
         """
         tx, schedule = make_optimizer(cfg.optim, cfg.steps)
         graphdef, params = nnx.split(model)
-        param_sh = sharding_lib.param_shardings(params, mesh, rules)
+        param_sh = sharding_lib.param_shardings(params, mesh, model.rules)
         opt_sh = optax.tree_map_params(
             tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_sh,
             transform_non_params=lambda _: sharding_lib.replicated(mesh),
@@ -139,8 +139,8 @@ class Trainer:
             state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params)}
         trainer = cls(graphdef, tx, schedule, mesh, shardings, objective_fn(cfg),
                       cfg.sampling.num_samples, cfg.grad_accum, cfg.remat_policy if cfg.remat else None,
-                      cfg.logprob_chunk * sharding_lib.row_shards(mesh), cfg.sampling.temperature,
-                      objective_terms(cfg))
+                      cfg.logprob_chunk * sharding_lib.row_shards(mesh, model.rules), cfg.sampling.temperature,
+                      model.rules, objective_terms(cfg))
         return trainer, state
 
     def model(self, state: dict) -> nnx.Module:
@@ -155,7 +155,7 @@ class Trainer:
         Columns that are padding in every row are cut (the prompt's leftmost, the completion's rightmost):
         the step is the same, and costs what the longest answer needs rather than `max_new_tokens`.
         """
-        rows = sharding_lib.batch_sharding(self.mesh, 2)
+        rows = sharding_lib.batch_sharding(self.mesh, self.rules, 2)
         prompt_width = samples.prompt_mask.shape[1]
         completion_width = samples.completion_mask.shape[1]
         cut = prompt_width - trimmed_width(_used_columns(samples.prompt_mask[:, ::-1]), prompt_width)
@@ -172,7 +172,7 @@ class Trainer:
                      tokens=completion_columns(samples.tokens),
                      completion_mask=completion_columns(samples.completion_mask),
                      answer_ids=sharding_lib.host_to_global(np.asarray(answer_ids, np.int32),
-                                                            sharding_lib.batch_sharding(self.mesh, 1)))
+                                                            sharding_lib.batch_sharding(self.mesh, self.rules, 1)))
 
     def _stats(self, params, batch: Batch, temperature) -> SequenceStats:
         """Every completion's log p, summed token entropy and self-certainty (at the sampling temperature),
@@ -227,8 +227,9 @@ class Trainer:
         return loss, metrics, stats, grads
 
     def _constrain_micro(self, micro):
-        """Keeps each micro-batch's rows sharded over (data, fsdp)."""
-        spec = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, sharding_lib.BATCH_AXES))
+        """Keeps each micro-batch's rows sharded over the batch axes."""
+        spec = jax.sharding.NamedSharding(self.mesh,
+                                          jax.sharding.PartitionSpec(None, sharding_lib.batch_axes(self.rules)))
         return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, spec), micro)
 
     def _step(self, state, batch, temperature):
@@ -257,7 +258,8 @@ class Trainer:
 
     def _batch_shardings(self) -> Batch:
         """Every batch array split over rows: [rows, width] token arrays and the [rows] answer classes."""
-        rows, classes = sharding_lib.batch_sharding(self.mesh, 2), sharding_lib.batch_sharding(self.mesh, 1)
+        rows = sharding_lib.batch_sharding(self.mesh, self.rules, 2)
+        classes = sharding_lib.batch_sharding(self.mesh, self.rules, 1)
         return Batch(prompt_ids=rows, prompt_mask=rows, tokens=rows, completion_mask=rows, answer_ids=classes)
 
     @functools.cached_property
@@ -274,13 +276,17 @@ class Trainer:
         `state` may be abstract (see `create`); `memory_analysis()` and `cost_analysis()` of the result
         are XLA's per-device bytes and FLOPs for that shape.
         """
+        return self.lower_step(state, rows, prompt_width, completion_width).compile()
+
+    def lower_step(self, state: dict, rows: int, prompt_width: int, completion_width: int) -> jax.stages.Lowered:
+        """The step lowered for that batch shape: its StableHLO (`as_text()`) carries every sharding it sets."""
         shapes = Batch(prompt_ids=(rows, prompt_width), prompt_mask=(rows, prompt_width),
                        tokens=(rows, completion_width), completion_mask=(rows, completion_width), answer_ids=(rows,))
         batch = jax.tree.map(lambda shape, sh: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sh), shapes,
                              self._batch_shardings(), is_leaf=lambda x: isinstance(x, tuple))
         temperature = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding_lib.replicated(self.mesh))
         with sharding_lib.use_mesh(self.mesh):
-            return self._jitted_step.lower(state, batch, temperature).compile()
+            return self._jitted_step.lower(state, batch, temperature)
 
     def step(self, state: dict, batch: Batch) -> tuple[dict, dict]:
         """One jitted, sharded, donated step (compiled once per batch shape), scoring at the sampling temperature."""

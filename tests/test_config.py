@@ -21,7 +21,8 @@ def test_cpu_config_is_the_embedded_default():
 def test_paper_configs(name, steps):
     cfg = load_config(CONFIGS / name)
     assert (cfg.steps, cfg.sampling.num_samples, cfg.sampling.temperature) == (steps, 16, 0.5)
-    assert (cfg.sampling.max_new_tokens, cfg.optim.lr, cfg.objective, cfg.alpha) == (3072, 1e-5, "rlsc_l2", 0.1)
+    assert (cfg.sampling.max_new_tokens, cfg.optim.lr, cfg.objective) == (3072, 1e-5, "rlsc_l2")
+    assert cfg.objective_args.alpha == 0.1
     assert (cfg.data.source, cfg.data.num_questions, cfg.mesh.fsdp, cfg.questions_per_step) == ("aime24", 0, -1, 1)
     assert (cfg.sampling.top_k, cfg.sampling.top_p) == (50, 1.0)  # transformers' defaults under generate()
 
@@ -37,11 +38,21 @@ def test_overrides_apply_after_the_file():
     (["mesh.fsdpp=2"], "did you mean 'mesh.fsdp'?"),
     (["steps=many"], "bad value for 'steps'"),
     (["steps"], "expected key=value"),
+    (["alpha=0.2"], "command line: config key 'alpha' is now 'objective_args.alpha'"),
+    (["advantage_eps=0.1"], "config key 'advantage_eps' is now 'objective_args.advantage_eps'"),
 ])
 def test_bad_overrides(overrides, message):
     with pytest.raises(ValueError) as e:
         load_config(None, overrides)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_moved_key_in_a_file_names_its_new_key(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("objective: rlsc_l2\nalpha: 0.2\n")
+    with pytest.raises(ValueError, match=r"old.yaml: config key 'alpha' is now 'objective_args.alpha'$"):
+        load_config(path)
+    assert load_config(None, ["objective_args.alpha=0.2"]).objective_args.alpha == 0.2
 
 
 def test_missing_config_file(tmp_path):

@@ -117,8 +117,10 @@ def test_sharded_equals_unsharded():
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
     hidden, weight, targets, cot = _inputs(batch=4, length=6)
     fn = lambda h, w: token_logprobs(h, w, targets, 0.5, 8)  # noqa: E731
-    w_sharding = NamedSharding(mesh, sharding.logical_spec(("embed", "vocab"), (E, V), mesh))
-    got = _run(fn, jax.device_put(hidden, sharding.batch_sharding(mesh, 3)), jax.device_put(weight, w_sharding), cot)
+    rules = sharding.axis_rules()
+    w_sharding = NamedSharding(mesh, sharding.logical_spec(("embed", "vocab"), (E, V), mesh, rules))
+    sharded = jax.device_put(hidden, sharding.batch_sharding(mesh, rules, 3)), jax.device_put(weight, w_sharding)
+    got = _run(fn, *sharded, cot)
     ref = _run(fn, hidden, weight, cot)
     for name, a, b in zip(NAMES, got, ref):
         assert _max_err(a, b) < TOL, f"{name}: sharded vs unsharded {_max_err(a, b)}"

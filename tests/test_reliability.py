@@ -18,6 +18,8 @@ from safetensors.numpy import load_file, save_file
 
 import train
 from rlsc_jax import synthetic, training
+from rlsc_jax.config import load_config
+from rlsc_jax.run_record import check_resume, make_record, write_record
 from tests.hf_models import make_chat_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +72,20 @@ def test_a_rerun_with_changed_settings_is_refused_naming_the_keys(chat_model, tm
     assert _run(moved, out, "steps=2", "checkpoint_every=5", "keep_checkpoints=3", "eval.num_questions=2",
                 "eval.num_samples=2", "logprob_chunk=64") == 0
     assert "resuming from step 1" in capsys.readouterr().out
+
+
+def test_a_record_made_before_objective_args_moved_still_resumes(tmp_path):
+    """run.json written when `alpha` and `advantage_eps` were top-level keys matches their `objective_args.*` now;
+    a changed value is still refused, under its new name."""
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    record = make_record(cfg)
+    record["settings"] = {k.removeprefix("objective_args."): v for k, v in record["settings"].items()}
+    assert "alpha" in record["settings"]
+    write_record(tmp_path, record)
+    assert check_resume(tmp_path, cfg, resuming=True)["settings"] == make_record(cfg)["settings"]
+    cfg.objective_args.alpha = 0.2
+    with pytest.raises(ValueError, match=r"\(objective_args.alpha: 0.1 -> 0.2\)"):
+        check_resume(tmp_path, cfg, resuming=True)
 
 
 def test_resume_onto_another_mesh(chat_model, tmp_path):

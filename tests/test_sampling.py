@@ -148,6 +148,20 @@ def test_sharded_equals_single_device(pair, mesh_shape):
     assert len(b.tokens.sharding.device_set) == 8
 
 
+def test_axis_rule_overrides_reach_the_sampler(pair):
+    """A model loaded with rows over `data` only samples with its rows there (not the default's data x fsdp),
+    from programs compiled for its rules (not the cached default ones), and draws the same tokens."""
+    _, model, path = pair
+    mesh = make_mesh(2, 2, 2)
+    kw = dict(num_samples=4, max_new_tokens=8, temperature=1.0, eos_ids=[EOS], seed=3)
+    prompts = _prompts([5, 11])
+    default = sample(hf.load(path, mesh=mesh), prompts, **kw)
+    override = sample(hf.load(path, mesh=mesh, rules={"batch": ("data",), "embed": ("tensor",)}), prompts, **kw)
+    assert default.tokens.sharding.spec[0] == ("data", "fsdp") and override.tokens.sharding.spec[0] == "data"
+    expected = np.asarray(sample(model, prompts, **kw).tokens)
+    assert np.array_equal(np.asarray(default.tokens), expected) and np.array_equal(np.asarray(override.tokens), expected)
+
+
 @pytest.mark.parametrize("prompts,kw,needle", [
     ([], {}, "empty"),
     ([[1, 2], []], {}, "prompt 1 is empty"),

@@ -12,13 +12,16 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec
 from safetensors.numpy import load_file
 
 import train
-from rlsc_jax import synthetic
+from rlsc_jax import loop, synthetic, training
 from rlsc_jax.config import load_config
 from rlsc_jax.loop import heldout_questions
+from rlsc_jax.metrics import read_metrics
 from rlsc_jax.objectives import OBJECTIVES
+from rlsc_jax.sharding import axis_rules
 from tests.hf_models import make_chat_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +115,34 @@ def test_every_objective_trains_the_default_model(tmp_path, objective):
     assert logged == [first, []]
 
 
+def test_mesh_rules_in_the_config_reach_load_sampler_and_step(tmp_path, monkeypatch):
+    """`mesh.rules.*` place the loaded parameters (the embedding transposed across fsdp and tensor) and shard the
+    sampler's rows over `data` only; the step's loss equals the default rules' run."""
+    seen = []
+
+    def spy_sample(model, *args, **kwargs):
+        samples = real_sample(model, *args, **kwargs)
+        seen[-1]["rows"] = samples.tokens.sharding.spec[0]
+        return samples
+
+    def spy_step(trainer, state, *args, **kwargs):
+        seen.append({"rules": trainer.rules, "embed": state["params"]["embed"].get_value().sharding.spec})
+        return real_step(trainer, state, *args, **kwargs)
+    real_sample, real_step = training.sample, loop.rlsc_step
+    monkeypatch.setattr(training, "sample", spy_sample)
+    monkeypatch.setattr(loop, "rlsc_step", spy_step)
+    mesh = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
+    override = ["mesh.rules.batch=[data]", "mesh.rules.embed=[tensor]", "mesh.rules.vocab=[fsdp]"]
+    for name, rules in (("default", []), ("override", override)):
+        assert train.main([f"output_dir={tmp_path / name}", *SMALL_DEFAULT, "steps=1", *mesh, *rules]) == 0
+    default, changed = seen
+    assert default == {"rules": axis_rules(), "embed": PartitionSpec("tensor", "fsdp"), "rows": ("data", "fsdp")}
+    assert changed == {"rules": axis_rules({"batch": ["data"], "embed": ["tensor"], "vocab": ["fsdp"]}),
+                       "embed": PartitionSpec("fsdp", "tensor"), "rows": "data"}
+    losses = [read_metrics(tmp_path / name)[0]["loss"] for name in ("default", "override")]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
 def test_eval_offset_skips_the_first_heldout_questions():
     first = heldout_questions(load_config(None, ["eval.num_questions=8"]))
     later = heldout_questions(load_config(None, ["eval.num_questions=5", "eval.offset=3"]))
@@ -185,8 +216,11 @@ BAD_CONFIG_JSON = {"LISTJSON": [1, 2], "ROPESTRING": {"rope_scaling": "linear"},
     (["model=LISTJSON"], "expected a JSON object"),
     (["model=ROPESTRING"], "field 'rope_scaling'"),
     (["model=ABCHIDDEN"], "field 'hidden_size' must be a positive integer, got 'abc'"),
-    (["alpha=-1"], "alpha=-1"),
-    (["objective=ttrl", "advantage_eps=0"], "advantage_eps=0"),
+    (["objective_args.alpha=-1"], "objective_args.alpha=-1.0: must be finite and >= 0"),
+    (["objective=ttrl", "objective_args.advantage_eps=0"], "objective_args.advantage_eps=0.0: must be finite and > 0"),
+    (["alpha=0.2"], "config key 'alpha' is now 'objective_args.alpha'"),
+    (["mesh.rules.embedd=[fsdp]"], "mesh.rules.embedd: unknown logical axis; known: batch, vocab, embed"),
+    (["mesh.rules.mlp=[fsdpp]"], "mesh.rules.mlp=['fsdpp']: unknown mesh axis 'fsdpp'"),
     (["objective=self_certainty", "sampling.num_samples=1"], "sampling.num_samples >= 2"),
 ])
 def test_bad_input_is_one_line_error(chat_model, tmp_path, capsys, args, needle):

@@ -2,6 +2,7 @@
 accumulation for every objective, and skipped steps."""
 
 import copy
+import re
 
 import jax
 import numpy as np
@@ -14,7 +15,7 @@ from rlsc_jax import hf, torch_reference
 from rlsc_jax.config import load_config
 from rlsc_jax.objectives import OBJECTIVES, register
 from rlsc_jax.sampling import Samples
-from rlsc_jax.sharding import DEFAULT_RULES, make_mesh, param_shardings
+from rlsc_jax.sharding import DEFAULT_RULES, axis_rules, make_mesh, param_shardings
 from rlsc_jax.training import Trainer, trimmed_width
 from tests import torch_objectives
 from tests.hf_models import VOCAB, make_hf_model, save_hf_model
@@ -122,8 +123,8 @@ def test_one_step_matches_pytorch(ckpt, objective):
         assert err <= 1e-4 * np.abs(t_delta).max() + 2 * ulp, f"{name}: update (new - old) error {err}"
 
 
-def _two_steps(path, mesh_shape=None, devices=None, **cfg):
-    model = hf.load(path)
+def _two_steps(path, mesh_shape=None, devices=None, rules=None, **cfg):
+    model = hf.load(path, rules=rules)
     mesh = make_mesh(*mesh_shape) if mesh_shape else make_mesh(devices=devices)
     trainer, state = Trainer.create(model, _cfg(**cfg), mesh)
     losses = []
@@ -152,15 +153,50 @@ def test_axis_rules_survive_create_and_a_step(ckpt):
     `Trainer.create` and a step, and the moments follow them."""
     rules = dict(DEFAULT_RULES, embed=(), mlp=("fsdp",))
     mesh = make_mesh(1, 4, 2)
-    trainer, state = Trainer.create(hf.load(ckpt[1], mesh=mesh, rules=rules), _cfg(), mesh, rules=rules)
+    trainer, state = Trainer.create(hf.load(ckpt[1], mesh=mesh, rules=rules), _cfg(), mesh)
     state, _ = trainer.step(state, trainer.batch(_samples()))
     want = {k: v.get_value().spec for k, v in nnx.to_flat_state(param_shardings(state["params"], mesh, rules))}
     assert want[("layers", "mlp", "gate")] == PartitionSpec(None, None, "fsdp")
-    assert want != {k: v.get_value().spec for k, v in nnx.to_flat_state(param_shardings(state["params"], mesh))}
+    default = param_shardings(state["params"], mesh, axis_rules())
+    assert want != {k: v.get_value().spec for k, v in nnx.to_flat_state(default)}
     got = {k: v.get_value().sharding.spec for k, v in nnx.to_flat_state(state["params"])}
     assert got == want
     mu = state["opt_state"][0].mu
     assert {k: v.get_value().sharding.spec for k, v in nnx.to_flat_state(mu)} == want
+
+
+# rows over data only; the LM head transposed (embed over tensor, vocab over fsdp); MLP over fsdp
+OVERRIDE = {"batch": ("data",), "embed": ("tensor",), "vocab": ("fsdp",), "mlp": ("fsdp",)}
+
+
+def _constraints(lowered) -> set[tuple[str, str]]:
+    """(sharding, tensor type) of every sharding constraint in a lowered program's StableHLO (Shardy)."""
+    return set(re.findall(r"sdy.sharding_constraint %\S+ <@\w+, (\[[^\]]*\])> : (tensor<[^>]*>)", lowered.as_text()))
+
+
+def test_axis_rule_overrides_reach_every_constraint_of_the_step(ckpt, single_device_run):
+    """Rules given to `hf.load` are the ones the compiled step's batch and in-model constraints use (the rows',
+    the FSDP gathers' and the LM head gradient's), and they train as the single-device run does."""
+    mesh = make_mesh(2, 2, 2)
+    lowered = {}
+    for name, rules in (("default", None), ("override", OVERRIDE)):
+        trainer, state = Trainer.create(hf.load(ckpt[1], mesh=mesh, rules=rules), _cfg(), mesh)
+        assert trainer.batch(_samples()).tokens.sharding.spec == PartitionSpec("data" if rules else ("data", "fsdp"), None)
+        lowered[name] = trainer.lower_step(state, Q * N, P, M)
+    cfg = trainer.model(state).cfg
+    head = f"tensor<{cfg.hidden_size}x{cfg.vocab_size}xf32>"
+    gate = f"tensor<{cfg.hidden_size}x{cfg.intermediate_size}xf32>"
+    default, override = _constraints(lowered["default"]), _constraints(lowered["override"])
+    assert ('[{"fsdp"}, {"tensor"}]', head) in default and ('[{"tensor"}, {"fsdp"}]', head) in override  # dW
+    assert ('[{}, {"tensor"}]', gate) in default and ('[{"tensor"}, {}]', gate) in override  # gathered over FSDP
+    assert '{"data", "fsdp"}' in lowered["default"].as_text()
+    assert '{"data", "fsdp"}' not in lowered["override"].as_text()
+    assert any(sharding.startswith('[{"data"}') for sharding, _ in override)  # the rows
+    losses, params = _two_steps(ckpt[1], (2, 2, 2), rules=OVERRIDE)
+    ref_losses, ref_params = single_device_run
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for name, value in ref_params.items():
+        np.testing.assert_allclose(params[name], value, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize("grad_accum,remat", [(2, False), (4, False), (1, True), (2, True)])
@@ -207,8 +243,8 @@ def test_gradient_terms_add_up_to_the_steps_gradient(ckpt, grad_accum):
     """rlsc_l2's two summands' gradients g_p, g_α (norms and cosine) recompose the step's own gradient norm:
     |g_p + g_α|² = |g_p|² + |g_α|² + 2 cos |g_p| |g_α|; and an objective without summands reports nothing."""
     mesh = make_mesh(devices=jax.devices()[:1])
-    trainer, state = Trainer.create(hf.load(ckpt[1]), _cfg(objective="rlsc_l2", alpha=0.3, grad_accum=grad_accum),
-                                    mesh)
+    cfg = _cfg(objective="rlsc_l2", grad_accum=grad_accum, **{"objective_args.alpha": 0.3})
+    trainer, state = Trainer.create(hf.load(ckpt[1]), cfg, mesh)
     batch = trainer.batch(_samples(), ANSWER_IDS)
     terms = jax.device_get(trainer.gradient_terms(state, batch))
     _, metrics = trainer.step(state, batch)

@@ -1,8 +1,9 @@
 """The Qwen2/Llama decoder in Flax NNX: one module for full forwards, KV-cache decoding and training.
 
 Parameters carry logical axis names in their `logical_axes` metadata (layers, vocab, embed, heads,
-kv_heads, head_dim, mlp); `rlsc_jax.sharding` maps those names to mesh axes, and pins the residual
-stream's rows to the batch axes of whatever mesh the caller set (`jax.set_mesh`; none: no-op).
+kv_heads, head_dim, mlp); the model's `rules` (`rlsc_jax.sharding`) map those names to mesh axes, for the
+parameters' placement and for every sharding constraint inside: the residual stream's rows are pinned to
+the batch axes of whatever mesh the caller set (`jax.set_mesh`; none: no-op).
 
 The decoder layers' parameters are stacked on a leading `layers` axis and run as one `jax.lax.scan`
 (docs/memory.md): compile time and, with remat, training memory stay flat in depth.
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlsc_jax.models.config import ModelConfig
-from rlsc_jax.sharding import constrain_rows, gather_fsdp
+from rlsc_jax.sharding import Rules, axis_rules, constrain_rows, gather_fsdp
 
 KVCache = tuple[jax.Array, jax.Array]  # (k, v), each [layers, batch, slots, kv_heads, head_dim]
 _INIT = nnx.initializers.normal(0.02)
@@ -195,13 +196,15 @@ class Decoder(nnx.Module):
     """Qwen2/Llama causal LM. `model(input_ids)` returns fp32 logits [B, T, V].
 
     `dtype` is the parameters' storage dtype, `compute_dtype` (default: `dtype`) what matmuls and
-    attention run in.
+    attention run in; `rules` (overrides of `sharding.DEFAULT_RULES`) its logical-axis rules.
     """
 
-    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, compute_dtype=None, rngs: nnx.Rngs | None = None):
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, compute_dtype=None, rules=None,
+                 rngs: nnx.Rngs | None = None):
         self.cfg = cfg
         self.dtype = dtype
         self.compute_dtype = dtype if compute_dtype is None else compute_dtype
+        self.rules: Rules = axis_rules(rules)  # static: part of the graphdef, so of every jitted program's key
         self.embed = _param(rngs, _INIT, (cfg.vocab_size, cfg.hidden_size), dtype, ("vocab", "embed"))
         self.layers = DecoderLayer(cfg, dtype, rngs, stack=cfg.num_layers)
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs)
@@ -227,11 +230,12 @@ class Decoder(nnx.Module):
         of the loop. Built once per sampling call, this copy is read in place by every decode step.
         """
         _, stacked = nnx.split(self.layers)
-        cd = self.compute_dtype
+        cd, rules = self.compute_dtype, self.rules
 
         def layer(i: int) -> nnx.State:
             def weight(var: nnx.Variable) -> nnx.Variable:
-                return var.replace(gather_fsdp(var.get_value()[i].astype(cd), var.get_metadata()["logical_axes"][1:]))
+                axes = var.get_metadata()["logical_axes"][1:]
+                return var.replace(gather_fsdp(var.get_value()[i].astype(cd), axes, rules))
             return jax.tree.map(weight, stacked, is_leaf=lambda v: isinstance(v, nnx.Variable))
         return [layer(i) for i in range(self.cfg.num_layers)]
 
@@ -251,20 +255,20 @@ class Decoder(nnx.Module):
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         if positions is None:
             positions = default_positions(attention_mask)
-        cd = self.compute_dtype
-        x = constrain_rows(self.embed[...][input_ids].astype(jnp.float32))
+        cd, rules = self.compute_dtype, self.rules
+        x = constrain_rows(self.embed[...][input_ids].astype(jnp.float32), rules)
         graphdef, stacked = nnx.split(self.layers)
 
         def compute_weight(var: nnx.Variable) -> nnx.Variable:
             # cast before FSDP's all-gather, so bf16 compute gathers half the bytes; axes[0] is "layers"
-            return var.replace(gather_fsdp(var.get_value().astype(cd), var.get_metadata()["logical_axes"][1:]))
+            return var.replace(gather_fsdp(var.get_value().astype(cd), var.get_metadata()["logical_axes"][1:], rules))
 
         def body(x, xs):
             layer_state, layer_cache = xs
             layer_state = jax.tree.map(compute_weight, layer_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
             x, layer_cache = nnx.merge(graphdef, layer_state)(x, positions, attention_mask, layer_cache,
                                                               cache_index)
-            x = constrain_rows(x)
+            x = constrain_rows(x, rules)
             return x, (layer_cache, x if collect else None)
 
         if remat:
