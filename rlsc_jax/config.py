@@ -30,7 +30,8 @@ class MeshConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    """Where the unlabeled questions come from: `synthetic`, a benchmark name, or a JSONL path."""
+    """Where the unlabeled questions come from: `synthetic` (short answers), `synthetic_long` (long answers, see
+    rlsc_jax/synthetic_long.py), a benchmark name, or a JSONL path."""
 
     source: str = "synthetic"
     data_dir: str = "../shared/data/benchmarks"
