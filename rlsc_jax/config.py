@@ -17,6 +17,7 @@ from rlsc_jax.objectives import bind_checked
 from rlsc_jax.protocols import get_protocol
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent / "assets" / "default_model")
+LONG_MODEL = str(Path(__file__).resolve().parent / "assets" / "long_model")  # configs/cpu_long.yaml's, the long task
 
 
 @dataclasses.dataclass

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rlsc_jax import hf, pretrain
-from rlsc_jax.config import DEFAULT_MODEL
-from rlsc_jax.evaluation import evaluate_problems
+from rlsc_jax.config import DEFAULT_MODEL, LONG_MODEL
+from rlsc_jax.evaluation import evaluate_problems, logprob_profile
 from rlsc_jax.synthetic import split_questions
 from rlsc_jax.tokenizer import load_tokenizer
 
@@ -100,3 +100,16 @@ def test_bad_task_or_report_temperatures_are_refused(tmp_path, args):
         pretrain.main(["--output", str(tmp_path / "m"), *TINY, *args])
     assert not (tmp_path / "m").exists()
 
+
+def test_shipped_long_model_is_in_the_long_answer_regime():
+    """16 samples at T = 0.5 of the first 16 held-out questions (measured: mean@16 0.38, maj@16 0.62, log p median
+    −49, 255 of 256 samples below −30): right on a single sample only part of the time, the majority more often,
+    and every answer's p_old negligible next to α."""
+    model, tok = hf.load(LONG_MODEL), load_tokenizer(LONG_MODEL)
+    records, summary = evaluate_problems(model, tok, split_questions("heldout", 16, task="long"), template="plain",
+                                         num_samples=16, temperature=0.5, max_new_tokens=320, batch_size=16,
+                                         progress=False, model_dir=LONG_MODEL)
+    profile = logprob_profile(records)
+    assert summary["truncated_frac"] == 0.0 and summary["mean_length"] > 120
+    assert 0.2 <= summary["mean@16"] <= 0.7 and summary["maj@16"] > summary["mean@16"], summary
+    assert profile["median"] < -30 and profile["below_threshold_frac"] > 0.9, profile
