@@ -18,6 +18,7 @@ from rlsc_jax.protocols import get_protocol
 from rlsc_jax.sharding import MESH_AXES, axis_rules
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent / "assets" / "default_model")
+LONG_MODEL = str(Path(__file__).resolve().parent / "assets" / "long_model")  # configs/cpu_long.yaml's, the long task
 
 
 @dataclasses.dataclass
@@ -33,7 +34,8 @@ class MeshConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    """Where the unlabeled questions come from: `synthetic`, a benchmark name, or a JSONL path."""
+    """Where the unlabeled questions come from: `synthetic` (short answers), `synthetic_long` (long answers, see
+    rlsc_jax/synthetic_long.py), a benchmark name, or a JSONL path."""
 
     source: str = "synthetic"
     data_dir: str = "../shared/data/benchmarks"

@@ -1,4 +1,4 @@
-"""Unlabeled training questions: the built-in synthetic task, a benchmark by name, or any JSONL file."""
+"""Unlabeled training questions: a built-in synthetic task, a benchmark by name, or any JSONL file."""
 
 from __future__ import annotations
 
@@ -9,25 +9,29 @@ from rlsc_jax import synthetic
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, load_benchmark, load_jsonl_problems
 
 SYNTHETIC_DEFAULT_SIZE = 256
+# data.source / eval.source name -> synthetic task: the default's short answers, or the long-answer regime
+SYNTHETIC_SOURCES = {"synthetic": "short", "synthetic_long": "long"}
 
 
 def load_questions(source: str, *, data_dir: str | Path = ".", question_field: str = "question",
                    num_questions: int = 0, split: str = "train", answer_field: str | None = None) -> list[Problem]:
-    """Questions from `synthetic` (the given split), a benchmark name (from data_dir), or a `.jsonl` path.
+    """Questions from `synthetic` or `synthetic_long` (the given split), a benchmark name (from data_dir), or a
+    `.jsonl` path.
 
     Gold answers are kept when the source has them (for evaluation) and never used by training; a JSONL
     file's gold comes from `answer_field` (required in every row when given, ignored when None).
     """
     limit = num_questions or None
-    if source == "synthetic":
-        problems = synthetic.split_questions(split, num_questions or SYNTHETIC_DEFAULT_SIZE)
+    if source in SYNTHETIC_SOURCES:
+        problems = synthetic.split_questions(split, num_questions or SYNTHETIC_DEFAULT_SIZE,
+                                             task=SYNTHETIC_SOURCES[source])
     elif source in BENCHMARKS:
         problems = load_benchmark(source, data_dir, limit)
     elif source.endswith(".jsonl"):
         problems = load_jsonl_problems(source, question_field, answer_field, limit)
     else:
-        raise ValueError(f"data source {source!r}: expected 'synthetic', a benchmark ({', '.join(BENCHMARKS)}) "
-                         "or a path ending in .jsonl")
+        raise ValueError(f"data source {source!r}: expected 'synthetic', 'synthetic_long', a benchmark "
+                         f"({', '.join(BENCHMARKS)}) or a path ending in .jsonl")
     if not problems:
         raise ValueError(f"data source {source!r}: no questions")
     return problems

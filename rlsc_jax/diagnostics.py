@@ -2,6 +2,7 @@
 of it other questions share.
 
     python -m rlsc_jax.diagnostics [--questions 8] [--draws 32] [--output FILE] [key=value ...]
+    python -m rlsc_jax.diagnostics --logp [--questions 8] [--threshold -30] [--output FILE] [key=value ...]
 
 For each of the first `--questions` training questions (same config keys as train.py), draws `--draws`
 independent sets of N completions and takes the objective's gradient on each set. Per question it reports
@@ -13,6 +14,11 @@ and across questions `mean_cosine`, the mean pairwise cosine between the questio
 cosine near 0 says every question pulls the parameters its own way: an update from one question is
 almost all question-specific, and only the average over many questions points a shared way.
 Memory: two gradient-sized buffers (running sums), whatever the number of draws and questions.
+
+With `--logp` it instead samples N completions of each question as a training step would (sampling.*) and
+reports where their sequence log p lies (`evaluation.logprob_profile`: median, the fraction below
+`--threshold`, the fraction whose p_old underflows to 0 in fp32), with their mean@N and maj@N: whether the
+task is in the long-answer regime, where RLSC's p_old ≈ 0 and L2 is α · NLL of the model's own samples.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from rlsc_jax import hf, sharding as sharding_lib
 from rlsc_jax.benchmarks import build_messages
 from rlsc_jax.config import TrainConfig, load_config
 from rlsc_jax.data import load_questions
+from rlsc_jax.evaluation import evaluate_problems, logprob_profile
 from rlsc_jax.rollouts import answer_ids
 from rlsc_jax.sampling import sample
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
@@ -96,14 +103,35 @@ def gradient_statistics(cfg: TrainConfig, num_questions: int, draws: int, progre
     return summarize(draw_dots, sum_dots, float(sq_norm(unit_sum)))
 
 
+def logprob_statistics(cfg: TrainConfig, num_questions: int, threshold: float = -30.0, progress: bool = True) -> dict:
+    """The first `num_questions` training questions, N samples each as training draws them (temperature, top-k,
+    top-p, budget, seed): their `logprob_profile` and, where the source has gold answers, mean@N / maj@N."""
+    if num_questions < 1:
+        raise ValueError(f"need at least 1 question (got {num_questions})")
+    s = cfg.sampling
+    model, tokenizer = hf.load(cfg.model, dtype=cfg.dtype), load_tokenizer(cfg.model)
+    questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
+                               num_questions=num_questions)[:num_questions]
+    records, summary = evaluate_problems(model, tokenizer, questions, template=cfg.data.template,
+                                         num_samples=s.num_samples, temperature=s.temperature, top_p=s.top_p,
+                                         top_k=s.top_k, max_new_tokens=s.max_new_tokens,
+                                         batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=progress,
+                                         model_dir=cfg.model)
+    return {"seq_logp": logprob_profile(records, threshold), "samples": summary}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", help="YAML config file (as for train.py)")
     p.add_argument("--questions", type=int, default=8)
     p.add_argument("--draws", type=int, default=32)
     p.add_argument("--output", type=Path, help="also write the statistics as JSON here")
+    p.add_argument("--logp", action="store_true", help="profile the samples' log p instead of the gradients")
+    p.add_argument("--threshold", type=float, default=-30.0, help="--logp: report the fraction of log p below this")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
+    if args.logp:
+        return _logp_main(args)
     try:
         stats = gradient_statistics(load_config(args.config, args.overrides), args.questions, args.draws)
     except (ValueError, FileNotFoundError) as e:
@@ -113,6 +141,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"question {i}: signal {q['signal']:.4g}  noise {q['noise']:.4g}  snr {q['snr']:.3f}")
     print(f"median snr {stats['median_snr']:.3f}; mean cosine between questions' mean gradients "
           f"{stats['mean_cosine']:.4f}")
+    if args.output:
+        args.output.write_text(json.dumps(stats, indent=2))
+    return 0
+
+
+def _logp_main(args: argparse.Namespace) -> int:
+    """`--logp`: print (and optionally write) the sampled log p profile."""
+    try:
+        cfg = load_config(args.config, args.overrides)
+        stats = logprob_statistics(cfg, args.questions, args.threshold)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    lp, n = stats["seq_logp"], cfg.sampling.num_samples
+    print(f"{lp['samples']} samples at T = {cfg.sampling.temperature}: log p median {lp['median']:.1f} "
+          f"(10%: {lp['q10']:.1f}, 90%: {lp['q90']:.1f}); below {lp['threshold']:g}: {lp['below_threshold_frac']:.3f}; "
+          f"p_old underflows to 0: {lp['p_old_underflow_frac']:.3f}; mean length {stats['samples']['mean_length']:.1f}")
+    if f"mean@{n}" in stats["samples"]:
+        print(f"mean@{n} {stats['samples'][f'mean@{n}']:.3f}, maj@{n} {stats['samples'][f'maj@{n}']:.3f}")
     if args.output:
         args.output.write_text(json.dumps(stats, indent=2))
     return 0

@@ -111,6 +111,24 @@ def summarize(records: list[dict]) -> dict[str, float | int]:
     return summary
 
 
+def logprob_profile(records: list[dict], threshold: float = -30.0) -> dict[str, float | int]:
+    """Where the sampled completions' sequence log p (at the sampling temperature, EOS included) lies: RLSC's
+    p_old = exp(log p) is negligible next to L2's α once log p is far below 0, as for long answers.
+
+    Over all samples of `records`: the median and 10th / 90th percentiles of log p, the fraction below
+    `threshold` (−30: p_old < 1e-13), and `p_old_underflow_frac`, the fraction whose p_old is exactly 0 in
+    fp32 as training computes it (XLA flushes subnormals: log p below about −87.3).
+    """
+    logp = np.asarray([x for r in records for x in r["logprob_sums"]], np.float64)
+    if not logp.size:
+        raise ValueError("no samples to profile")
+    underflow = np.asarray(jax.numpy.exp(jax.numpy.asarray(logp, jax.numpy.float32)) == 0)
+    q10, median, q90 = np.percentile(logp, [10, 50, 90])
+    return {"samples": int(logp.size), "median": float(median), "q10": float(q10), "q90": float(q90),
+            "threshold": threshold, "below_threshold_frac": float(np.mean(logp < threshold)),
+            "p_old_underflow_frac": float(underflow.mean())}
+
+
 def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *,
                       template: str = DEFAULT_PROMPT, num_samples: int = 1, temperature: float = 0.0,
                       top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 2048, batch_size: int = 8,

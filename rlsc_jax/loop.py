@@ -20,7 +20,7 @@ from rlsc_jax import hf, sharding as sharding_lib
 from rlsc_jax.benchmarks import build_messages
 from rlsc_jax.checkpoints import Checkpointer, saved_steps
 from rlsc_jax.config import TrainConfig, to_yaml, validate
-from rlsc_jax.data import load_questions, questions_for_step
+from rlsc_jax.data import SYNTHETIC_SOURCES, load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol
 from rlsc_jax.files import atomic_write_json, atomic_write_text, make_dir
 from rlsc_jax.metrics import MetricsLog, read_metrics
@@ -55,7 +55,7 @@ def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
     maj@N, mean length and `mean_token_nll` (the mean −log p of the sampled tokens, an estimate of the token
     entropy, which training logs exactly as `mean_token_entropy`); both with the fraction of completions cut at
     the budget."""
-    if cfg.eval.source != "synthetic":
+    if cfg.eval.source not in SYNTHETIC_SOURCES:
         return evaluate_protocol(model, tokenizer, problems, cfg.eval.protocol, seed=cfg.seed,
                                  batch_size=cfg.eval.batch_size, model_dir=cfg.model)
     _, greedy = evaluate_problems(model, tokenizer, problems, template=cfg.data.template,

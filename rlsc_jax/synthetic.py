@@ -164,23 +164,29 @@ def _slip(rng: random.Random, correct: int, avoid: int, rest: tuple[Step, ...]) 
     return rng.choice(allowed)
 
 
-def solution_with_slips(problem: SyntheticProblem, rng: random.Random, slip_prob: float) -> str:
-    """The problem's solution where each step, with probability `slip_prob`, writes a wrong result.
+def steps_with_slips(steps: tuple[Step, ...], rng: random.Random, slip_prob: float) -> list[Step]:
+    """The chain `steps` as written with slips: each step, with probability `slip_prob`, writes a wrong result.
 
     Later steps continue from the written (wrong) value, which never makes a result negative. A slip
     never lands back on the slip-free value, and + - * by a fixed nonzero operand are injective, so
-    the final answer is wrong exactly when at least one step slipped:
-    P(wrong) = 1 - (1 - slip_prob) ** len(problem.steps).
+    the final result is wrong exactly when at least one step slipped:
+    P(wrong) = 1 - (1 - slip_prob) ** len(steps).
     """
     written, value = [], None
-    for i, step in enumerate(problem.steps):
+    for i, step in enumerate(steps):
         left = step.left if value is None else value
         result = apply_op(left, step.op, step.right)
         if rng.random() < slip_prob:
-            result = _slip(rng, result, avoid=step.result, rest=problem.steps[i + 1 :])
+            result = _slip(rng, result, avoid=step.result, rest=steps[i + 1 :])
         written.append(Step(left, step.op, step.right, result))
         value = result
-    return render_solution(written)
+    return written
+
+
+def solution_with_slips(problem: SyntheticProblem, rng: random.Random, slip_prob: float) -> str:
+    """The problem's solution where each step, with probability `slip_prob`, writes a wrong result
+    (`steps_with_slips`): the final answer is wrong exactly when at least one step slipped."""
+    return render_solution(steps_with_slips(problem.steps, rng, slip_prob))
 
 
 def split_of(question: str) -> str:
@@ -189,24 +195,46 @@ def split_of(question: str) -> str:
     return next(name for name, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
 
 
-def split_problems(split: str, n: int, seed: int = 0) -> list[SyntheticProblem]:
-    """The first `n` distinct problems of `split` ("pretrain", "train" or "heldout") for `seed`."""
+def _generator(task: str):
+    """(RNG namespace, problem maker) of a task: "short" (this module) or "long" (`rlsc_jax.synthetic_long`)."""
+    if task == "short":
+        return "rlsc_jax.synthetic", make_problem
+    if task == "long":
+        from rlsc_jax import synthetic_long
+
+        return "rlsc_jax.synthetic_long", synthetic_long.make_problem
+    raise ValueError(f"unknown synthetic task {task!r}; expected 'short' or 'long'")
+
+
+def split_problems(split: str, n: int, seed: int = 0, task: str = "short") -> list:
+    """The first `n` distinct problems of `split` ("pretrain", "train" or "heldout") of `task` for `seed`."""
     if split not in SPLIT_BUCKETS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_BUCKETS)}")
-    rng = random.Random(f"rlsc_jax.synthetic:{split}:{seed}")
+    namespace, make = _generator(task)
+    rng = random.Random(f"{namespace}:{split}:{seed}")
     seen: set[str] = set()
     problems = []
     while len(problems) < n:
-        problem = make_problem(rng)
+        problem = make(rng)
         if split_of(problem.question) == split and problem.question not in seen:
             seen.add(problem.question)
             problems.append(problem)
     return problems
 
 
-def split_questions(split: str, n: int, seed: int = 0) -> list[Problem]:
-    """The first `n` problems of `split` as benchmark records (id, question, gold answer)."""
-    return [Problem(f"synthetic-{split}-{i}", p.question, p.answer) for i, p in enumerate(split_problems(split, n, seed))]
+def split_questions(split: str, n: int, seed: int = 0, task: str = "short") -> list[Problem]:
+    """The first `n` problems of `split` as benchmark records (id, question, gold answer); ids name the task
+    ("synthetic-heldout-0", "synthetic_long-heldout-0")."""
+    prefix = "synthetic" if task == "short" else f"synthetic_{task}"
+    return [Problem(f"{prefix}-{split}-{i}", p.question, p.answer)
+            for i, p in enumerate(split_problems(split, n, seed, task))]
+
+
+def sample_solution(problem, rng: random.Random, slip_prob: float) -> str:
+    """A training solution of either task's problem, with slips: the long task also draws fresh phrasings."""
+    if isinstance(problem, SyntheticProblem):
+        return solution_with_slips(problem, rng, slip_prob)
+    return problem.sample_solution(rng, slip_prob)
 
 
 def write_jsonl(problems: Iterable[Problem], path: str | Path) -> None:

@@ -41,6 +41,19 @@ def test_command_writes_finite_statistics(chat_model, tmp_path):
     assert -1 <= stats["mean_cosine"] <= 1
 
 
+def test_logp_profile_of_training_samples(chat_model, tmp_path, capsys):
+    """`--logp`: N samples of each training question as a step draws them, with their log p profile."""
+    out = tmp_path / "logp.json"
+    code = diagnostics.main(["--logp", "--questions", "2", "--threshold", "-5", "--output", str(out),
+                             f"model={chat_model}", "sampling.num_samples=4", "sampling.max_new_tokens=8"])
+    stats = json.loads(out.read_text())
+    assert code == 0 and stats["seq_logp"]["samples"] == 8 and stats["seq_logp"]["threshold"] == -5
+    assert stats["samples"]["problems"] == 2 and stats["samples"]["num_samples"] == 4
+    assert 0 <= stats["seq_logp"]["below_threshold_frac"] <= 1 and stats["seq_logp"]["median"] < 0
+    printed = capsys.readouterr().out
+    assert "8 samples at T = 0.5: log p median" in printed and "mean@4" in printed
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--draws", "1"], "at least 2 questions and 2 draws"),
     (["sampling.num_samples=4"], "divisible by mesh.data * mesh.fsdp = 8"),

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file, save_file
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, build_messages, load_benchmark
 from rlsc_jax.bpe import train_tokenizer
 from rlsc_jax.eval_cli import main
-from rlsc_jax.evaluation import make_record, read_records, summarize, token_budget
+from rlsc_jax.evaluation import logprob_profile, make_record, read_records, summarize, token_budget
 from rlsc_jax.report import truncation_warning
 from tests.hf_models import make_hf_model
 
@@ -67,6 +67,19 @@ def test_greedy_summary_has_accuracy_only() -> None:
     summary = summarize(records)
     assert summary == dict(problems=3, num_samples=1, accuracy=pytest.approx(1 / 3), mean_length=6.0,
                            truncated_frac=0.0, mean_token_nll=pytest.approx(9 / 18))
+
+
+def test_logprob_profile_counts_negligible_and_underflowed_p_old() -> None:
+    """Median and fraction below the threshold over every sample; p_old underflows (exactly 0 in fp32 under XLA,
+    which flushes subnormals) below about −87.3, not at −80."""
+    records = [{"logprob_sums": [-0.5, -20.0, -31.0, -80.0]}, {"logprob_sums": [-88.0, -120.0, -40.0, -2.0]}]
+    profile = logprob_profile(records)
+    assert profile["samples"] == 8 and profile["median"] == pytest.approx(-35.5)
+    assert profile["below_threshold_frac"] == 5 / 8 and profile["p_old_underflow_frac"] == 2 / 8
+    assert logprob_profile(records, threshold=-1.0)["below_threshold_frac"] == 7 / 8
+    assert profile["q10"] < profile["median"] < profile["q90"]
+    with pytest.raises(ValueError, match="no samples"):
+        logprob_profile([{"logprob_sums": []}])
 
 
 def test_read_records_drops_partial_last_line_and_rejects_bad_lines(tmp_path: Path) -> None:

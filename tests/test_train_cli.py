@@ -16,12 +16,14 @@ from jax.sharding import PartitionSpec
 from safetensors.numpy import load_file
 
 import train
-from rlsc_jax import loop, synthetic, training
-from rlsc_jax.config import load_config
+from rlsc_jax import hf, loop, synthetic, training
+from rlsc_jax.config import LONG_MODEL, load_config, validate
+from rlsc_jax.data import load_questions
 from rlsc_jax.loop import heldout_questions
 from rlsc_jax.metrics import read_metrics
 from rlsc_jax.objectives import OBJECTIVES
 from rlsc_jax.sharding import axis_rules
+from rlsc_jax.tokenizer import chat_prompt_ids, load_tokenizer
 from tests.hf_models import make_chat_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,6 +143,33 @@ def test_mesh_rules_in_the_config_reach_load_sampler_and_step(tmp_path, monkeypa
                        "embed": PartitionSpec("fsdp", "tensor"), "rows": "data"}
     losses = [read_metrics(tmp_path / name)[0]["loss"] for name in ("default", "override")]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+def test_long_config_loads():
+    """configs/cpu_long.yaml: the long task for training and held-out questions, its model's positions hold the
+    longest prompt plus the sampling budget."""
+    cfg = load_config(REPO / "configs" / "cpu_long.yaml")
+    validate(cfg)
+    assert cfg.data.source == cfg.eval.source == "synthetic_long"
+    assert Path(cfg.model) == Path("rlsc_jax/assets/long_model")
+    heldout = heldout_questions(cfg)
+    assert len(heldout) == cfg.eval.num_questions and heldout[0].id == "synthetic_long-heldout-0"
+    tok = load_tokenizer(LONG_MODEL)
+    longest = max(len(chat_prompt_ids(tok, q.question)) for q in load_questions(cfg.data.source, num_questions=100))
+    assert longest + cfg.sampling.max_new_tokens <= hf.check(LONG_MODEL).max_position_embeddings
+
+
+def test_long_config_trains_two_steps(tmp_path):
+    """Two RLSC steps on the long config with the shipped long model, at full answer length: every sample's
+    log p is far below −30, so p_old is negligible next to α (it need not underflow to exactly 0)."""
+    out = tmp_path / "long"
+    assert train.main(["--config", str(REPO / "configs" / "cpu_long.yaml"), f"model={LONG_MODEL}",
+                       f"output_dir={out}", *SMALL_DEFAULT]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and not any(r["skipped"] for r in rows)
+    for r in rows:
+        assert r["completion_length"] > 100 and r["truncated_frac"] == 0
+        assert r["seq_logp_mean"] < -30 and r["p_old_max"] < 1e-10 and 0 <= r["p_old_underflow_frac"] <= 1
 
 
 def test_eval_offset_skips_the_first_heldout_questions():
