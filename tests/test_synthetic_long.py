@@ -14,19 +14,9 @@ from rlsc_jax import synthetic_long as long_task
 from rlsc_jax.data import load_questions
 from rlsc_jax.grading import extract_answer
 from rlsc_jax.synthetic import sample_solution, split_of, split_problems, split_questions
+from tests.test_synthetic import OPS, parse_solution as parse
 
-CALC = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")
-BOXED = re.compile(r"The answer is \\boxed\{(\d+)\}\.$")
 STEP_NUMBERS = re.compile(r"[Ss]tep (\d+)(?:[:,]| is next:)")
-OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-
-
-def parse(text: str) -> tuple[list[tuple[int, str, int, int]], str]:
-    """The written calculations (a, op, b, c) and the boxed answer of a solution."""
-    calcs = [(int(a), op, int(b), int(c)) for a, op, b, c in CALC.findall(text)]
-    boxed = BOXED.search(text)
-    assert boxed is not None, text
-    return calcs, boxed.group(1)
 
 
 def matches(calc: tuple[int, str, int, int], left: int, op: str, right: int) -> bool:
