@@ -10,6 +10,9 @@ untrained model is evaluated once at the training temperature (the "before" of e
 paired) and at each baseline temperature, the cheap way to sharpen a model without training. Every model
 is also scored on the unlabeled training questions themselves, the paper's setting (it trains and reports
 on AIME 2024), next to the held-out questions. Writes `results.json`, `table.md` and `curves.png`.
+
+Each base model's and each finished arm's result is kept in `--output` with the config that made it, so a
+rerun (after an interruption, or with more arms or seeds) reuses what is there and computes the rest.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rlsc_jax import hf  # noqa: E402
-from rlsc_jax.config import TrainConfig, load_config  # noqa: E402
+from rlsc_jax.config import TrainConfig, load_config, to_yaml  # noqa: E402
 from rlsc_jax.data import load_questions  # noqa: E402
+from rlsc_jax.files import atomic_write_json  # noqa: E402
 from rlsc_jax.loop import evaluate, heldout_questions, run, sampled_metrics  # noqa: E402
 from rlsc_jax.metrics import read_metrics  # noqa: E402
 from rlsc_jax.tokenizer import load_tokenizer  # noqa: E402
@@ -75,6 +79,18 @@ def train_arm(cfg: TrainConfig, before: dict) -> dict:
         result["p_old_share"] = statistics.fmean(
             r["grad_norm_p_old_term"] / max(r["grad_norm_p_old_term"] + r["grad_norm_alpha_term"], 1e-30)
             for r in terms)
+    return result
+
+
+def cached(path: Path, key: str, compute):
+    """`compute()`'s result, kept at `path` with `key` (the config that made it) and reused while `key` matches."""
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            print(f"   reusing {path}")
+            return saved["result"]
+    result = compute()
+    atomic_write_json(path, {"key": key, "result": result})
     return result
 
 
@@ -152,13 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     base, runs, dirs = {}, {}, {}
     for seed in args.seeds:
         print(f"== base model, seed {seed}")
-        base[seed] = base_model(config(seed), args.baseline_temperatures)
+        cfg = config(seed)
+        base[seed] = cached(args.output / f"base-seed{seed}.json", f"{to_yaml(cfg)}{args.baseline_temperatures}",
+                            lambda: base_model(cfg, args.baseline_temperatures))
     for name in args.arms:
         for seed in args.seeds:
             out = args.output / f"{name}-seed{seed}"
             print(f"== {ARMS[name][0]}, seed {seed} -> {out}")
-            runs.setdefault(name, {})[seed] = train_arm(config(seed, *ARMS[name][1], f"output_dir={out}"),
-                                                        base[seed]["before"])
+            cfg, before = config(seed, *ARMS[name][1], f"output_dir={out}"), base[seed]["before"]
+            runs.setdefault(name, {})[seed] = cached(out / "experiment_result.json", f"{to_yaml(cfg)}{before}",
+                                                     lambda: train_arm(cfg, before))
             dirs.setdefault(name, {})[seed] = str(out)
     cfg = config(args.seeds[0])
     md = table(base, runs, cfg.eval.num_samples, cfg.eval.temperature)

@@ -34,3 +34,28 @@ def test_experiment_pairs_every_arm_with_its_seeds_base(tmp_path):
     assert cells["| base, T=0.5"][7] == "–" and 0 <= float(cells["| RLSC L2"][7].split(" ± ")[0]) <= 100
     assert cells["| base, T=0.5"][8] == "–" and 0 <= float(cells["| RLSC L2"][8].split(" ± ")[0]) <= 100
     assert (out / "curves.png").stat().st_size > 0
+
+
+def test_a_rerun_reuses_finished_results_and_recomputes_when_the_config_changes(tmp_path, monkeypatch):
+    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 200)]
+    model = make_chat_model_dir(tmp_path / "model", texts)
+    out = tmp_path / "exp"
+    args = ["--seeds", "0", "--arms", "rlsc_l2", "--baseline-temperatures", "0.2", "--output", str(out),
+            f"model={model}", *TINY]
+    assert experiment.main(args) == 0
+    first = json.loads((out / "results.json").read_text())
+
+    def fail(*_):
+        raise AssertionError("recomputed a finished result")
+
+    monkeypatch.setattr(experiment, "base_model", fail)
+    monkeypatch.setattr(experiment, "train_arm", fail)
+    assert experiment.main(args) == 0
+    assert json.loads((out / "results.json").read_text()) == first
+    calls = []
+    monkeypatch.setattr(experiment, "base_model", lambda cfg, temps: calls.append(cfg.eval.num_samples) or fail())
+    try:
+        experiment.main([*args, "eval.num_samples=2"])
+    except AssertionError:
+        pass
+    assert calls == [2]  # a changed config is not served from the cache
