@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -163,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-temperatures", type=float, nargs="+", default=[0.3, 0.1])
     p.add_argument("--output", type=Path, default=Path("runs/experiment"))
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # key=value may follow a list option (`--arms a b key=value`): set it apart before argparse's lists take it
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = p.parse_args([a for a in argv if a not in overrides])
+    args.overrides = overrides
     config = lambda seed, *extra: load_config(args.config, [*args.overrides, f"seed={seed}", *extra])  # noqa: E731
     base, runs, dirs = {}, {}, {}
     for seed in args.seeds:

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from rlsc_jax import experiment, synthetic
 from tests.hf_models import make_chat_model_dir
 
@@ -52,10 +54,19 @@ def test_a_rerun_reuses_finished_results_and_recomputes_when_the_config_changes(
     monkeypatch.setattr(experiment, "train_arm", fail)
     assert experiment.main(args) == 0
     assert json.loads((out / "results.json").read_text()) == first
-    calls = []
-    monkeypatch.setattr(experiment, "base_model", lambda cfg, temps: calls.append(cfg.eval.num_samples) or fail())
-    try:
+    with pytest.raises(AssertionError, match="recomputed"):  # a changed config is not served from the cache
         experiment.main([*args, "eval.num_samples=2"])
-    except AssertionError:
+
+
+def test_overrides_may_follow_the_list_options(monkeypatch, tmp_path):
+    class Stop(Exception):
         pass
-    assert calls == [2]  # a changed config is not served from the cache
+
+    def capture(cfg, temperatures):
+        raise Stop(cfg)
+
+    monkeypatch.setattr(experiment, "base_model", capture)
+    with pytest.raises(Stop) as stop:
+        experiment.main(["--seeds", "3", "--arms", "rlsc_l1", "steps=7", "--output", str(tmp_path), "optim.lr=2e-5"])
+    cfg = stop.value.args[0]
+    assert (cfg.steps, cfg.optim.lr, cfg.seed) == (7, 2e-5, 3)
