@@ -40,6 +40,39 @@ def _deferred_interrupt():
         raise KeyboardInterrupt
 
 
+class Preempted(Exception):
+    """SIGTERM (a scheduler's preemption notice) arrived: the run saved a checkpoint and stopped."""
+
+
+@contextlib.contextmanager
+def preemption_notice():
+    """Yields `reached(step) -> bool`, True from the step at which the run should save and stop for SIGTERM.
+
+    One process: our SIGTERM handler's flag. Several: JAX's preemption sync point, which every process
+    reaches at the same step (its service catches the SIGTERM), so all of them save the same step.
+    """
+    if jax.process_count() > 1:
+        yield _sync_point
+        return
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda step: False
+        return
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: received.append(True))
+    try:
+        yield lambda step: bool(received)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _sync_point(step: int) -> bool:
+    """JAX's preemption sync point; False where its preemption service is off (it raises there)."""
+    try:
+        return multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError:
+        return False
+
+
 def saved_steps(directory: str | Path) -> list[int]:
     """Steps of the complete checkpoints under `directory` (orbax names them by step; a save in progress
     has a temporary name), without opening a manager."""

@@ -11,9 +11,14 @@ T = TypeVar("T")
 
 def run_command(fn: Callable[[], T], interrupted: str) -> tuple[int, T | None]:
     """(0, fn()); bad input or an unreadable/unwritable file (ValueError, OSError) is one `error:` line on stderr
-    and exit code 2, Ctrl-C the line `interrupted` and 130."""
+    and exit code 2, Ctrl-C the line `interrupted` and 130, a preemption (SIGTERM, checkpoint saved) its line
+    and 143, the code of a process ended by SIGTERM, which schedulers read as "requeue"."""
+    from rlsc_jax.checkpoints import Preempted
     try:
         return 0, fn()
+    except Preempted as e:
+        print(e, file=sys.stderr)
+        return 143, None
     except (ValueError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2, None

@@ -205,6 +205,30 @@ def test_sigkill_and_resume_equals_uninterrupted(chat_model, tmp_path):
     assert steps_logged == [1, 2, 3, 4]
 
 
+
+def test_sigterm_saves_the_current_step_and_resuming_equals_uninterrupted(chat_model, tmp_path):
+    steps = ["steps=6", "checkpoint_every=100", "plot=false"]  # only the end and a preemption save
+    whole = tmp_path / "whole"
+    subprocess.run(_train_cmd(chat_model, whole, *steps), check=True, env=_env(), capture_output=True)
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen(_train_cmd(chat_model, stopped, *steps), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics, deadline = stopped / "metrics.jsonl", time.time() + 300
+    while not (metrics.is_file() and metrics.read_text().strip()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    saved = sorted(int(p.name) for p in (stopped / "checkpoints").iterdir())
+    assert len(saved) == 1 and 1 <= saved[0] < 6, saved
+    assert f"preempted (SIGTERM) after step {saved[0]}" in err and not (stopped / "final").exists()
+    resumed = subprocess.run(_train_cmd(chat_model, stopped, *steps), env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from step {saved[0]}" in resumed.stdout
+    a, b = _final_params(whole), _final_params(stopped)
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
 BAD_FILES = {
     "EMPTY": ("empty.jsonl", ""),
     "TWO": ("two.jsonl", '{"question": "1 + 1?", "answer": "2"}\n{"question": "2 + 2?", "answer": "4"}\n'),
