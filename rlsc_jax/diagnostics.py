@@ -24,8 +24,6 @@ task is in the long-answer regime, where RLSC's p_old ≈ 0 and L2 is α · NLL 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import jax
@@ -35,9 +33,11 @@ from tqdm import tqdm
 
 from rlsc_jax import hf, sharding as sharding_lib
 from rlsc_jax.benchmarks import build_messages
+from rlsc_jax.cli import run_command
 from rlsc_jax.config import TrainConfig, load_config
 from rlsc_jax.data import load_questions
 from rlsc_jax.evaluation import evaluate_problems, logprob_profile
+from rlsc_jax.files import atomic_write_json
 from rlsc_jax.rollouts import answer_ids
 from rlsc_jax.sampling import sample
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
@@ -63,6 +63,12 @@ def summarize(draw_dots: list[list[float]], sum_dots: list[float], unit_sum_sq: 
             "mean_cosine": cosine}
 
 
+def _load(cfg: TrainConfig, mesh):
+    """(model, tokenizer) as train.py loads them: dtypes and axis rules from `cfg`, on `mesh`."""
+    model = hf.load(cfg.model, dtype=cfg.dtype, compute_dtype=cfg.compute_dtype, mesh=mesh, rules=cfg.mesh.rules)
+    return model, load_tokenizer(cfg.model)
+
+
 def gradient_statistics(cfg: TrainConfig, num_questions: int, draws: int, progress: bool = True) -> dict:
     """Samples `draws` sets of N completions for each of the first `num_questions` questions and summarises
     the objective's gradients (see the module doc)."""
@@ -71,8 +77,7 @@ def gradient_statistics(cfg: TrainConfig, num_questions: int, draws: int, progre
     mesh = sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     sharding_lib.check_rows(cfg.sampling.num_samples, "sampling.num_samples", "per gradient", mesh,
                             sharding_lib.axis_rules(cfg.mesh.rules))
-    model = hf.load(cfg.model, dtype=cfg.dtype, mesh=mesh, rules=cfg.mesh.rules)
-    tokenizer = load_tokenizer(cfg.model)
+    model, tokenizer = _load(cfg, mesh)
     eos = eos_ids(tokenizer, generation_eos(cfg.model))
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=num_questions)
@@ -109,7 +114,7 @@ def logprob_statistics(cfg: TrainConfig, num_questions: int, threshold: float = 
     if num_questions < 1:
         raise ValueError(f"need at least 1 question (got {num_questions})")
     s = cfg.sampling
-    model, tokenizer = hf.load(cfg.model, dtype=cfg.dtype), load_tokenizer(cfg.model)
+    model, tokenizer = _load(cfg, sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=num_questions)[:num_questions]
     records, summary = evaluate_problems(model, tokenizer, questions, template=cfg.data.template,
@@ -130,30 +135,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, default=-30.0, help="--logp: report the fraction of log p below this")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
-    if args.logp:
-        return _logp_main(args)
-    try:
-        stats = gradient_statistics(load_config(args.config, args.overrides), args.questions, args.draws)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    code, _ = run_command(lambda: (_logp if args.logp else _gradients)(args, load_config(args.config, args.overrides)),
+                          "interrupted")
+    return code
+
+
+def _gradients(args: argparse.Namespace, cfg: TrainConfig) -> None:
+    """Print (and optionally write) the gradient statistics."""
+    stats = gradient_statistics(cfg, args.questions, args.draws)
     for i, q in enumerate(stats["questions"]):
         print(f"question {i}: signal {q['signal']:.4g}  noise {q['noise']:.4g}  snr {q['snr']:.3f}")
     print(f"median snr {stats['median_snr']:.3f}; mean cosine between questions' mean gradients "
           f"{stats['mean_cosine']:.4f}")
     if args.output:
-        args.output.write_text(json.dumps(stats, indent=2))
-    return 0
+        atomic_write_json(args.output, stats)
 
 
-def _logp_main(args: argparse.Namespace) -> int:
+def _logp(args: argparse.Namespace, cfg: TrainConfig) -> None:
     """`--logp`: print (and optionally write) the sampled log p profile."""
-    try:
-        cfg = load_config(args.config, args.overrides)
-        stats = logprob_statistics(cfg, args.questions, args.threshold)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    stats = logprob_statistics(cfg, args.questions, args.threshold)
     lp, n = stats["seq_logp"], cfg.sampling.num_samples
     print(f"{lp['samples']} samples at T = {cfg.sampling.temperature}: log p median {lp['median']:.1f} "
           f"(10%: {lp['q10']:.1f}, 90%: {lp['q90']:.1f}); below {lp['threshold']:g}: {lp['below_threshold_frac']:.3f}; "
@@ -161,8 +161,7 @@ def _logp_main(args: argparse.Namespace) -> int:
     if f"mean@{n}" in stats["samples"]:
         print(f"mean@{n} {stats['samples'][f'mean@{n}']:.3f}, maj@{n} {stats['samples'][f'maj@{n}']:.3f}")
     if args.output:
-        args.output.write_text(json.dumps(stats, indent=2))
-    return 0
+        atomic_write_json(args.output, stats)
 
 
 if __name__ == "__main__":
