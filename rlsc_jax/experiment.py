@@ -11,8 +11,9 @@ paired) and at each baseline temperature, the cheap way to sharpen a model witho
 is also scored on the unlabeled training questions themselves, the paper's setting (it trains and reports
 on AIME 2024), next to the held-out questions. Writes `results.json`, `table.md` and `curves.png`.
 
-Each base model's and each finished arm's result is kept in `--output` with the config that made it, so a
-rerun (after an interruption, or with more arms or seeds) reuses what is there and computes the rest.
+Each base model's and each finished arm's result is kept in `--output` with the config and the model files'
+SHA-256 that made it, so a rerun (after an interruption, or with more arms or seeds) reuses what is there and
+computes the rest.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from rlsc_jax import hf  # noqa: E402
 from rlsc_jax.config import TrainConfig, load_config, to_yaml  # noqa: E402
 from rlsc_jax.data import load_questions  # noqa: E402
 from rlsc_jax.files import atomic_write_json  # noqa: E402
+from rlsc_jax.fingerprint import digests, fingerprint  # noqa: E402
 from rlsc_jax.loop import evaluate, heldout_questions, run, sampled_metrics  # noqa: E402
 from rlsc_jax.metrics import read_metrics  # noqa: E402
+from rlsc_jax.run_record import MODEL_FILES  # noqa: E402
 from rlsc_jax.tokenizer import load_tokenizer  # noqa: E402
 
 # name -> (label, overrides on top of the default run)
@@ -83,8 +86,13 @@ def train_arm(cfg: TrainConfig, before: dict) -> dict:
     return result
 
 
+def result_key(cfg: TrainConfig, *extra) -> str:
+    """What a kept result must match to be reused: the resolved config, the model files' digests, `extra`."""
+    return json.dumps([to_yaml(cfg), digests(fingerprint(cfg.model, patterns=MODEL_FILES)), *extra])
+
+
 def cached(path: Path, key: str, compute):
-    """`compute()`'s result, kept at `path` with `key` (the config that made it) and reused while `key` matches."""
+    """`compute()`'s result, kept at `path` with `key` (`result_key`) and reused while `key` matches."""
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
@@ -174,14 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         print(f"== base model, seed {seed}")
         cfg = config(seed)
-        base[seed] = cached(args.output / f"base-seed{seed}.json", f"{to_yaml(cfg)}{args.baseline_temperatures}",
+        base[seed] = cached(args.output / f"base-seed{seed}.json", result_key(cfg, args.baseline_temperatures),
                             lambda: base_model(cfg, args.baseline_temperatures))
     for name in args.arms:
         for seed in args.seeds:
             out = args.output / f"{name}-seed{seed}"
             print(f"== {ARMS[name][0]}, seed {seed} -> {out}")
             cfg, before = config(seed, *ARMS[name][1], f"output_dir={out}"), base[seed]["before"]
-            runs.setdefault(name, {})[seed] = cached(out / "experiment_result.json", f"{to_yaml(cfg)}{before}",
+            runs.setdefault(name, {})[seed] = cached(out / "experiment_result.json", result_key(cfg, before),
                                                      lambda: train_arm(cfg, before))
             dirs.setdefault(name, {})[seed] = str(out)
     cfg = config(args.seeds[0])

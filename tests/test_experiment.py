@@ -56,6 +56,10 @@ def test_a_rerun_reuses_finished_results_and_recomputes_when_the_config_changes(
     assert json.loads((out / "results.json").read_text()) == first
     with pytest.raises(AssertionError, match="recomputed"):  # a changed config is not served from the cache
         experiment.main([*args, "eval.num_samples=2"])
+    with (model / "config.json").open("a") as f:  # nor are other model files at the same path
+        f.write("\n")
+    with pytest.raises(AssertionError, match="recomputed"):
+        experiment.main(args)
 
 
 def test_overrides_may_follow_the_list_options(monkeypatch, tmp_path):
