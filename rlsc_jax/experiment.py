@@ -86,9 +86,9 @@ def train_arm(cfg: TrainConfig, before: dict) -> dict:
     return result
 
 
-def result_key(cfg: TrainConfig, *extra) -> str:
+def result_key(cfg: TrainConfig, model_digests: dict, *extra) -> str:
     """What a kept result must match to be reused: the resolved config, the model files' digests, `extra`."""
-    return json.dumps([to_yaml(cfg), digests(fingerprint(cfg.model, patterns=MODEL_FILES)), *extra])
+    return json.dumps([to_yaml(cfg), model_digests, *extra])
 
 
 def cached(path: Path, key: str, compute):
@@ -179,17 +179,21 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = overrides
     config = lambda seed, *extra: load_config(args.config, [*args.overrides, f"seed={seed}", *extra])  # noqa: E731
     base, runs, dirs = {}, {}, {}
+    # every arm trains the same model (the arms override no `model`): hash its files once
+    model_digests = digests(fingerprint(config(args.seeds[0]).model, patterns=MODEL_FILES))
     for seed in args.seeds:
         print(f"== base model, seed {seed}")
         cfg = config(seed)
-        base[seed] = cached(args.output / f"base-seed{seed}.json", result_key(cfg, args.baseline_temperatures),
+        key = result_key(cfg, model_digests, args.baseline_temperatures)
+        base[seed] = cached(args.output / f"base-seed{seed}.json", key,
                             lambda: base_model(cfg, args.baseline_temperatures))
     for name in args.arms:
         for seed in args.seeds:
             out = args.output / f"{name}-seed{seed}"
             print(f"== {ARMS[name][0]}, seed {seed} -> {out}")
             cfg, before = config(seed, *ARMS[name][1], f"output_dir={out}"), base[seed]["before"]
-            runs.setdefault(name, {})[seed] = cached(out / "experiment_result.json", result_key(cfg, before),
+            key = result_key(cfg, model_digests, before)
+            runs.setdefault(name, {})[seed] = cached(out / "experiment_result.json", key,
                                                      lambda: train_arm(cfg, before))
             dirs.setdefault(name, {})[seed] = str(out)
     cfg = config(args.seeds[0])

@@ -67,49 +67,47 @@ def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
 
 
 def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, questions, tokenizer, eos,
-           ckpt: Checkpointer, log: MetricsLog, writer: bool) -> dict:
-    """Steps `start` .. `cfg.steps`: sample, score, update, log, checkpoint. Returns the final state; on SIGTERM
-    it saves the step it is on and raises `Preempted`."""
+           ckpt: Checkpointer, log: MetricsLog, writer: bool, preempted) -> dict:
+    """Steps `start` .. `cfg.steps`: sample, score, update, log, checkpoint. Returns the final state; once
+    `preempted(step)` (`preemption_notice`) says so, it saves the step it is on and raises `Preempted`."""
     prompts, skipped_in_a_row = {}, 0
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, unit="step", disable=not writer)
-    with preemption_notice() as preempted:
-        for step in bar:
-            batch_questions = questions_for_step(questions, step, cfg.questions_per_step, cfg.seed, cfg.data.shuffle)
-            for q in batch_questions:
-                if q.id not in prompts:
-                    system, user = build_messages(cfg.data.template, q.question)
-                    prompts[q.id] = chat_prompt_ids(tokenizer, user, system)
-            s = cfg.sampling
-            every = cfg.grad_terms_every
-            result = rlsc_step(trainer, state, [prompts[q.id] for q in batch_questions], s, eos,
-                               jax.random.fold_in(key, step),
-                               vote=lambda tokens, lengths: answer_ids(tokenizer, tokens, lengths, s.num_samples),
-                               grad_terms=every > 0 and (step == 0 or (step + 1) % every == 0))
-            state, metrics = result.state, result.metrics
-            metrics.update(answer_stats(result.votes, s.num_samples),
-                           truncated_frac=truncated_fraction(result.tokens, result.lengths, s.max_new_tokens, eos),
-                           completion_length=float(result.lengths.mean()), lr=float(trainer.schedule(step)))
-            skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
-            if metrics["skipped"]:
-                print(f"step {step + 1}: non-finite loss, gradient or update; update skipped")
-            log.log(step + 1, metrics)
-            if not metrics["state_finite"]:
-                raise ValueError(f"step {step + 1} made parameters or optimizer state non-finite (an overflow; try a "
-                                 f"lower optim.lr); nothing of it was saved, the last checkpoint is step "
-                                 f"{ckpt.latest_step() or 0}")
-            if skipped_in_a_row >= cfg.max_skipped_steps:
-                raise ValueError(f"{skipped_in_a_row} steps in a row skipped (max_skipped_steps="
-                                 f"{cfg.max_skipped_steps}): the run is diverging; stopped at step {step + 1} "
-                                 f"without exporting final/")
-            bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", tok_s=f"{metrics['tokens_per_second']:.0f}")
-            stop = preempted(step + 1) and step + 1 < cfg.steps
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
-                ckpt.save(step + 1, {**state, "rng": np.asarray(jax.random.key_data(key))},
-                          {"questions_seen": (step + 1) * cfg.questions_per_step, "seed": cfg.seed})
-            if stop:
-                bar.close()
-                raise Preempted(f"preempted (SIGTERM) after step {step + 1}: checkpoint saved in {ckpt.directory}; "
-                                f"run the same command again to resume")
+    for step in bar:
+        batch_questions = questions_for_step(questions, step, cfg.questions_per_step, cfg.seed, cfg.data.shuffle)
+        for q in batch_questions:
+            if q.id not in prompts:
+                system, user = build_messages(cfg.data.template, q.question)
+                prompts[q.id] = chat_prompt_ids(tokenizer, user, system)
+        s = cfg.sampling
+        every = cfg.grad_terms_every
+        result = rlsc_step(trainer, state, [prompts[q.id] for q in batch_questions], s, eos,
+                           jax.random.fold_in(key, step),
+                           vote=lambda tokens, lengths: answer_ids(tokenizer, tokens, lengths, s.num_samples),
+                           grad_terms=every > 0 and (step == 0 or (step + 1) % every == 0))
+        state, metrics = result.state, result.metrics
+        metrics.update(answer_stats(result.votes, s.num_samples),
+                       truncated_frac=truncated_fraction(result.tokens, result.lengths, s.max_new_tokens, eos),
+                       completion_length=float(result.lengths.mean()), lr=float(trainer.schedule(step)))
+        skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
+        if metrics["skipped"]:
+            print(f"step {step + 1}: non-finite loss, gradient or update; update skipped")
+        log.log(step + 1, metrics)
+        if not metrics["state_finite"]:
+            raise ValueError(f"step {step + 1} made parameters or optimizer state non-finite (an overflow; try a "
+                             f"lower optim.lr); nothing of it was saved, the last checkpoint is step "
+                             f"{ckpt.latest_step() or 0}")
+        if skipped_in_a_row >= cfg.max_skipped_steps:
+            raise ValueError(f"{skipped_in_a_row} steps in a row skipped (max_skipped_steps={cfg.max_skipped_steps}): "
+                             f"the run is diverging; stopped at step {step + 1} without exporting final/")
+        bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", tok_s=f"{metrics['tokens_per_second']:.0f}")
+        stop = preempted(step + 1) and step + 1 < cfg.steps
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
+            ckpt.save(step + 1, {**state, "rng": np.asarray(jax.random.key_data(key))},
+                      {"questions_seen": (step + 1) * cfg.questions_per_step, "seed": cfg.seed})
+        if stop:
+            bar.close()
+            raise Preempted(f"preempted (SIGTERM) after step {step + 1}: checkpoint saved in {ckpt.directory}; "
+                            f"run the same command again to resume")
     bar.close()
     return state
 
@@ -192,7 +190,8 @@ def run(cfg: TrainConfig, before: dict | None = None) -> dict:
         print(f"resuming from step {start} ({meta['questions_seen']} questions seen)")
     log = MetricsLog(out, resume_step=start)
     try:
-        state = _train(cfg, trainer, state, key, start, questions, tokenizer, eos, ckpt, log, writer)
+        with preemption_notice() as preempted:
+            state = _train(cfg, trainer, state, key, start, questions, tokenizer, eos, ckpt, log, writer, preempted)
     finally:  # also on an error or Ctrl-C: pending checkpoint writes finish, so the last one is never lost
         log.close()
         ckpt.close()
