@@ -43,7 +43,7 @@ from rlsc_jax.config import DEFAULT_MODEL
 from rlsc_jax.evaluation import evaluate_problems, logprob_profile
 from rlsc_jax.logprobs import sequence_logprobs
 from rlsc_jax.models import Decoder, ModelConfig
-from rlsc_jax.synthetic import sample_solution, split_problems, split_questions
+from rlsc_jax.synthetic import split_problems, split_questions
 from rlsc_jax.tokenizer import chat_prompt_ids, load_tokenizer
 
 
@@ -112,7 +112,7 @@ def make_batch(tok: PreTrainedTokenizerBase, cfg: PretrainConfig, step: int) -> 
     attention, completion = np.zeros_like(ids), np.zeros_like(ids)
     for i, p in enumerate(problems):
         prompt = chat_prompt_ids(tok, p.question)
-        answer = tok(sample_solution(p, rng, cfg.slip_prob), add_special_tokens=False)["input_ids"] + [end]
+        answer = tok(p.sample_solution(rng, cfg.slip_prob), add_special_tokens=False)["input_ids"] + [end]
         row = (prompt + answer)[: cfg.seq_len]
         ids[i, : len(row)] = row
         attention[i, : len(row)] = 1

@@ -75,6 +75,10 @@ class SyntheticProblem:
     solution: str
     answer: str
 
+    def sample_solution(self, rng: random.Random, slip_prob: float) -> str:
+        """A solution with slips (`solution_with_slips`), as pretraining sees them; `LongProblem` has the same."""
+        return solution_with_slips(self, rng, slip_prob)
+
 
 def apply_op(left: int, op: str, right: int) -> int:
     """The exact integer value of `left op right` for op in + - *."""
@@ -228,13 +232,6 @@ def split_questions(split: str, n: int, seed: int = 0, task: str = "short") -> l
     prefix = "synthetic" if task == "short" else f"synthetic_{task}"
     return [Problem(f"{prefix}-{split}-{i}", p.question, p.answer)
             for i, p in enumerate(split_problems(split, n, seed, task))]
-
-
-def sample_solution(problem, rng: random.Random, slip_prob: float) -> str:
-    """A training solution of either task's problem, with slips: the long task also draws fresh phrasings."""
-    if isinstance(problem, SyntheticProblem):
-        return solution_with_slips(problem, rng, slip_prob)
-    return problem.sample_solution(rng, slip_prob)
 
 
 def write_jsonl(problems: Iterable[Problem], path: str | Path) -> None:

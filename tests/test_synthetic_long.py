@@ -13,7 +13,7 @@ import pytest
 from rlsc_jax import synthetic_long as long_task
 from rlsc_jax.data import load_questions
 from rlsc_jax.grading import extract_answer
-from rlsc_jax.synthetic import sample_solution, split_of, split_problems, split_questions
+from rlsc_jax.synthetic import split_of, split_problems, split_questions
 from tests.test_synthetic import OPS, parse_solution as parse
 
 STEP_NUMBERS = re.compile(r"[Ss]tep (\d+)(?:[:,]| is next:)")
@@ -55,7 +55,7 @@ def test_reference_solutions_follow_the_chain(problems):
 def test_sampled_solutions_vary_and_stay_correct_without_slips(problems):
     rng = random.Random(0)
     for p in problems[:100]:
-        texts = {sample_solution(p, rng, 0.0) for _ in range(8)}
+        texts = {p.sample_solution(rng, 0.0) for _ in range(8)}
         assert len(texts) == 8  # ~7 nats a step: eight draws never coincide
         for text in texts:
             calcs, boxed = parse(text)
@@ -66,7 +66,7 @@ def test_sampled_solutions_vary_and_stay_correct_without_slips(problems):
 def test_slips_continue_from_the_written_value(problems):
     rng = random.Random(1)
     for p in problems[:200]:
-        calcs, boxed = parse(sample_solution(p, rng, 1.0))
+        calcs, boxed = parse(p.sample_solution(rng, 1.0))
         assert boxed != p.answer and len(calcs) == len(p.steps)
         value = p.steps[0].left
         for calc, step in zip(calcs, p.steps):
