@@ -43,8 +43,8 @@ class Samples:
 class DecodeState:
     """The decode loop's carry; rows = prompts x samples, sharded over the batch axes on a mesh.
 
-    step: int32 scalar, the next column to fill; cache: per layer (k, v), each [rows, prompt + max_new_tokens,
-    kv_heads, head_dim] in the compute dtype; done: bool [rows], an EOS emitted; lengths: int32 [rows], tokens
+    step: int32 scalar, the next column to fill; cache: per layer (k, v), each [rows, kv_heads,
+    prompt + max_new_tokens, head_dim] in the compute dtype; done: bool [rows], an EOS emitted; lengths: int32 [rows], tokens
     emitted up to and including EOS; tokens: int32 [rows, max_new_tokens] (pad after EOS); logprobs: float32
     [rows, max_new_tokens], each token's log-prob at the temperature (0 after EOS).
     """
@@ -83,13 +83,11 @@ def _pick(logits, key, temperature, greedy: bool, top_k: int, top_p):
     """Samples one token per row from fp32 logits; returns the token and its log-prob at the temperature."""
     if greedy:
         token = jnp.argmax(logits, axis=-1)
-        return token, jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], -1)[:, 0]
+        return token, _token_logp(logits, token)
     scaled = logits / temperature
-    logp = jax.nn.log_softmax(scaled)
     masked = scaled
     if top_k > 0:
-        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
-        masked = jnp.where(scaled < kth, -jnp.inf, masked)
+        masked = jnp.where(scaled < _kth_largest(scaled, top_k), -jnp.inf, masked)
     if top_p is not None:
         order = jnp.argsort(-masked, axis=-1)
         sorted_logits = jnp.take_along_axis(masked, order, -1)
@@ -98,7 +96,35 @@ def _pick(logits, key, temperature, greedy: bool, top_k: int, top_p):
         cut = jnp.where(before < top_p, sorted_logits, -jnp.inf)
         masked = jnp.full_like(masked, -jnp.inf).at[jnp.arange(masked.shape[0])[:, None], order].set(cut)
     token = _inverse_cdf(key, masked)
-    return token, jnp.take_along_axis(logp, token[:, None], -1)[:, 0]
+    return token, _token_logp(scaled, token)
+
+
+def _token_logp(logits, token):
+    """log softmax(logits)[token] per row, without materialising the whole [rows, V] log-softmax."""
+    picked = jnp.take_along_axis(logits, token[:, None], -1)[:, 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def _kth_largest(x, k: int):
+    """Each row's k-th largest value of x [rows, V] (ties counted), as [rows, 1].
+
+    A bisection over float32's bit patterns ordered as integers: at most 32 compare-and-count passes over the
+    row. `lax.top_k` sorts, and at V = 152k on CPU it cost 300 ms a decode step, more than the whole model.
+    """
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    keys = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))  # increasing in x
+    lo, hi = keys.min(axis=-1), keys.max(axis=-1)  # invariant: count(keys >= lo) >= k
+
+    def halve(bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2 + (hi - lo) % 2  # the upper middle, without overflow
+        enough = jnp.sum(keys >= mid[:, None], axis=-1) >= k
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
+
+    lo, _ = jax.lax.while_loop(lambda b: jnp.any(b[0] < b[1]), halve, (lo, hi))
+    lo = lo[:, None]
+    bits = jnp.where(lo >> 31 == 1, lo & jnp.uint32(0x7FFFFFFF), ~lo)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
 def _inverse_cdf(key, logits, block: int = 1024):
@@ -125,21 +151,24 @@ def _inverse_cdf(key, logits, block: int = 1024):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def decode_layout(graphdef, state) -> list[nnx.State]:
-    """Per-layer weights in the compute dtype (`Decoder.unstacked_layers`), built once per `sample` call."""
-    return nnx.merge(graphdef, state).unstacked_layers()
+def decode_layout(graphdef, state) -> tuple[list[nnx.State], jax.Array]:
+    """Per-layer weights and the [V, E] head in the compute dtype (`Decoder.unstacked_layers`,
+    `Decoder.decode_head`), built once per `sample` call."""
+    model = nnx.merge(graphdef, state)
+    return model.unstacked_layers(), model.decode_head()
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_samples", "cache_len"))
-def prefill(graphdef, state, layers, prompt_ids, prompt_mask, *, num_samples: int, cache_len: int):
+def prefill(graphdef, state, layout, prompt_ids, prompt_mask, *, num_samples: int, cache_len: int):
     """Runs each prompt once, then repeats its cache and last-position logits for its N samples."""
     model = nnx.merge(graphdef, state)
     batch, length = prompt_ids.shape
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
     key_mask = jnp.pad(prompt_mask, ((0, 0), (0, cache_len - length)), constant_values=1)
     cache = init_cache(model.cfg, batch, cache_len, model.compute_dtype, per_layer=True)
+    layers, head = layout
     hidden, cache = model.hidden_states(prompt_ids, positions, key_mask, cache, 0, layers=layers)
-    logits = model.logits(hidden[:, -1])
+    logits = model.logits(hidden[:, -1], head)
     repeat = lambda x: jnp.repeat(x, num_samples, axis=0)  # noqa: E731
     cache, logits, key_mask = jax.tree.map(lambda x: sharding_lib.constrain_rows(x, model.rules),
                                            (jax.tree.map(repeat, cache), repeat(logits), repeat(key_mask)))
@@ -148,13 +177,14 @@ def prefill(graphdef, state, layers, prompt_ids, prompt_mask, *, num_samples: in
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "top_k", "eos_ids", "pad_id"),
                    donate_argnames=("cache",))
-def decode(graphdef, state, layers, cache, first_logits, key_mask, next_position, key_data, temperature, top_p, *,
+def decode(graphdef, state, layout, cache, first_logits, key_mask, next_position, key_data, temperature, top_p, *,
             max_new_tokens: int, greedy: bool, top_k: int, eos_ids: tuple[int, ...], pad_id: int):
     """The decode loop: sample, append, feed back, until every row hit EOS or the budget is spent.
 
     The cache is returned so that its donated input buffer is aliased to it and updated in place.
     """
     model = nnx.merge(graphdef, state)
+    layers, head = layout
     rows = first_logits.shape[0]
     prompt_len = key_mask.shape[1] - max_new_tokens
     eos = jnp.asarray(eos_ids, jnp.int32)
@@ -177,7 +207,7 @@ def decode(graphdef, state, layers, cache, first_logits, key_mask, next_position
         hidden, cache = model.hidden_states(last, positions, key_mask, carry.cache, prompt_len + step - 1,
                                             layers=layers)
         cache = jax.tree.map(lambda x: sharding_lib.constrain_rows(x, model.rules), cache)
-        carry = emit(carry.replace(cache=cache), model.logits(hidden[:, 0]), step)
+        carry = emit(carry.replace(cache=cache), model.logits(hidden[:, 0], head), step)
         return carry.replace(step=step + 1)
 
     def cond(carry: DecodeState):
@@ -243,12 +273,12 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     key_data = np.asarray(jax.random.key_data(key))
     put = (lambda x: sharding_lib.host_to_global(x, sharding_lib.replicated(mesh))) if mesh else jnp.asarray
     with sharding_lib.use_mesh(mesh):  # rows pinned to the batch axes inside the programs
-        layers = decode_layout(graphdef, state)
+        layout = decode_layout(graphdef, state)
         cache, logits, key_mask, next_position = prefill(
-            graphdef, state, layers, put(prompt_ids), put(prompt_mask), num_samples=num_samples,
+            graphdef, state, layout, put(prompt_ids), put(prompt_mask), num_samples=num_samples,
             cache_len=prompt_ids.shape[1] + max_new_tokens)
         tokens, mask, lengths, logprobs, _ = decode(
-            graphdef, state, layers, cache, logits, key_mask, next_position, put(key_data),
+            graphdef, state, layout, cache, logits, key_mask, next_position, put(key_data),
             put(np.float32(max(temperature, 1e-6))), None if top_p >= 1.0 else put(np.float32(top_p)),
             max_new_tokens=max_new_tokens, greedy=temperature == 0, top_k=top_k,
             eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id)

@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from rlsc_jax import hf, sampling
-from rlsc_jax.sampling import sample
+from rlsc_jax.sampling import _kth_largest, sample
 from rlsc_jax.sharding import make_mesh
 from tests.hf_models import VOCAB, make_hf_model, save_hf_model
 
@@ -99,6 +99,17 @@ def test_top_k_and_top_p_never_emit_excluded_tokens(small_vocab_model):
                  eos_ids=[15], seed=3)
     emitted = set(np.asarray(got.tokens[:, 0]).tolist())
     assert emitted <= set(nucleus.tolist()) and len(emitted) == len(nucleus)
+
+
+@pytest.mark.parametrize("k", [1, 2, 50, 1000])
+def test_kth_largest_equals_top_k(k):
+    """The bisection that replaces `lax.top_k` finds the same threshold, with ties, negatives and mixed scales."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 5000)).astype(np.float32) * np.array([[1], [5], [0.01], [100], [1], [1]], np.float32)
+    x[4, :100] = 3.0  # a tie across the threshold
+    x[5] = -np.abs(x[5])  # every value negative
+    expected = np.asarray(jax.lax.top_k(jnp.asarray(x), k)[0][:, -1:])
+    np.testing.assert_array_equal(np.asarray(jax.jit(_kth_largest, static_argnums=1)(jnp.asarray(x), k)), expected)
 
 
 def test_eos_stops_row_and_masks_the_rest(small_vocab_model):
