@@ -81,6 +81,28 @@ def test_kv_cache_decode_matches_full_forward(pair):
     assert err < TOL, f"cached decode (padded row) vs full forward: max abs error {err}"
 
 
+def test_kv_cache_decode_across_cache_windows_matches_full_forward(tmp_path):
+    """A 600-slot cache is read through windows of 256, 512 and 600 slots; decoding across both boundaries
+    gives the full forward's logits, for a left-padded row too."""
+    model = hf.load(save_hf_model(make_hf_model("qwen2", max_position_embeddings=1024), tmp_path / "m"))
+    prompt, steps, slots = 250, 270, 600
+    ids = _ids((2, prompt + steps), seed=4)
+    mask = np.ones((2, slots), np.int32)
+    mask[0, :5] = 0
+    full = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask[:, :prompt + steps])))
+    positions = jnp.asarray(np.maximum(np.cumsum(mask, 1) - 1, 0))
+    cache = init_cache(model.cfg, 2, slots)
+    step = jax.jit(model.hidden_states)
+    h, cache = step(jnp.asarray(ids[:, :prompt]), positions[:, :prompt], jnp.asarray(mask), cache, 0)
+    got = [np.asarray(model.logits(h))]
+    for t in range(prompt, prompt + steps):
+        h, cache = step(jnp.asarray(ids[:, t:t + 1]), positions[:, t:t + 1], jnp.asarray(mask), cache, t)
+        got.append(np.asarray(model.logits(h)))
+    got = np.concatenate(got, axis=1)
+    assert np.abs(got[1] - full[1]).max() < TOL
+    assert np.abs(got[0, 5:] - full[0, 5:]).max() < TOL
+
+
 def test_bf16_parameters_close_to_fp32(pair, tmp_path):
     ref, _ = pair
     path = save_hf_model(ref, tmp_path / "m")
