@@ -84,6 +84,79 @@ def build_shared_qwen2(config: dict, seed: int = 0, jax_dtype="float32", path: s
     return SharedModel(torch_model, jax_model, path, tmp)
 
 
+def load_shared(model_dir: str | Path, jax_dtype="float32", attn_implementation: str = "sdpa") -> SharedModel:
+    """A checkpoint directory (real weights) as a transformers fp32 model and an `rlsc_jax` Decoder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlsc_jax import hf
+
+    torch_model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                       attn_implementation=attn_implementation).eval()
+    return SharedModel(torch_model, hf.load(model_dir, dtype=jax_dtype), Path(model_dir))
+
+
+def shared_model(args, **config_overrides) -> SharedModel:
+    """`--model DIR` when given (real weights), else a random Qwen2.5-0.5B-shaped model `--layers` deep."""
+    if args.model is not None:
+        return load_shared(args.model)
+    return build_shared_qwen2(qwen25_05b_config(args.layers, **config_overrides))
+
+
+def weights_label(args) -> str:
+    """What the rows were measured on, printed beside every table."""
+    if args.model is not None:
+        return f"real weights ({Path(args.model).name})"
+    return f"random weights, {args.layers} layers" + ("" if args.layers == 24 else " (shallow)")
+
+
+# ---------------------------------------------------------------------------------------- protocol
+
+def add_protocol_args(p) -> None:
+    """The options every bench shares: the weights, and how busy a machine it agrees to measure on."""
+    p.add_argument("--model", type=Path, default=None,
+                   help="a Hugging Face checkpoint directory (real weights, measured first); default: random weights")
+    p.add_argument("--max-load", type=float, default=0.25,
+                   help="refuse to start when the 1-minute load average per core is above this (default 0.25)")
+    p.add_argument("--allow-busy", action="store_true",
+                   help="measure on a busy machine anyway; the table is then marked BUSY")
+
+
+def machine_load() -> float:
+    """The 1-minute load average per core."""
+    return os.getloadavg()[0] / (os.cpu_count() or 1)
+
+
+def check_quiet(args) -> float:
+    """Refuses (exit 2) to measure on a busy machine unless --allow-busy: PyTorch's threads collapse under load
+    while XLA degrades less, so a busy machine flatters this project by up to 4x. Returns the load per core."""
+    load = machine_load()
+    if load > args.max_load and not args.allow_busy:
+        raise SystemExit(f"error: the machine is busy (load {load:.2f} per core > --max-load {args.max_load}); "
+                         f"ratios measured now are not comparable. Wait, or pass --allow-busy to mark them BUSY.")
+    return load
+
+
+def load_note(before: float, after: float, args) -> str:
+    """The load during the run, printed beside the table (and BUSY when either end was above --max-load)."""
+    busy = max(before, after) > args.max_load
+    return f"load per core {before:.2f} -> {after:.2f}{' BUSY: ratios flatter the JAX side' if busy else ''}"
+
+
+def torch_at_its_best() -> None:
+    """PyTorch as fast as it goes on a CPU: every core, denormals flushed (real weights produce them, and
+    they slowed generate 1.55x; XLA:CPU already flushes them)."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_flush_denormal(True)
+
+
+def spread(timing: "Timing") -> str:
+    """The median and the range of the timed calls, as text."""
+    return f"{timing.median:.3g} s ({min(timing.times):.3g}-{max(timing.times):.3g})"
+
+
 # ---------------------------------------------------------------------------------------------- FLOPs
 
 def matmul_params(cfg) -> dict[str, int]:

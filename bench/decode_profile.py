@@ -28,12 +28,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench.common import environment, markdown_table, matmul_params, qwen25_05b_config, write_json  # noqa: E402
+from bench.common import (environment, markdown_table, matmul_params, qwen25_05b_config, weights_label,  # noqa: E402
+                          write_json)
+from rlsc_jax import hf  # noqa: E402
 from rlsc_jax.models import Decoder, ModelConfig  # noqa: E402
-from rlsc_jax.models.decoder import _attention  # noqa: E402
+from rlsc_jax.models.decoder import _cached_attention  # noqa: E402
 from rlsc_jax.sampling import _pick, sample  # noqa: E402
 
-EOS = 151935
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,7 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=16, help="sample rows decoded together")
     p.add_argument("--cache", type=int, default=192, help="KV-cache slots (prompt + new tokens)")
     p.add_argument("--iters", type=int, default=64, help="decode steps per timed call")
+    p.add_argument("--top-k", type=int, default=0, help="the draw's top-k filter (the paper's sampler: 50)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per part (the median is reported)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a Hugging Face checkpoint directory (real weights); default: random weights, --layers deep")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -63,11 +67,10 @@ def _loop(body, iters: int):
                    donate_argnums=0)
 
 
-def parts(model: Decoder, rows: int, cache_len: int, iters: int) -> dict:
+def parts(model: Decoder, rows: int, cache_len: int, iters: int, top_k: int) -> dict:
     """name -> zero-argument callable running that part `iters` times."""
-    cfg, layers = model.cfg, model.unstacked_layers()
+    cfg, layers, head = model.cfg, model.unstacked_layers(), model.decode_head()
     x = jnp.ones((rows, cfg.hidden_size), jnp.float32) * 0.01
-    head = model.head_weight()
 
     def matmuls(i, h, layers):
         for w in layers:
@@ -79,28 +82,28 @@ def parts(model: Decoder, rows: int, cache_len: int, iters: int) -> dict:
             h = h + 1e-3 * ((jax.nn.silu(o @ m["gate"][...]) * (o @ m["up"][...])) @ m["down"][...])
         return h
 
-    kv = jnp.ones((rows, cache_len, cfg.num_kv_heads, cfg.head_dim), jnp.float32)
+    kv = jnp.ones((rows, cfg.num_kv_heads, cache_len, cfg.head_dim), jnp.float32)
     mask = jnp.ones((rows, cache_len), jnp.int32)
     q0 = jnp.ones((rows, 1, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim), jnp.float32)
 
     def attention(i, q, caches):
         for k, v in caches:
-            q = q + 1e-3 * _attention(q, k, v, jnp.full((1,), cache_len - 1), mask)
+            q = q + 1e-3 * _cached_attention(q, k, v, jnp.full((1,), cache_len - 1), mask)
         return q
 
     def writes(i, caches):
-        new = jnp.ones((rows, 1, cfg.num_kv_heads, cfg.head_dim), jnp.float32)
-        return [tuple(jax.lax.dynamic_update_slice(c, new, (0, i, 0, 0)) for c in kv_pair) for kv_pair in caches]
+        new = jnp.ones((rows, cfg.num_kv_heads, 1, cfg.head_dim), jnp.float32)
+        return [tuple(jax.lax.dynamic_update_slice(c, new, (0, 0, i, 0)) for c in kv_pair) for kv_pair in caches]
 
     key = jax.random.key(0)
 
     def vocab(i, h, head):
-        logits = jnp.einsum("be,ev->bv", h, head)
-        token, lp = _pick(logits, jax.random.fold_in(key, i), 0.5, False, 0, None)
+        logits = jnp.einsum("be,ve->bv", h, head)
+        token, lp = _pick(logits, jax.random.fold_in(key, i), 0.5, False, top_k, None)
         return h + 1e-6 * (lp[:, None] + token[:, None].astype(jnp.float32))
 
     def head_only(i, h, head):
-        return h + 1e-9 * jnp.einsum("be,ev->bv", h, head)[:, :1]
+        return h + 1e-9 * jnp.einsum("be,ve->bv", h, head)[:, :1]
 
     caches = lambda: [(kv + 0, kv + 0) for _ in range(cfg.num_layers)]  # noqa: E731
     return {
@@ -108,23 +111,27 @@ def parts(model: Decoder, rows: int, cache_len: int, iters: int) -> dict:
         "attention over the cache": lambda: _loop(attention, iters)(q0 + 0, caches()),
         "KV-cache writes": lambda: _loop(writes, iters)(caches()),
         "LM head matmul": lambda: _loop(head_only, iters)(x + 0, head),
-        "LM head + log-softmax + draw": lambda: _loop(vocab, iters)(x + 0, head),
+        f"LM head + log-softmax + draw (top-k {top_k or 'off'})": lambda: _loop(vocab, iters)(x + 0, head),
         "empty loop": lambda: _loop(lambda i, c: c + 1, iters)(jnp.zeros((), jnp.int32)),
     }
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = ModelConfig.from_hf(qwen25_05b_config(args.layers, max_position_embeddings=4096, model_type="qwen2"))
-    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    if args.model is not None:
+        model = hf.load(args.model)
+        cfg = model.cfg
+    else:
+        cfg = ModelConfig.from_hf(qwen25_05b_config(args.layers, max_position_embeddings=4096, model_type="qwen2"))
+        model = Decoder(cfg, rngs=nnx.Rngs(0))
     prompt = args.cache - args.iters - 1
     prompts = [np.random.default_rng(0).integers(0, 150000, prompt).tolist()]
-    kw = dict(num_samples=args.rows, temperature=0.5, eos_ids=[EOS], seed=0)
+    kw = dict(num_samples=args.rows, temperature=0.5, top_k=args.top_k, eos_ids=[cfg.vocab_size - 1], seed=0)
     short = _median_seconds(lambda: sample(model, prompts, max_new_tokens=1, **kw).tokens, args.repeats)
     full = _median_seconds(lambda: sample(model, prompts, max_new_tokens=args.iters + 1, **kw).tokens, args.repeats)
     step = (full - short) / args.iters
     rows, results = [["whole decode step (sampler)", step * 1e3, 100.0]], {"step_seconds": step}
-    built = parts(model, args.rows, args.cache, args.iters)
+    built = parts(model, args.rows, args.cache, args.iters, args.top_k)
     for name, fn in built.items():
         seconds = _median_seconds(fn, args.repeats) / args.iters
         results[name] = seconds
@@ -133,7 +140,7 @@ def main(argv=None) -> int:
     rows.append(["other (norms, RoPE, residuals, fusion boundaries)", (step - accounted) * 1e3,
                  100 * (step - accounted) / step])
     gflop = 2 * sum(matmul_params(cfg).values()) * args.rows / 1e9
-    print(f"\none decode step, Qwen2.5-0.5B shapes with {args.layers} layers, {args.rows} rows, {args.cache}-slot "
+    print(f"\none decode step, {weights_label(args)}, {args.rows} rows, {args.cache}-slot "
           f"cache, fp32; {gflop:.1f} GFLOP of matmuls per step = {gflop / step:.0f} GFLOP/s\n")
     print(markdown_table(["part", "ms per step", "% of the step"], rows))
     if args.json:

@@ -36,6 +36,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
+from bench.common import add_protocol_args  # noqa: E402
+
 ALPHA, TEMPERATURE, LR = 0.1, 0.5, 1e-5
 
 
@@ -53,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--logprob-tokens", type=int, default=16 * 1024, help="tokens in the log-likelihood table")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--side", choices=["jax", "torch"], help=argparse.SUPPRESS)
-    p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    add_protocol_args(p)
     return p.parse_args(argv)
 
 
@@ -71,8 +73,8 @@ def run_torch(args, data) -> list[float]:
     """The paper's step in PyTorch: naive logits, L2 with p_old detached, AdamW."""
     import torch
     from transformers import AutoModelForCausalLM
-    from bench.common import torch_device, torch_sync
-    torch.set_num_threads(os.cpu_count() or 1)
+    from bench.common import torch_at_its_best, torch_device, torch_sync
+    torch_at_its_best()
     device = torch_device()
     model = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=torch.float32).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
@@ -182,16 +184,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.side:
         return child(args)
-    from bench.common import (build_shared_qwen2, environment, markdown_table, matmul_params, matmul_peak,
-                              qwen25_05b_config, torch_device, write_json)
+    from bench.common import (build_shared_qwen2, check_quiet, environment, load_note, machine_load, markdown_table,
+                              matmul_params, matmul_peak, qwen25_05b_config, torch_device, weights_label, write_json)
+    from rlsc_jax.models import ModelConfig
+    load_before = check_quiet(args)
     peak = max(matmul_peak(args.compute_dtype).values())
     with tempfile.TemporaryDirectory(prefix="rlsc_bench_") as tmp:
-        shared = build_shared_qwen2(qwen25_05b_config(args.layers), path=Path(tmp) / "model")
-        cfg = shared.jax_model.cfg
-        del shared
+        model_dir = args.model
+        if model_dir is None:
+            model_dir = Path(tmp) / "model"
+            build_shared_qwen2(qwen25_05b_config(args.layers), path=model_dir)
+        cfg = ModelConfig.from_file(model_dir)
         results = {}
         for side in ("jax", "torch"):
-            cmd = [sys.executable, __file__, "--side", side, "--model", str(Path(tmp) / "model"),
+            cmd = [sys.executable, __file__, "--side", side, "--model", str(model_dir),
                    "--layers", str(args.layers), "--rows", str(args.rows), "--prompt-len", str(args.prompt_len),
                    "--completion-len", str(args.completion_len), "--iters", str(args.iters),
                    "--compute-dtype", args.compute_dtype, *(["--no-remat"] if args.no_remat else [])]
@@ -219,9 +225,9 @@ def main(argv=None) -> int:
         rows.append(["jax / torch", j["tokens_per_s"] / t["tokens_per_s"], j["seconds"] / t["seconds"],
                      j["peak_gb"] / t["peak_gb"], "-"])
     memory = "peak device GB" if torch_device() == "cuda" else "peak RSS GB"
-    print(f"\nRLSC step, Qwen2.5-0.5B shapes with {args.layers} layers, {args.rows} x ({args.prompt_len} + "
+    print(f"\nRLSC step, {weights_label(args)}, {args.rows} x ({args.prompt_len} + "
           f"{args.completion_len}) tokens, fp32 masters, {args.compute_dtype} compute, remat={not args.no_remat}; "
-          f"{args.compute_dtype} matmul peak {peak:.0f} GFLOP/s\n")
+          f"{args.compute_dtype} matmul peak {peak:.0f} GFLOP/s; {load_note(load_before, machine_load(), args)}\n")
     print(markdown_table(["side", "tokens/s", "s/step", memory, "MFU %"], rows))
     if "compiled_gb" in j:
         c = j["compiled_gb"]
