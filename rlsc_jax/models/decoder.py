@@ -156,6 +156,11 @@ def _cached_attention(q, k_cache, v_cache, q_slot, key_mask):
     def attend(width: int):
         def run(q, k, v, key_mask):
             k, v, key_mask = k[:, :, :width], v[:, :, :width], key_mask[:, :width]
+            if q.shape[1] == 1:  # a decode step: XLA:CPU runs the dots 1.6x faster without the unit query axis
+                scores = jnp.einsum("bkgd,bksd->bkgs", q[:, 0], k, preferred_element_type=jnp.float32)
+                out = _masked_softmax_values(scores[:, :, :, None] * (q.shape[-1] ** -0.5), v, "bkgts,bksd->bkgtd",
+                                             q_slot, key_mask)
+                return jnp.moveaxis(out, 3, 1)
             scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
             return _masked_softmax_values(scores, v, "bkgts,bksd->btkgd", q_slot, key_mask)
         return run
