@@ -266,6 +266,18 @@ def matmul_peak(dtype: str = "float32", iters: int = 10) -> dict[str, float]:
     return {name: flops / timing.best / 1e9 for name, timing in t.items()}
 
 
+def memory_bandwidth(gigabytes: float = 1.0, iters: int = 5) -> float:
+    """The machine's read bandwidth in GB/s: the best of `iters` jitted sums over a `gigabytes` fp32 array (far
+    larger than the caches), the ceiling for a decode step that reads every weight once."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones(int(gigabytes * 1e9) // 4, jnp.float32)
+    total = jax.jit(jnp.sum)
+    t = time_calls({"sum": jax_blocking(total, x)}, iters=iters, warmup=1)["sum"]
+    return x.nbytes / t.best / 1e9
+
+
 def torch_device() -> str:
     """Where the PyTorch side runs: "cuda" when JAX was asked for the GPU (`JAX_PLATFORMS=cuda`), else "cpu",
     so both sides always share one kind of device."""

@@ -28,8 +28,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench.common import (environment, markdown_table, matmul_params, qwen25_05b_config, weights_label,  # noqa: E402
-                          write_json)
+from bench.common import (environment, markdown_table, matmul_params, matmul_peak, memory_bandwidth,  # noqa: E402
+                          qwen25_05b_config, weights_label, write_json)
 from rlsc_jax import hf  # noqa: E402
 from rlsc_jax.models import Decoder, ModelConfig  # noqa: E402
 from rlsc_jax.models.decoder import _cached_attention  # noqa: E402
@@ -140,8 +140,14 @@ def main(argv=None) -> int:
     rows.append(["other (norms, RoPE, residuals, fusion boundaries)", (step - accounted) * 1e3,
                  100 * (step - accounted) / step])
     gflop = 2 * sum(matmul_params(cfg).values()) * args.rows / 1e9
-    print(f"\none decode step, {weights_label(args)}, {args.rows} rows, {args.cache}-slot "
-          f"cache, fp32; {gflop:.1f} GFLOP of matmuls per step = {gflop / step:.0f} GFLOP/s\n")
+    weight_gb = 4 * sum(matmul_params(cfg).values()) / 1e9
+    bandwidth, peak = memory_bandwidth(), max(matmul_peak().values())
+    floor = max(weight_gb / bandwidth, gflop / peak)
+    results.update(bandwidth_gbps=bandwidth, matmul_peak_gflops=peak, floor_seconds=floor)
+    rows.append(["floor: the weights read once at the measured bandwidth", floor * 1e3, 100 * floor / step])
+    print(f"\none decode step, {weights_label(args)}, {args.rows} rows, {args.cache}-slot cache, fp32; "
+          f"{gflop:.1f} GFLOP of matmuls per step = {gflop / step:.0f} GFLOP/s (peak {peak:.0f}); {weight_gb:.2f} GB "
+          f"of weights per step = {weight_gb / step:.1f} GB/s (bandwidth {bandwidth:.1f} GB/s)\n")
     print(markdown_table(["part", "ms per step", "% of the step"], rows))
     if args.json:
         write_json(args.json, dict(args=vars(args) | {"json": str(args.json)}, results=results,

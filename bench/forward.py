@@ -29,8 +29,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench.common import (build_shared_qwen2, environment, forward_flops, jax_blocking, markdown_table,  # noqa: E402
-                          matmul_params, matmul_peak, max_abs_diff, qwen25_05b_config, time_calls,
+from bench.common import (add_protocol_args, build_shared_qwen2, check_quiet, environment, forward_flops,  # noqa: E402
+                          jax_blocking, load_note, load_shared, machine_load, markdown_table, matmul_params,
+                          matmul_peak, max_abs_diff, qwen25_05b_config, time_calls, torch_at_its_best, weights_label,
                           write_json)
 
 
@@ -43,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=5, help="timed calls per side")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per side after compilation")
     p.add_argument("--seed", type=int, default=0)
+    add_protocol_args(p)
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = p.parse_args(argv)
     for name in ("layers", "batch", "seq", "iters"):
@@ -55,9 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(os.cpu_count() or 1)
+    load_before = check_quiet(args)
+    torch_at_its_best()
 
-    shared = build_shared_qwen2(qwen25_05b_config(args.layers), seed=args.seed)
+    shared = load_shared(args.model) if args.model else build_shared_qwen2(qwen25_05b_config(args.layers), seed=args.seed)
     try:
         torch_model, model = shared.torch_model, shared.jax_model
         cfg = model.cfg
@@ -107,6 +110,7 @@ def main(argv=None) -> int:
     ratio = results["jax"]["tokens_per_s"] / results["torch"]["tokens_per_s"]
     p = matmul_params(cfg)
 
+    print(f"forward: {weights_label(args)}; {load_note(load_before, machine_load(), args)}")
     print(f"forward: Qwen2.5-0.5B shapes, {cfg.num_layers} layers, fp32, batch {args.batch} x seq {args.seq} "
           f"-> full [B,T,V] = [{args.batch},{args.seq},{cfg.vocab_size}] fp32 logits; "
           f"{args.iters} timed calls per side (median), {args.warmup} warm-up")
