@@ -9,7 +9,7 @@ L2 step on 4 sampled completions against a PyTorch autograd Algorithm 1 (`rlsc_j
 every figure and a verdict against the tolerances of `TOLERANCES`; exit 0 when within them, 1 when not,
 2 on bad input (one line on stderr, nothing written). transformers runs with parameters of --dtype (it
 computes in its parameters' dtype); this project with --dtype masters and --compute-dtype matmuls.
-PyTorch is needed (requirements-dev.txt); --layers K compares the first K layers of both.
+PyTorch is needed (the `dev` extra: pip install -e ".[dev]"); --layers K compares the first K layers of both.
 """
 
 from __future__ import annotations
