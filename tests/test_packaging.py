@@ -61,3 +61,10 @@ def test_eval_help_lists_every_setting():
 def test_module_commands_name_themselves():
     out = subprocess.run([sys.executable, "-m", "rlsc_jax.plan", "--help"], capture_output=True, text=True, cwd=REPO)
     assert out.stdout.startswith("usage: python -m rlsc_jax.plan ")
+
+
+def test_compare_reads_a_shipped_benchmark_without_data_dir():
+    from rlsc_jax.benchmarks import load_benchmark
+    from rlsc_jax.compare import parse_args, prompt_text
+    question = prompt_text(parse_args(["--model", "m", "--benchmark", "aime24"]))
+    assert question == load_benchmark("aime24", BENCHMARK_DIR, limit=1)[0].question
