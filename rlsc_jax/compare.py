@@ -33,7 +33,7 @@ DEFAULT_PROMPT = "A farmer has 17 sheep and buys 5 more, then sells 8. How many 
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
-    """What counts as agreement at one precision (measured figures in README.md, "Check numerics").
+    """What counts as agreement at one precision (measured figures in docs/numerics.md).
 
     Hidden states: max |Δ| / max |reference| (scale free: real checkpoints carry activations in the thousands).
     Logits: max |Δ| <= absolute + relative x max |reference logits|, also the margin under which a greedy
