@@ -68,3 +68,16 @@ def test_compare_reads_a_shipped_benchmark_without_data_dir():
     from rlsc_jax.compare import parse_args, prompt_text
     question = prompt_text(parse_args(["--model", "m", "--benchmark", "aime24"]))
     assert question == load_benchmark("aime24", BENCHMARK_DIR, limit=1)[0].question
+
+
+def test_wheel_ships_every_asset_benchmark_and_config():
+    """pyproject's package-data globs cover every file the commands read from the package (no build needed)."""
+    import tomllib
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = set()
+    for package, patterns in tool["package-data"].items():
+        folder = REPO / tool["package-dir"].get(package, package.replace(".", "/"))
+        shipped |= {f for pattern in patterns for f in folder.glob(pattern) if f.is_file()}
+    needed = {f for d in ("rlsc_jax/assets", "rlsc_jax/data", "configs") for f in (REPO / d).rglob("*") if f.is_file()}
+    assert needed - shipped == set()
+    assert set(tool["packages"]) >= {"rlsc_jax", "rlsc_jax.models", "rlsc_jax.configs"}
