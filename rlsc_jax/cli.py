@@ -10,7 +10,8 @@ T = TypeVar("T")
 
 
 def prog(module: str) -> str | None:
-    """argparse's program name: `python -m rlsc_jax.<module>` when run so, else its default (`train.py`, `rlsc-train`)."""
+    """argparse's program name: `python -m rlsc_jax.<module>` when run so, else its default (`train.py`,
+    `rlsc-train`)."""
     return f"python -m rlsc_jax.{module}" if sys.argv[0].endswith(os.path.join("rlsc_jax", f"{module}.py")) else None
 
 

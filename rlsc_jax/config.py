@@ -21,8 +21,10 @@ from rlsc_jax.sharding import MESH_AXES, axis_rules
 PACKAGE = Path(__file__).resolve().parent
 DEFAULT_MODEL = str(PACKAGE / "assets" / "default_model")
 LONG_MODEL = str(PACKAGE / "assets" / "long_model")  # configs/cpu_long.yaml's, the long task
-# `${asset:NAME}` in a YAML file: the package's rlsc_jax/assets/NAME, wherever it is installed
+
+
 def _asset(name: str) -> str:
+    """`${asset:NAME}` in a YAML file: the package's rlsc_jax/assets/NAME, wherever it is installed."""
     return str(PACKAGE / "assets" / name)
 
 

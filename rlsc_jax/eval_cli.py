@@ -1,5 +1,6 @@
-"""What `eval.py` runs (rlsc_jax/eval.py parses its command line): a named protocol and its overrides, the benchmarks to read, resumable per-problem
-records, results.json, the table, the pass@k plot, repeats over seeds and a comparison with another folder.
+"""What `eval.py` runs (rlsc_jax/eval.py parses its command line): a named protocol and its overrides, the
+benchmarks to read, resumable per-problem records, results.json, the table, the pass@k plot, repeats over seeds
+and a comparison with another folder.
 
 It writes one JSONL record per problem as soon as it is graded (appended and flushed), so an
 interrupted run resumes: problems already in the file are skipped, a partially written last line

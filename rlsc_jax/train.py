@@ -15,7 +15,8 @@ from rlsc_jax.cli import exit_process, prog, run_command
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=prog("train"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog("train"), description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config file (keys as in rlsc_jax/config.py)")
     p.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() with auto-detection")
     p.add_argument("--coordinator", help="HOST:PORT of process 0, for an explicit multi-process launch")
