@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlsc_jax.grading import last_boxed
+# The six test sets shipped in the package (provenance and licence beside them); `data.data_dir`'s default
+BENCHMARK_DIR = Path(__file__).resolve().parent / "data" / "benchmarks"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ def _after_hashes(value: Any) -> str:
 
 def _last_box(value: Any) -> str:
     """Minerva: the last balanced `\\boxed{}` of the worked solution."""
+    from rlsc_jax.grading import last_boxed  # here: grading imports math-verify, slow for `eval.py --help`
     boxed = last_boxed(value) if isinstance(value, str) else None
     if boxed is None:
         raise ValueError("has no \\boxed{} answer")

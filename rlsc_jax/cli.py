@@ -9,6 +9,12 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
+def prog(module: str) -> str | None:
+    """argparse's program name: `python -m rlsc_jax.<module>` when run so, else its default (`train.py`,
+    `rlsc-train`)."""
+    return f"python -m rlsc_jax.{module}" if sys.argv[0].endswith(os.path.join("rlsc_jax", f"{module}.py")) else None
+
+
 def run_command(fn: Callable[[], T], interrupted: str) -> tuple[int, T | None]:
     """(0, fn()); bad input or an unreadable/unwritable file (ValueError, OSError) is one `error:` line on stderr
     and exit code 2, Ctrl-C the line `interrupted` and 130, a preemption (SIGTERM, checkpoint saved) its line

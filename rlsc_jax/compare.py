@@ -1,6 +1,6 @@
 """Check this project's numerics against PyTorch `transformers` on a checkpoint, before trusting a long run.
 
-    python -m rlsc_jax.compare --model DIR [--prompt TEXT | --benchmark NAME --data-dir DIR] [--tokens N]
+    python -m rlsc_jax.compare --model DIR [--prompt TEXT | --benchmark NAME [--data-dir DIR]] [--tokens N]
                                [--dtype float32|bfloat16] [--compute-dtype ...] [--step] [--layers K] [--json FILE]
 
 On the chat-templated prompt it compares the forward layer by layer (hidden states, logits, argmax), then
@@ -9,7 +9,7 @@ L2 step on 4 sampled completions against a PyTorch autograd Algorithm 1 (`rlsc_j
 every figure and a verdict against the tolerances of `TOLERANCES`; exit 0 when within them, 1 when not,
 2 on bad input (one line on stderr, nothing written). transformers runs with parameters of --dtype (it
 computes in its parameters' dtype); this project with --dtype masters and --compute-dtype matmuls.
-PyTorch is needed (requirements-dev.txt); --layers K compares the first K layers of both.
+PyTorch is needed (the `dev` extra: pip install -e ".[dev]"); --layers K compares the first K layers of both.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import jax
 
 from rlsc_jax import hf, parity, torch_reference
-from rlsc_jax.benchmarks import build_messages, load_benchmark
+from rlsc_jax.benchmarks import BENCHMARK_DIR, build_messages, load_benchmark
 from rlsc_jax.files import atomic_write_json
 from rlsc_jax.models import ModelConfig
 
@@ -33,7 +33,7 @@ DEFAULT_PROMPT = "A farmer has 17 sheep and buys 5 more, then sells 8. How many 
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
-    """What counts as agreement at one precision (measured figures in README.md, "Check numerics").
+    """What counts as agreement at one precision (measured figures in docs/numerics.md).
 
     Hidden states: max |Δ| / max |reference| (scale free: real checkpoints carry activations in the thousands).
     Logits: max |Δ| <= absolute + relative x max |reference logits|, also the margin under which a greedy
@@ -73,8 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="HF checkpoint directory (config, safetensors, tokenizer)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--prompt", help="the user message (default: a short arithmetic question)")
-    source.add_argument("--benchmark", help="use the first question of this benchmark (with --data-dir)")
-    p.add_argument("--data-dir", help="directory holding the benchmark JSONL files")
+    source.add_argument("--benchmark", help="use the first question of this benchmark")
+    p.add_argument("--data-dir", help="directory holding the benchmark JSONL files (default: those shipped)")
     p.add_argument("--template", default="qwen-math", help="prompt template: qwen-math, rlsc-paper or plain")
     p.add_argument("--tokens", type=int, default=32, help="greedy tokens to compare (and new tokens per step sample)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="parameters (both sides)")
@@ -91,9 +91,7 @@ def prompt_text(args: argparse.Namespace) -> str:
         if args.data_dir is not None:
             raise ValueError("--data-dir is for --benchmark; give --benchmark NAME too")
         return DEFAULT_PROMPT if args.prompt is None else args.prompt
-    if args.data_dir is None:
-        raise ValueError(f"--benchmark {args.benchmark} needs --data-dir (the directory holding its JSONL file)")
-    return load_benchmark(args.benchmark, args.data_dir, limit=1)[0].question
+    return load_benchmark(args.benchmark, args.data_dir or BENCHMARK_DIR, limit=1)[0].question
 
 
 def check_inputs(args: argparse.Namespace) -> tuple[ModelConfig, str, list[int], list[int]]:

@@ -11,14 +11,24 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from rlsc_jax.benchmarks import BENCHMARK_DIR
 from rlsc_jax.hf import DTYPES
 from rlsc_jax.models.decoder import REMAT_POLICIES
 from rlsc_jax.objectives import HPARAMS, bind_checked
 from rlsc_jax.protocols import get_protocol
 from rlsc_jax.sharding import MESH_AXES, axis_rules
 
-DEFAULT_MODEL = str(Path(__file__).resolve().parent / "assets" / "default_model")
-LONG_MODEL = str(Path(__file__).resolve().parent / "assets" / "long_model")  # configs/cpu_long.yaml's, the long task
+PACKAGE = Path(__file__).resolve().parent
+DEFAULT_MODEL = str(PACKAGE / "assets" / "default_model")
+LONG_MODEL = str(PACKAGE / "assets" / "long_model")  # configs/cpu_long.yaml's, the long task
+
+
+def _asset(name: str) -> str:
+    """`${asset:NAME}` in a YAML file: the package's rlsc_jax/assets/NAME, wherever it is installed."""
+    return str(PACKAGE / "assets" / name)
+
+
+OmegaConf.register_resolver("asset", _asset, replace=True)
 
 
 @dataclasses.dataclass
@@ -38,7 +48,7 @@ class DataConfig:
     rlsc_jax/synthetic_long.py), a benchmark name, or a JSONL path."""
 
     source: str = "synthetic"
-    data_dir: str = "../shared/data/benchmarks"
+    data_dir: str = str(BENCHMARK_DIR)  # the six benchmarks shipped in rlsc_jax/data/benchmarks
     question_field: str = "question"
     num_questions: int = 100  # 0 = all (synthetic: 256)
     template: str = "plain"
@@ -140,6 +150,24 @@ def _valid_keys(schema) -> list[str]:
     return out
 
 
+def config_dir() -> Path:
+    """The shipped YAML configs: rlsc_jax/configs in an installed wheel, else the checkout's configs/."""
+    return PACKAGE / "configs" if (PACKAGE / "configs").is_dir() else PACKAGE.parent / "configs"
+
+
+def find_config(path: str | Path) -> Path:
+    """`path` when it is a file, else the shipped config of that name (`paper_qwen25_math_7b`, `.yaml` optional,
+    also as `configs/NAME.yaml`), so a config runs from any directory."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    shipped = config_dir() / (path.name if path.suffix in (".yaml", ".yml") else path.name + ".yaml")
+    if path.parent in (Path("."), Path("configs")) and shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in config_dir().glob("*.yaml")))
+    raise FileNotFoundError(f"{path}: config file not found (shipped configs, by name: {names})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), schema=TrainConfig):
     """Schema defaults, then the YAML file, then `key=value` overrides; returns a `schema` instance.
 
@@ -148,9 +176,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), schem
     merged = OmegaConf.structured(schema)
     layers = []
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
+        path = find_config(path)
         layers.append((str(path), _read_yaml(path)))
     for item in overrides:
         if "=" not in item:

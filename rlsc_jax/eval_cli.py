@@ -1,5 +1,6 @@
-"""The `eval.py` command line: a named protocol and its overrides, the benchmarks to read, resumable per-problem
-records, results.json, the table, the pass@k plot, repeats over seeds and a comparison with another folder.
+"""What `eval.py` runs (rlsc_jax/eval.py parses its command line): a named protocol and its overrides, the
+benchmarks to read, resumable per-problem records, results.json, the table, the pass@k plot, repeats over seeds
+and a comparison with another folder.
 
 It writes one JSONL record per problem as soon as it is graded (appended and flushed), so an
 interrupted run resumes: problems already in the file are skipped, a partially written last line
@@ -18,12 +19,11 @@ from pathlib import Path
 
 from rlsc_jax import hf
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, load_benchmark, load_jsonl_problems
-from rlsc_jax.cli import run_command
 from rlsc_jax.config import MeshConfig, load_config
 from rlsc_jax.evaluation import check_settings, evaluate_problems, format_table, read_records
 from rlsc_jax.files import atomic_write_json, make_dir
 from rlsc_jax.fingerprint import digests, fingerprint
-from rlsc_jax.protocols import DEFAULT_PROTOCOL, PROTOCOLS, SETTINGS, get_protocol
+from rlsc_jax.protocols import DEFAULT_PROTOCOL, SETTINGS, get_protocol
 from rlsc_jax.report import truncation_warning
 from rlsc_jax.sharding import axis_rules, make_mesh
 from rlsc_jax.tokenizer import load_tokenizer
@@ -120,8 +120,6 @@ def _load_problems(args: argparse.Namespace, cfg: EvalRunConfig) -> dict[str, li
     for name in names:
         if name not in BENCHMARKS:
             raise ValueError(f"unknown benchmark '{name}'; known: {', '.join(BENCHMARKS)}")
-        if args.data_dir is None:
-            raise ValueError(f"benchmark '{name}' needs --data-dir (the directory holding {BENCHMARKS[name].file})")
         out[name] = load_benchmark(name, args.data_dir, args.limit)
     for file in args.jsonl or []:
         name = Path(file).stem
@@ -259,32 +257,7 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
-def parser() -> argparse.ArgumentParser:
-    """The `eval.py` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="eval.py", description="Evaluate an HF-format model on math benchmarks (accuracy, maj@k, pass@k).",
-        epilog=f"settings (key=value; each overrides the protocol's value): "
-               f"{', '.join(f.name for f in dataclasses.fields(EvalRunConfig) if f.name != 'mesh')}"
-               ", mesh.data, mesh.fsdp, mesh.tensor, mesh.rules.<logical axis>")
-    p.add_argument("--model", required=True, help="HF checkpoint directory (config, safetensors, tokenizer)")
-    p.add_argument("--protocol", default=DEFAULT_PROTOCOL,
-                   help=f"named settings: {', '.join(PROTOCOLS)} (default {DEFAULT_PROTOCOL}; see README)")
-    p.add_argument("--benchmarks", help=f"comma-separated, from: {', '.join(BENCHMARKS)} (default: all, "
-                                        "or none when --jsonl is given)")
-    p.add_argument("--data-dir", help="directory holding the benchmark JSONL files")
-    p.add_argument("--jsonl", action="append", metavar="FILE",
-                   help="a JSONL of questions and answers (fields: question_field=, answer_field=); repeatable")
-    p.add_argument("--output-dir", help="where records and results.json go (default: outputs/eval-<model name>)")
-    p.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
-    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
-                   help="repeat a sampled protocol once per seed (in OUTPUT_DIR/seed-S); report mean and sd")
-    p.add_argument("--compare", metavar="DIR",
-                   help="another eval.py output folder (same protocol and benchmarks): both pass@k curves in one plot")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="sampling / evaluation settings")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`eval.py`: 0 on success; bad input is a one-line `error: ...` on stderr and exit status 2."""
-    args = parser().parse_intermixed_args(argv)
-    return run_command(lambda: run(args), "interrupted: run the same command again to resume")[0]
+    """`eval.py` (rlsc_jax/eval.py parses the command line)."""
+    from rlsc_jax.eval import main
+    return main(argv)

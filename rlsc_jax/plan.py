@@ -4,6 +4,8 @@ FLOPs and collective traffic.
     python -m rlsc_jax.plan [--config FILE] [key=value ...] [--devices 8] [--prompt-len 256]
                             [--hardware a100-80gb] [--strict] [--json FILE]
 
+(`rlsc-plan` once installed.)
+
 Reads only the model's `config.json` (no weights), simulates the mesh's devices on the host CPU, builds
 abstract parameters and optimizer state, and compiles with XLA:CPU the train step (the config's rows,
 grad_accum, remat, dtypes, widths `--prompt-len` + `sampling.max_new_tokens`), the sampler's prefill
@@ -20,11 +22,14 @@ import os
 import sys
 from pathlib import Path
 
+from rlsc_jax.cli import prog
+
 GiB = 1024**3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog("plan"), description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config, as for train.py")
     p.add_argument("--devices", type=int, default=8, help="devices to simulate (the mesh's -1 takes the rest)")
     p.add_argument("--prompt-len", type=int, default=256,
@@ -238,5 +243,10 @@ def main(argv=None) -> int:
     return 3 if args.strict and report.get("fits") is False else 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `rlsc-plan` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,5 +1,5 @@
 """Named evaluation protocols: the prompt, decoding and budget that decide which published numbers a score may
-be set beside (README, "Which numbers a protocol's output may be set beside").
+be set beside (docs/evaluation.md, "Which published numbers a protocol's output may be set beside").
 
 `qwen-math` is the Qwen2.5-Math evaluation (QwenLM/Qwen2.5-Math, evaluation/: prompt type `qwen25-math-cot`,
 sh/eval.sh `--temperature 0 --n_sampling 1 --top_p 1`, math_eval.py `--max_tokens_per_call 2048`).

@@ -1,7 +1,7 @@
 """PyTorch `transformers` as the numeric reference: loading a checkpoint, a forward with every hidden state,
 greedy `generate`, and one RLSC step (Algorithm 1) with autograd and `torch.optim.AdamW`.
 
-PyTorch is a test and comparison dependency only (requirements-dev.txt): every function imports it
+PyTorch is a test and comparison dependency only (the `dev` extra): every function imports it
 when called, and `require_torch` turns its absence into a one-line error.
 """
 
@@ -20,7 +20,7 @@ def require_torch():
     try:
         import torch
     except ImportError:
-        raise ModuleNotFoundError("PyTorch is not installed: `pip install torch` (or -r requirements-dev.txt) "
+        raise ModuleNotFoundError("PyTorch is not installed: `pip install torch` (or pip install -e '.[dev]') "
                                   "to compare against transformers") from None
     return torch
 

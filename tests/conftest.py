@@ -12,12 +12,10 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-BENCHMARK_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+from rlsc_jax.benchmarks import BENCHMARK_DIR  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def benchmark_dir() -> Path:
-    """The shared math benchmark JSONL files (outside the repo; never copied in)."""
-    if not BENCHMARK_DIR.is_dir():
-        pytest.skip(f"benchmark data not found at {BENCHMARK_DIR}")
+    """The six math benchmark JSONL files shipped in the package (rlsc_jax/data/benchmarks)."""
     return BENCHMARK_DIR

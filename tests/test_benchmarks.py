@@ -1,4 +1,5 @@
-"""Benchmark loading (the six shared JSONL files and user JSONL), its error messages, and prompt templates."""
+"""Benchmark loading (the six JSONL files shipped in the package and user JSONL), its error messages, and prompt
+templates."""
 
 from __future__ import annotations
 

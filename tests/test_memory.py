@@ -16,7 +16,7 @@ from rlsc_jax.sharding import make_mesh
 from rlsc_jax.training import Trainer
 
 GiB = 1024**3
-# Qwen/Qwen2.5-0.5B's config.json (untied head here, as in the budget).
+# Qwen/Qwen2.5-0.5B's config.json (untied head here, as in the budget this test holds it to).
 QWEN25_05B = ModelConfig(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
                          num_kv_heads=2, head_dim=64, rope_theta=1e6, tie_word_embeddings=False)
 

@@ -1,5 +1,5 @@
 """Every config in configs/ runs one step, with its own keys (remat, grad_accum, dtypes, mesh, objective,
-data source), on a tiny stand-in model with short answers."""
+data source, the benchmarks shipped in the package), on a tiny stand-in model with short answers."""
 
 from pathlib import Path
 
@@ -19,10 +19,10 @@ def chat_model(tmp_path_factory):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_config_runs_one_step(config, chat_model, benchmark_dir, tmp_path):
+def test_config_runs_one_step(config, chat_model, tmp_path):
     out = tmp_path / "run"
     code = train.main(["--config", str(config), f"model={chat_model}", f"output_dir={out}", "steps=1",
-                       f"data.data_dir={benchmark_dir}", "data.num_questions=2", "sampling.max_new_tokens=16",
+                       "data.num_questions=2", "sampling.max_new_tokens=16",
                        "eval.num_questions=0", "plot=false"])
     assert code == 0
     assert (out / "metrics.jsonl").read_text().count("\n") == 1

@@ -151,7 +151,7 @@ def test_long_config_loads():
     cfg = load_config(REPO / "configs" / "cpu_long.yaml")
     validate(cfg)
     assert cfg.data.source == cfg.eval.source == "synthetic_long"
-    assert Path(cfg.model) == Path("rlsc_jax/assets/long_model")
+    assert cfg.model == LONG_MODEL  # ${asset:long_model}: the package's, from any directory
     heldout = heldout_questions(cfg)
     assert len(heldout) == cfg.eval.num_questions and heldout[0].id == "synthetic_long-heldout-0"
     tok = load_tokenizer(LONG_MODEL)
