@@ -1,5 +1,6 @@
 """train.py under faults: changed settings on resume, another mesh, a corrupt checkpoint, Ctrl-C during a save,
-an error mid-run, and a non-finite state. Each case ends with one line and never loses the last checkpoint."""
+an error mid-run, a non-finite state, a missing run record. Each case ends
+with one line and never loses the last checkpoint."""
 
 import json
 import os
@@ -176,3 +177,16 @@ def test_a_non_finite_state_stops_the_run_before_it_is_saved(chat_model, tmp_pat
     assert _run(chat_model, out, "steps=4") == 2
     assert "step 2 made parameters or optimizer state non-finite" in _last_error(capsys)
     assert _steps(out) == ["1"] and not (out / "final").exists()
+
+
+@pytest.mark.parametrize("record", [None, "{not json", "\xff\xfe", "[1, 2]"])
+def test_checkpoints_without_a_readable_record_are_not_resumed(tmp_path, record):
+    """With run.json gone or garbage the checkpoints' settings are unknown: resuming them under today's
+    settings is refused, naming the file; with no checkpoints the record is simply rewritten."""
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    if record is not None:
+        (tmp_path / "run.json").write_bytes(record.encode("latin-1"))
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'run.json'}.* the settings of the checkpoints in") as e:
+        check_resume(tmp_path, cfg, resuming=True)
+    assert "\n" not in str(e.value)
+    assert check_resume(tmp_path, cfg, resuming=False) == make_record(cfg)
