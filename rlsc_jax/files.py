@@ -1,11 +1,16 @@
-"""Writes that are all or nothing: a temporary sibling renamed into place, so a reader never sees half a file."""
+"""Writes that are all or nothing: a temporary sibling renamed into place, so a reader never sees half a file;
+and one command at a time per output directory."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+
+LOCK = ".lock"
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -39,3 +44,25 @@ def make_dir(path: str | Path, key: str) -> Path:
     if not os.access(path, os.W_OK):
         raise ValueError(f"{key}={str(path)!r}: the directory is not writable")
     return path
+
+
+@contextmanager
+def exclusive_dir(path: str | Path, key: str):
+    """Creates directory `path` (`make_dir`) and holds an exclusive lock on its `.lock` file for the block: a
+    second command on the same directory fails at once, one line naming `key`. The kernel drops the lock when
+    the process ends, even by SIGKILL, so a lock file left behind never blocks a rerun."""
+    path = make_dir(path, key)
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ValueError(f"{key}={str(path)!r} is in use by another run (process {holder}); wait for it to "
+                         f"end or use another {key}") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        os.close(fd)
