@@ -200,9 +200,16 @@ def _read_yaml(path: Path):
     return layer
 
 
+def check_seed(seed: int, key: str = "seed") -> None:
+    """A one-line error naming `key` unless `seed` fits JAX's PRNG key (a 64-bit integer)."""
+    if not -2**63 <= seed < 2**63:
+        raise ValueError(f"{key}={seed}: must be a 64-bit integer (JAX's PRNG key takes no larger seed)")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Every value range `train.py` depends on, checked before anything is loaded or written; each failure
     is a one-line ValueError naming the key."""
+    check_seed(cfg.seed)
     s, o, e = cfg.sampling, cfg.optim, cfg.eval
     finite = math.isfinite
     checks = (

@@ -19,7 +19,7 @@ from pathlib import Path
 from rlsc_jax import hf
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, load_benchmark, load_jsonl_problems
 from rlsc_jax.cli import run_command
-from rlsc_jax.config import MeshConfig, load_config
+from rlsc_jax.config import MeshConfig, check_seed, load_config
 from rlsc_jax.evaluation import check_settings, evaluate_problems, format_table, read_records
 from rlsc_jax.files import atomic_write_json, exclusive_dir, make_dir
 from rlsc_jax.fingerprint import digests, fingerprint
@@ -135,6 +135,8 @@ def _load_problems(args: argparse.Namespace, cfg: EvalRunConfig) -> dict[str, li
 
 def _seeds(args: argparse.Namespace, cfg: EvalRunConfig) -> list[int]:
     """The seeds to run: `--seeds` (a sampled protocol, distinct seeds, no `seed=` beside it) or `seed=`."""
+    for seed in args.seeds or [cfg.seed]:
+        check_seed(seed, "--seeds" if args.seeds else "seed")
     if not args.seeds:
         return [cfg.seed]
     if any(o.split("=", 1)[0].strip() == "seed" for o in args.overrides):

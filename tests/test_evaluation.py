@@ -160,6 +160,8 @@ def test_eval_cli_end_to_end_and_resume(tiny_model: Path, benchmark_dir: Path, t
         (["--benchmarks", "gsm8k", "top_p=1.5"], "0 < top_p <= 1"),
         (["--benchmarks", "gsm8k", "--seeds", "0", "1"], "'qwen-math' at temperature 0 is greedy"),
         (["--benchmarks", "gsm8k", "--protocol", "paper", "seed=3", "--seeds", "0", "1"], "either --seeds or seed="),
+        (["--benchmarks", "gsm8k", f"seed={2**70}"], f"seed={2**70}: must be a 64-bit integer"),
+        (["--benchmarks", "gsm8k", "--protocol", "paper", "--seeds", "0", f"{2**70}"], f"--seeds={2**70}: must be"),
         (["--jsonl", "{tmp}/good.jsonl", "--output-dir", "{tmp}/bad.jsonl"], "bad.jsonl: exists and is not a directory"),
     ],
 )

@@ -275,6 +275,7 @@ BAD_CONFIG_JSON = {"LISTJSON": [1, 2], "ROPESTRING": {"rope_scaling": "linear"},
     (["mesh.rules.embedd=[fsdp]"], "mesh.rules.embedd: unknown logical axis; known: batch, vocab, embed"),
     (["mesh.rules.mlp=[fsdpp]"], "mesh.rules.mlp=['fsdpp']: unknown mesh axis 'fsdpp'"),
     (["objective=self_certainty", "sampling.num_samples=1"], "sampling.num_samples >= 2"),
+    ([f"seed={2**70}"], f"seed={2**70}: must be a 64-bit integer"),
 ])
 def test_bad_input_is_one_line_error(chat_model, tmp_path, capsys, args, needle):
     """Each is rejected with one line and exit 2 before any weight is loaded or any file written."""
