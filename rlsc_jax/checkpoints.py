@@ -40,10 +40,6 @@ def _deferred_interrupt():
         raise KeyboardInterrupt
 
 
-class Preempted(Exception):
-    """SIGTERM (a scheduler's preemption notice) arrived: the run saved a checkpoint and stopped."""
-
-
 @contextlib.contextmanager
 def preemption_notice():
     """Yields `reached(step) -> bool`, True from the step at which the run should save and stop for SIGTERM.

@@ -66,3 +66,24 @@ def exclusive_dir(path: str | Path, key: str):
         yield path
     finally:
         os.close(fd)
+
+
+def check_writable(path: str | Path, key: str) -> Path:
+    """Checks, before the work whose result goes to `path`, that a file can be written there: `path` is no
+    directory and a probe file can be made (and is removed) in its nearest existing folder. One line naming
+    `key` otherwise; nothing is left behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{key} {path}: is a directory")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{key} {path}: {folder} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.")
+    except OSError as e:
+        raise ValueError(f"{key} {path}: cannot write in {folder} ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path

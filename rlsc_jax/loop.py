@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from rlsc_jax import hf, sharding as sharding_lib
 from rlsc_jax.benchmarks import build_messages
-from rlsc_jax.checkpoints import Checkpointer, Preempted, preemption_notice, saved_steps
+from rlsc_jax.checkpoints import Checkpointer, preemption_notice, saved_steps
+from rlsc_jax.cli import Preempted
 from rlsc_jax.config import TrainConfig, to_yaml, validate
 from rlsc_jax.data import SYNTHETIC_SOURCES, load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol
