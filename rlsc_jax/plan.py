@@ -15,7 +15,6 @@ figures as estimates of the same programs, not measurements.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
