@@ -68,13 +68,13 @@ def exclusive_dir(path: str | Path, key: str):
         os.close(fd)
 
 
-def check_writable(path: str | Path, key: str) -> Path:
-    """Checks, before the work whose result goes to `path`, that a file can be written there: `path` is no
-    directory and a probe file can be made (and is removed) in its nearest existing folder. One line naming
-    `key` otherwise; nothing is left behind."""
+def check_writable(path: str | Path, key: str, empty_dir_ok: bool = False) -> Path:
+    """Checks, before the work whose result goes to `path`, that it can be written there: `path` is no directory
+    (with `empty_dir_ok`, none but an empty one, which the result replaces) and a probe file can be made (and is
+    removed) in its nearest existing parent. One line naming `key` otherwise; nothing is left behind."""
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{key} {path}: is a directory")
+    if path.is_dir() and not (empty_dir_ok and not any(path.iterdir())):
+        raise ValueError(f"{key} {path}: is a directory" + (" and not empty" if empty_dir_ok else ""))
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
