@@ -190,6 +190,8 @@ def _read_yaml(path: Path):
     """A YAML file that must hold a mapping of keys; syntax errors and other shapes are one-line errors."""
     try:
         layer = OmegaConf.load(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
