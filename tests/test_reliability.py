@@ -1,6 +1,6 @@
 """train.py under faults: changed settings on resume, another mesh, a corrupt checkpoint, Ctrl-C during a save,
-an error mid-run, a non-finite state, a second run on the same output dir, a missing run record. Each case ends
-with one line and never loses the last checkpoint."""
+an error mid-run, a non-finite state, a second run on the same output dir, a missing run record, no checkpoint
+that restores. Each case ends with one line and never loses the last checkpoint."""
 
 import json
 import os
@@ -19,6 +19,7 @@ from safetensors.numpy import load_file, save_file
 
 import train
 from rlsc_jax import synthetic, training
+from rlsc_jax.checkpoints import Checkpointer
 from rlsc_jax.config import load_config
 from rlsc_jax.files import exclusive_dir
 from rlsc_jax.run_record import check_resume, make_record, write_record
@@ -221,3 +222,19 @@ def test_checkpoints_without_a_readable_record_are_not_resumed(tmp_path, record)
         check_resume(tmp_path, cfg, resuming=True)
     assert "\n" not in str(e.value)
     assert check_resume(tmp_path, cfg, resuming=False) == make_record(cfg)
+
+
+def test_a_restart_because_no_checkpoint_restores_says_so(tmp_path, capsys):
+    directory = tmp_path / "checkpoints"
+    state = {"w": jnp.ones(3)}
+    ckpt = Checkpointer(directory, keep=3)
+    for step in (1, 2):
+        ckpt.save(step, state, {"step": step})
+    ckpt.close()
+    for step in (1, 2):
+        shutil.rmtree(directory / str(step) / "state")
+    ckpt = Checkpointer(directory, keep=3)
+    assert ckpt.restore_latest(state) == (0, None, None)
+    ckpt.close()
+    assert capsys.readouterr().out.splitlines()[-1] == (f"no checkpoint in {directory} restores (2 moved aside): "
+                                                        "starting again from step 0")
