@@ -18,9 +18,10 @@ from math import comb
 import numpy as np
 from math_verify import parse, verify
 
-# Seconds that parsing and comparing one answer may cost, all calls together; an answer that runs out compares
-# unequal to every other. Enforced by SIGALRM, so in the main thread only: elsewhere just the size limits bound
-# the work (an answer longer or more deeply nested is not parsed; benchmark golds reach 210 characters, depth 3).
+# CPU seconds (of the grading thread, so a busy machine does not shrink them) that parsing and comparing one
+# answer may cost, all calls together; an answer that runs out compares unequal to every other. Enforced with
+# SIGALRM, so in the main thread only: elsewhere just the size limits bound the work (an answer longer or more
+# deeply nested is not parsed; benchmark golds reach 210 characters, depth 3).
 ANSWER_BUDGET = 1.0
 MAX_ANSWER_CHARS = 1000
 MAX_NESTING = 20
@@ -92,21 +93,24 @@ class _OutOfTime(BaseException):
     or sympy cannot swallow it."""
 
 
-def _ring(signum, frame) -> None:
-    raise _OutOfTime
-
-
 _RAN_OUT = object()
+_TICK = 0.02  # seconds between checks of the CPU time used
 
 
 def _within(seconds: float, fn):
-    """fn(), or `_RAN_OUT` once `seconds` have passed (in the main thread; elsewhere fn() runs unlimited).
-    The alarm rings again every 50 ms until fn() gives up, in case something swallows the first."""
+    """fn(), or `_RAN_OUT` once it has used `seconds` of this thread's CPU time (in the main thread; elsewhere
+    fn() runs unlimited). Checked every `_TICK`, so a swallowed `_OutOfTime` is raised again."""
     if threading.current_thread() is not threading.main_thread():
         return fn()
-    previous = signal.signal(signal.SIGALRM, _ring)
+    deadline = time.thread_time() + seconds
+
+    def ring(signum, frame) -> None:
+        if time.thread_time() >= deadline:
+            raise _OutOfTime
+
+    previous = signal.signal(signal.SIGALRM, ring)
     try:
-        signal.setitimer(signal.ITIMER_REAL, seconds, 0.05)
+        signal.setitimer(signal.ITIMER_REAL, _TICK, _TICK)
         try:
             return fn()
         finally:
@@ -118,10 +122,10 @@ def _within(seconds: float, fn):
 
 
 def _timed(seconds: float, fn) -> tuple:
-    """(fn(), or `_RAN_OUT` if it ran past `seconds` or none are left; the seconds it took)."""
-    start = time.perf_counter()
+    """(fn(), or `_RAN_OUT` if it ran past `seconds` or none are left; the CPU seconds it took)."""
+    start = time.thread_time()
     result = _within(seconds, fn) if seconds > 0 else _RAN_OUT
-    return result, time.perf_counter() - start
+    return result, time.thread_time() - start
 
 
 def _nesting(text: str) -> int:
@@ -169,22 +173,22 @@ def _is_cheap(entry: _Answer) -> bool:
 
 
 def _compare(gold: _Answer, pred: _Answer) -> bool:
-    """math-verify's verdict within half the time either answer has left (the rest is for `_is_cheap`), the
-    time charged to both; a comparison that runs out is False and charged only to the answers found costly,
-    or to both if neither is."""
+    """math-verify's verdict within 3/4 of the time either answer has left (the rest is for `_is_cheap`), charged
+    to `pred`, the answer being graded or voted in. A comparison that runs out is False and charged to the
+    answers found costly, or to `pred` if neither is."""
     seconds = min(gold.left(), pred.left())
     if not gold.parsed or not pred.parsed or seconds <= 0:
         return False
-    result, took = _timed(seconds / 2, lambda: verify(list(gold.parsed), list(pred.parsed), timeout_seconds=None))
-    pair = {gold, pred}
-    for entry in pair:
-        entry.spent += took
+    result, took = _timed(0.75 * seconds, lambda: verify(list(gold.parsed), list(pred.parsed), timeout_seconds=None))
     if result is not _RAN_OUT:
+        pred.spent += took
         return bool(result)
-    cheap = [entry for entry in pair if _is_cheap(entry)]
-    if len(cheap) < len(pair):
-        for entry in cheap:
-            entry.spent -= took
+    pair = {gold, pred}
+    for entry in pair:  # for now, so that a costly answer's `_is_cheap` gets only what it has left
+        entry.spent += took
+    blamed = {entry for entry in pair if not _is_cheap(entry)} or {pred}
+    for entry in pair - blamed:
+        entry.spent -= took
     return False
 
 
