@@ -19,6 +19,7 @@ import train
 from rlsc_jax import hf, loop, synthetic, training
 from rlsc_jax.config import LONG_MODEL, load_config, validate
 from rlsc_jax.data import load_questions
+from rlsc_jax.files import LOCK
 from rlsc_jax.loop import heldout_questions
 from rlsc_jax.metrics import read_metrics
 from rlsc_jax.objectives import OBJECTIVES
@@ -333,4 +334,4 @@ def test_resuming_past_the_export_re_exports_final(chat_model, tmp_path):
     resumed, want = (load_file(str(d / "final" / "model.safetensors")) for d in (out, straight))
     assert any(not np.array_equal(at_two[n], resumed[n]) for n in at_two), "final/ still holds the step-2 weights"
     assert all(np.array_equal(resumed[n], want[n]) for n in want)
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [LOCK]  # no export leftovers
