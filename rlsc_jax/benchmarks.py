@@ -85,13 +85,18 @@ def _read_problems(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: benchmark file not found")
     problems: list[Problem] = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
             if limit is not None and len(problems) >= limit:
                 break
+            where = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad = f"byte {raw[e.start]:#04x} at column {e.start + 1}"
+                raise ValueError(f"{where}: not UTF-8 text ({bad})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{line_no}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:

@@ -40,10 +40,6 @@ def _deferred_interrupt():
         raise KeyboardInterrupt
 
 
-class Preempted(Exception):
-    """SIGTERM (a scheduler's preemption notice) arrived: the run saved a checkpoint and stopped."""
-
-
 @contextlib.contextmanager
 def preemption_notice():
     """Yields `reached(step) -> bool`, True from the step at which the run should save and stop for SIGTERM.
@@ -110,9 +106,11 @@ class Checkpointer:
 
         A checkpoint that fails to restore (a truncated array file, missing metadata) is reported in one
         line and moved aside to `<step>.unreadable`, so the run resumes from the previous complete one
-        and later saves of that step do not collide with it.
+        and later saves of that step do not collide with it. When none restores, a line says the run starts
+        again from step 0.
         """
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
             try:
                 return step, *self.restore(step, target)
             except Exception as e:  # noqa: BLE001  orbax and TensorStore raise many types for one bad file
@@ -120,6 +118,8 @@ class Checkpointer:
                 print(f"checkpoint {step} does not restore ({type(e).__name__}: {reason}); "
                       f"moved aside to {step}.unreadable, trying the previous one")
                 self._set_aside(step)
+        if steps:
+            print(f"no checkpoint in {self.directory} restores ({len(steps)} moved aside): starting again from step 0")
         return 0, None, None
 
     def _set_aside(self, step: int) -> None:

@@ -1,4 +1,5 @@
-"""What `train.py` and `eval.py` share at the process boundary: one-line errors, exit codes, a clean exit."""
+"""What the commands share at the process boundary: one-line errors, exit codes, a clean exit. Imports nothing
+heavy, so a command can set up JAX's environment after importing it."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ def prog(module: str) -> str | None:
     return f"python -m rlsc_jax.{module}" if sys.argv[0].endswith(os.path.join("rlsc_jax", f"{module}.py")) else None
 
 
+class Preempted(Exception):
+    """SIGTERM (a scheduler's preemption notice) arrived: the run saved a checkpoint and stopped."""
+
+
 def run_command(fn: Callable[[], T], interrupted: str) -> tuple[int, T | None]:
     """(0, fn()); bad input or an unreadable/unwritable file (ValueError, OSError) is one `error:` line on stderr
     and exit code 2, Ctrl-C the line `interrupted` and 130, a preemption (SIGTERM, checkpoint saved) its line
     and 143, the code of a process ended by SIGTERM, which schedulers read as "requeue"."""
-    from rlsc_jax.checkpoints import Preempted
     try:
         return 0, fn()
     except Preempted as e:

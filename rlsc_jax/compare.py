@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +23,8 @@ import jax
 
 from rlsc_jax import hf, parity, torch_reference
 from rlsc_jax.benchmarks import BENCHMARK_DIR, build_messages, load_benchmark
-from rlsc_jax.files import atomic_write_json
+from rlsc_jax.cli import exit_process, run_command
+from rlsc_jax.files import atomic_write_json, check_writable
 from rlsc_jax.models import ModelConfig
 
 DTYPES = ("float32", "bfloat16")
@@ -238,14 +238,21 @@ def format_report(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    """0 when every figure is within tolerance, 1 when not, 2 on bad input (one line on stderr)."""
+    """0 when every figure is within tolerance, 1 when not, 2 on bad input (one line on stderr, the --json path
+    checked before anything runs), 130 on Ctrl-C."""
     args = parse_args(argv)
-    try:
-        cfg, text, prompt_ids, eos = check_inputs(args)
-        report = measure(args, cfg, text, prompt_ids, eos)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+
+    def compare() -> dict:
+        if args.json:
+            check_writable(args.json, "--json")
+        try:
+            return measure(args, *check_inputs(args))
+        except ModuleNotFoundError as e:
+            raise ValueError(str(e)) from None
+
+    code, report = run_command(compare, "interrupted")
+    if code:
+        return code
     print(format_report(report))
     if args.json:
         atomic_write_json(args.json, report)
@@ -253,4 +260,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

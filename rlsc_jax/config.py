@@ -216,6 +216,8 @@ def _read_yaml(path: Path):
     """A YAML file that must hold a mapping of keys; syntax errors and other shapes are one-line errors."""
     try:
         layer = OmegaConf.load(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -226,9 +228,16 @@ def _read_yaml(path: Path):
     return layer
 
 
+def check_seed(seed: int, key: str = "seed") -> None:
+    """A one-line error naming `key` unless `seed` fits JAX's PRNG key (a 64-bit integer)."""
+    if not -2**63 <= seed < 2**63:
+        raise ValueError(f"{key}={seed}: must be a 64-bit integer (JAX's PRNG key takes no larger seed)")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Every value range `train.py` depends on, checked before anything is loaded or written; each failure
     is a one-line ValueError naming the key."""
+    check_seed(cfg.seed)
     s, o, e = cfg.sampling, cfg.optim, cfg.eval
     finite = math.isfinite
     checks = (

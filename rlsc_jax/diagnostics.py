@@ -33,11 +33,11 @@ from tqdm import tqdm
 
 from rlsc_jax import hf, sharding as sharding_lib
 from rlsc_jax.benchmarks import build_messages
-from rlsc_jax.cli import run_command
+from rlsc_jax.cli import exit_process, run_command
 from rlsc_jax.config import TrainConfig, load_config
 from rlsc_jax.data import load_questions
 from rlsc_jax.evaluation import evaluate_problems, logprob_profile
-from rlsc_jax.files import atomic_write_json
+from rlsc_jax.files import atomic_write_json, check_writable
 from rlsc_jax.rollouts import answer_ids
 from rlsc_jax.sampling import sample
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
@@ -135,9 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, default=-30.0, help="--logp: report the fraction of log p below this")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
-    code, _ = run_command(lambda: (_logp if args.logp else _gradients)(args, load_config(args.config, args.overrides)),
-                          "interrupted")
-    return code
+
+    def diagnose() -> None:
+        if args.output:
+            check_writable(args.output, "--output")
+        (_logp if args.logp else _gradients)(args, load_config(args.config, args.overrides))
+
+    return run_command(diagnose, "interrupted")[0]
 
 
 def _gradients(args: argparse.Namespace, cfg: TrainConfig) -> None:
@@ -165,4 +169,4 @@ def _logp(args: argparse.Namespace, cfg: TrainConfig) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from rlsc_jax import hf
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, load_benchmark, load_jsonl_problems
-from rlsc_jax.config import MeshConfig, load_config
+from rlsc_jax.config import MeshConfig, check_seed, load_config
 from rlsc_jax.evaluation import check_settings, evaluate_problems, format_table, read_records
-from rlsc_jax.files import atomic_write_json, make_dir
+from rlsc_jax.files import atomic_write_json, exclusive_dir, make_dir
 from rlsc_jax.fingerprint import digests, fingerprint
 from rlsc_jax.protocols import DEFAULT_PROTOCOL, SETTINGS, get_protocol
 from rlsc_jax.report import truncation_warning
@@ -133,6 +133,8 @@ def _load_problems(args: argparse.Namespace, cfg: EvalRunConfig) -> dict[str, li
 
 def _seeds(args: argparse.Namespace, cfg: EvalRunConfig) -> list[int]:
     """The seeds to run: `--seeds` (a sampled protocol, distinct seeds, no `seed=` beside it) or `seed=`."""
+    for seed in args.seeds or [cfg.seed]:
+        check_seed(seed, "--seeds" if args.seeds else "seed")
     if not args.seeds:
         return [cfg.seed]
     if any(o.split("=", 1)[0].strip() == "seed" for o in args.overrides):
@@ -224,37 +226,38 @@ def run(args: argparse.Namespace) -> dict:
     out_dir = Path(args.output_dir or Path("outputs") / f"eval-{model_dir.resolve().name}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--output-dir {out_dir}: exists and is not a directory")
-    run_dirs = {seed: out_dir / f"seed-{seed}" if args.seeds else out_dir for seed in seeds}
-    weights = None
-    for seed, run_dir in run_dirs.items():
-        settings = {"model": str(model_dir.resolve()), "protocol": args.protocol,
-                    **{k: getattr(cfg, k) for k in RESUME_KEYS}, "seed": seed}
-        weights = _check_resume(run_dir, settings, model_dir, weights)
+    with exclusive_dir(out_dir, "--output-dir"):
+        run_dirs = {seed: out_dir / f"seed-{seed}" if args.seeds else out_dir for seed in seeds}
+        weights = None
+        for seed, run_dir in run_dirs.items():
+            settings = {"model": str(model_dir.resolve()), "protocol": args.protocol,
+                        **{k: getattr(cfg, k) for k in RESUME_KEYS}, "seed": seed}
+            weights = _check_resume(run_dir, settings, model_dir, weights)
 
-    tokenizer = load_tokenizer(model_dir)
-    model = hf.load(model_dir, dtype=cfg.dtype, mesh=make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor),
-                    rules=cfg.mesh.rules)
-    common = {"model": str(model_dir.resolve()), "weights": digests(weights), "protocol": args.protocol,
-              "overrides": departures, "limit": args.limit, "config": dataclasses.asdict(cfg)}
-    per_seed = []
-    for seed, run_dir in run_dirs.items():
-        per_seed.append(_evaluate(model, tokenizer, cfg, seed, benchmarks, run_dir, model_dir))
-        atomic_write_json(run_dir / "results.json", {**common, "seed": seed, "benchmarks": per_seed[-1]})
-    results, spread = {**common, "seed": seeds[0], "benchmarks": per_seed[0]}, None
-    if args.seeds:
-        means, spread = over_seeds(per_seed)
-        results = {**common, "seeds": seeds, "benchmarks": means, "sd": spread,
-                   "per_seed": {str(s): run for s, run in zip(seeds, per_seed)}}
-        atomic_write_json(out_dir / "results.json", results)
-    _report(results, cfg.temperature, spread)
-    from rlsc_jax.plotting import plot_pass_at_k
-    curves = {out_dir.name: results["benchmarks"]}
-    if other:
-        label = Path(args.compare).name
-        curves[label if label != out_dir.name else f"{label} (--compare)"] = other["benchmarks"]
-    plot_pass_at_k(curves, out_dir / "pass_at_k.png")
-    print(f"results: {out_dir / 'results.json'}\npass@k plot: {out_dir / 'pass_at_k.png'}")
-    return results
+        tokenizer = load_tokenizer(model_dir)
+        model = hf.load(model_dir, dtype=cfg.dtype, mesh=make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor),
+                        rules=cfg.mesh.rules)
+        common = {"model": str(model_dir.resolve()), "weights": digests(weights), "protocol": args.protocol,
+                  "overrides": departures, "limit": args.limit, "config": dataclasses.asdict(cfg)}
+        per_seed = []
+        for seed, run_dir in run_dirs.items():
+            per_seed.append(_evaluate(model, tokenizer, cfg, seed, benchmarks, run_dir, model_dir))
+            atomic_write_json(run_dir / "results.json", {**common, "seed": seed, "benchmarks": per_seed[-1]})
+        results, spread = {**common, "seed": seeds[0], "benchmarks": per_seed[0]}, None
+        if args.seeds:
+            means, spread = over_seeds(per_seed)
+            results = {**common, "seeds": seeds, "benchmarks": means, "sd": spread,
+                       "per_seed": {str(s): run for s, run in zip(seeds, per_seed)}}
+            atomic_write_json(out_dir / "results.json", results)
+        _report(results, cfg.temperature, spread)
+        from rlsc_jax.plotting import plot_pass_at_k
+        curves = {out_dir.name: results["benchmarks"]}
+        if other:
+            label = Path(args.compare).name
+            curves[label if label != out_dir.name else f"{label} (--compare)"] = other["benchmarks"]
+        plot_pass_at_k(curves, out_dir / "pass_at_k.png")
+        print(f"results: {out_dir / 'results.json'}\npass@k plot: {out_dir / 'pass_at_k.png'}")
+        return results
 
 
 def main(argv: list[str] | None = None) -> int:

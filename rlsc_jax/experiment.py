@@ -30,9 +30,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rlsc_jax import hf  # noqa: E402
-from rlsc_jax.config import TrainConfig, load_config, to_yaml  # noqa: E402
+from rlsc_jax.cli import exit_process, run_command  # noqa: E402
+from rlsc_jax.config import TrainConfig, load_config, to_yaml, validate  # noqa: E402
 from rlsc_jax.data import load_questions  # noqa: E402
-from rlsc_jax.files import atomic_write_json  # noqa: E402
+from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir  # noqa: E402
 from rlsc_jax.fingerprint import digests, fingerprint  # noqa: E402
 from rlsc_jax.loop import evaluate, heldout_questions, run, sampled_metrics  # noqa: E402
 from rlsc_jax.metrics import read_metrics  # noqa: E402
@@ -164,7 +165,44 @@ def plot(output: Path, runs: dict[str, dict[int, str]]) -> None:
     plt.close(fig)
 
 
+def run_experiment(args: argparse.Namespace) -> str:
+    """Checks every arm's config, the model and `--output` first; then, holding `--output`, computes what it
+    does not keep yet and writes the results; returns the table."""
+    config = lambda seed, *extra: load_config(args.config, [*args.overrides, f"seed={seed}", *extra])  # noqa: E731
+    for seed in args.seeds:
+        for name in args.arms:
+            validate(config(seed, *ARMS[name][1], f"output_dir={args.output / f'{name}-seed{seed}'}"))
+    hf.check(config(args.seeds[0]).model)
+    with exclusive_dir(args.output, "--output"):
+        base, runs, dirs = {}, {}, {}
+        # every arm trains the same model (the arms override no `model`): hash its files once
+        model_digests = digests(fingerprint(config(args.seeds[0]).model, patterns=MODEL_FILES))
+        for seed in args.seeds:
+            print(f"== base model, seed {seed}")
+            cfg = config(seed)
+            key = result_key(cfg, model_digests, args.baseline_temperatures)
+            base[seed] = cached(args.output / f"base-seed{seed}.json", key,
+                                lambda: base_model(cfg, args.baseline_temperatures))
+        for name in args.arms:
+            for seed in args.seeds:
+                out = args.output / f"{name}-seed{seed}"
+                print(f"== {ARMS[name][0]}, seed {seed} -> {out}")
+                cfg, before = config(seed, *ARMS[name][1], f"output_dir={out}"), base[seed]["before"]
+                key = result_key(cfg, model_digests, before)
+                runs.setdefault(name, {})[seed] = cached(out / "experiment_result.json", key,
+                                                         lambda: train_arm(cfg, before))
+                dirs.setdefault(name, {})[seed] = str(out)
+        cfg = config(args.seeds[0])
+        md = table(base, runs, cfg.eval.num_samples, cfg.eval.temperature)
+        atomic_write_json(args.output / "results.json", {"base": base, "runs": runs})
+        atomic_write_text(args.output / "table.md", md + "\n")
+        plot(args.output, dirs)
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
+    """0; bad input (an unknown key, a missing --config, an --output that is a file) is one `error:` line and 2
+    before anything runs, Ctrl-C one line and 130."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", help="the task's YAML config, as for train.py (default: the embedded default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -177,34 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     args = p.parse_args([a for a in argv if a not in overrides])
     args.overrides = overrides
-    config = lambda seed, *extra: load_config(args.config, [*args.overrides, f"seed={seed}", *extra])  # noqa: E731
-    base, runs, dirs = {}, {}, {}
-    # every arm trains the same model (the arms override no `model`): hash its files once
-    model_digests = digests(fingerprint(config(args.seeds[0]).model, patterns=MODEL_FILES))
-    for seed in args.seeds:
-        print(f"== base model, seed {seed}")
-        cfg = config(seed)
-        key = result_key(cfg, model_digests, args.baseline_temperatures)
-        base[seed] = cached(args.output / f"base-seed{seed}.json", key,
-                            lambda: base_model(cfg, args.baseline_temperatures))
-    for name in args.arms:
-        for seed in args.seeds:
-            out = args.output / f"{name}-seed{seed}"
-            print(f"== {ARMS[name][0]}, seed {seed} -> {out}")
-            cfg, before = config(seed, *ARMS[name][1], f"output_dir={out}"), base[seed]["before"]
-            key = result_key(cfg, model_digests, before)
-            runs.setdefault(name, {})[seed] = cached(out / "experiment_result.json", key,
-                                                     lambda: train_arm(cfg, before))
-            dirs.setdefault(name, {})[seed] = str(out)
-    cfg = config(args.seeds[0])
-    md = table(base, runs, cfg.eval.num_samples, cfg.eval.temperature)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "results.json").write_text(json.dumps({"base": base, "runs": runs}, indent=2))
-    (args.output / "table.md").write_text(md + "\n")
-    plot(args.output, dirs)
-    print(md)
-    return 0
+    code, md = run_command(lambda: run_experiment(args),
+                           "interrupted; rerun the same command to go on from the results it keeps")
+    if not code:
+        print(md)
+    return code
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

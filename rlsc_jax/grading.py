@@ -1,46 +1,77 @@
-"""Answer grading as the field does it: extract the final answer, compare with math-verify, pass@k, maj@k, majority."""
+"""Answer grading as the field does it: extract the final answer, compare with math-verify, pass@k, maj@k, majority.
+
+Grading has a time budget: extraction is linear in the completion's length, and parsing and comparing one
+answer costs at most about `ANSWER_BUDGET` seconds in total, its failures (timeouts) remembered.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
+import signal
 import threading
+import time
 from collections import Counter
 from functools import lru_cache
 from math import comb
 
 import numpy as np
 from math_verify import parse, verify
-from math_verify.errors import TimeoutException
 
-# math-verify's own per-call limits (seconds); they rely on signal.alarm, so only in the main thread.
-PARSE_TIMEOUT = 5
-VERIFY_TIMEOUT = 5
+# CPU seconds (of the grading thread, so a busy machine does not shrink them) that parsing and comparing one
+# answer may cost, all calls together; an answer that runs out compares unequal to every other. Enforced with
+# SIGALRM, so in the main thread only: elsewhere just the size limits bound the work (an answer longer or more
+# deeply nested is not parsed; benchmark golds reach 210 characters, depth 3).
+ANSWER_BUDGET = 1.0
+MAX_ANSWER_CHARS = 1000
+MAX_NESTING = 20
 
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"[{}]")
+_NON_SPACE = re.compile(r"\S")
 _HASHES = re.compile(r"####\s*(.+)")
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*(.+)", re.IGNORECASE)
 
 
-def _balanced(text: str, start: int) -> str | None:
-    """The text from `start` up to the brace closing the one just before it; None if never closed."""
-    depth = 1
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i]
-    return None
+class _QuietTimeoutNotice(logging.Filter):
+    """math-verify warns that its own (signal.alarm) timeouts are off; grading's budget replaces them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_QuietTimeoutNotice())
+
+
+def _closing_braces(text: str) -> dict[int, int]:
+    """Each `{`'s position -> the position of the `}` closing it (every brace counts, escaped or not); one pass."""
+    closing, open_at = {}, []
+    for match in _BRACE.finditer(text):
+        if match.group() == "{":
+            open_at.append(match.start())
+        elif open_at:
+            closing[open_at.pop()] = match.start()
+    return closing
 
 
 def last_boxed(text: str) -> str | None:
     """Content of the last closed, non-empty `\\boxed{...}` / `\\fbox{...}` (balanced braces); None if none."""
-    for match in reversed(list(_BOX_OPEN.finditer(text))):
-        content = _balanced(text, match.end())
-        if content is not None and content.strip():
-            return content.strip()
+    boxes = list(_BOX_OPEN.finditer(text))
+    closing = _closing_braces(text) if boxes else {}
+    for match in reversed(boxes):
+        end = closing.get(match.end() - 1)
+        if end is not None and _NON_SPACE.search(text, match.end(), end):
+            return text[match.end():end].strip()
     return None
+
+
+def _short_trailing_space(text: str) -> str:
+    """`text` with its trailing whitespace cut to at most a newline and a space, kept only if present: what
+    `_ANSWER_IS` can tell of it, without its two `\\s*` backtracking quadratically over a long run."""
+    body = text.rstrip()
+    tail = text[len(body):]
+    return body + ("\n" if "\n" in tail else "") + (" " if tail.replace("\n", "") else "")
 
 
 def extract_answer(text: str) -> str | None:
@@ -48,8 +79,8 @@ def extract_answer(text: str) -> str | None:
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed
-    for pattern in (_HASHES, _ANSWER_IS):
-        matches = pattern.findall(text)
+    for pattern, searched in ((_HASHES, text), (_ANSWER_IS, _short_trailing_space(text))):
+        matches = pattern.findall(searched)
         if matches:
             answer = matches[-1].strip().rstrip(" .$").lstrip(" $")
             if answer:
@@ -57,11 +88,108 @@ def extract_answer(text: str) -> str | None:
     return None
 
 
+class _OutOfTime(BaseException):
+    """Raised by SIGALRM when a grading budget is spent; a BaseException, so `except Exception` in math-verify
+    or sympy cannot swallow it."""
+
+
+_RAN_OUT = object()
+_TICK = 0.02  # seconds between checks of the CPU time used
+
+
+def _within(seconds: float, fn):
+    """fn(), or `_RAN_OUT` once it has used `seconds` of this thread's CPU time (in the main thread; elsewhere
+    fn() runs unlimited). Checked every `_TICK`, so a swallowed `_OutOfTime` is raised again."""
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    deadline = time.thread_time() + seconds
+
+    def ring(signum, frame) -> None:
+        if time.thread_time() >= deadline:
+            raise _OutOfTime
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, _TICK, _TICK)
+        try:
+            return fn()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _OutOfTime:
+        return _RAN_OUT
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _timed(seconds: float, fn) -> tuple:
+    """(fn(), or `_RAN_OUT` if it ran past `seconds` or none are left; the CPU seconds it took)."""
+    start = time.thread_time()
+    result = _within(seconds, fn) if seconds > 0 else _RAN_OUT
+    return result, time.thread_time() - start
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of `{}` and `()` in `text`."""
+    depth = deepest = 0
+    for match in re.finditer(r"[{}()]", text):
+        depth += 1 if match.group() in "{(" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+class _Answer:
+    """One answer's math-verify parse (empty if it failed, ran out of time or is too large), the grading time it
+    has used, and whether comparing it with 0 fits its budget (None: not yet tried)."""
+
+    def __init__(self, parsed: tuple = (), spent: float = 0.0) -> None:
+        self.parsed, self.spent, self.cheap = parsed, spent, None
+
+    def left(self) -> float:
+        return ANSWER_BUDGET - self.spent
+
+
 @lru_cache(maxsize=8192)
-def _parse(answer: str) -> tuple:
-    """math-verify's parse of a bare answer wrapped in `\\boxed{}` (robust to stray `$` inside); cached for voting."""
-    timeout = PARSE_TIMEOUT if threading.current_thread() is threading.main_thread() else None
-    return tuple(parse(f"\\boxed{{{answer.strip()}}}", parsing_timeout=timeout))
+def _answer(answer: str) -> _Answer:
+    """`answer` parsed by math-verify inside `\\boxed{}` (robust to stray `$` inside); cached with its budget,
+    a failure included, so votes pay once."""
+    if len(answer) > MAX_ANSWER_CHARS or _nesting(answer) > MAX_NESTING:
+        return _Answer()
+    parsed, took = _timed(ANSWER_BUDGET, lambda: tuple(parse(f"\\boxed{{{answer.strip()}}}", parsing_timeout=None)))
+    return _Answer(() if parsed is _RAN_OUT else parsed, took)
+
+
+_ZERO = parse("$0$", parsing_timeout=None)
+
+
+def _is_cheap(entry: _Answer) -> bool:
+    """Whether this answer compares with 0 within its remaining budget, asked once, after a comparison ran out:
+    it is blamed on the answer whose value is costly (such as 9^{9^{9^9}}), not on the other. A costly answer
+    has spent its budget."""
+    if entry.cheap is None:
+        result, took = _timed(entry.left(), lambda: verify(_ZERO, list(entry.parsed), timeout_seconds=None))
+        entry.cheap = result is not _RAN_OUT
+        entry.spent = entry.spent + took if entry.cheap else ANSWER_BUDGET
+    return entry.cheap
+
+
+def _compare(gold: _Answer, pred: _Answer) -> bool:
+    """math-verify's verdict within 3/4 of the time either answer has left (the rest is for `_is_cheap`), charged
+    to `pred`, the answer being graded or voted in. A comparison that runs out is False and charged to the
+    answers found costly, or to `pred` if neither is."""
+    seconds = min(gold.left(), pred.left())
+    if not gold.parsed or not pred.parsed or seconds <= 0:
+        return False
+    result, took = _timed(0.75 * seconds, lambda: verify(list(gold.parsed), list(pred.parsed), timeout_seconds=None))
+    if result is not _RAN_OUT:
+        pred.spent += took
+        return bool(result)
+    pair = {gold, pred}
+    for entry in pair:  # for now, so that a costly answer's `_is_cheap` gets only what it has left
+        entry.spent += took
+    blamed = {entry for entry in pair if not _is_cheap(entry)} or {pred}
+    for entry in pair - blamed:
+        entry.spent -= took
+    return False
 
 
 _WORDS = re.compile(r"[a-z]+(?:[ '\-][a-z]+)*")
@@ -87,10 +215,9 @@ def is_equivalent(gold: str, pred: str | None) -> bool:
     gold_words, pred_words = plain_words(gold), plain_words(pred)
     if gold_words is not None and pred_words is not None:
         return gold_words == pred_words
-    timeout = VERIFY_TIMEOUT if threading.current_thread() is threading.main_thread() else None
     try:
-        return bool(verify(list(_parse(gold)), list(_parse(pred)), timeout_seconds=timeout))
-    except (Exception, TimeoutException):
+        return _compare(_answer(gold), _answer(pred))
+    except Exception:
         return False
 
 

@@ -39,6 +39,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
                    "generation_config.json")
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors header names of the dtypes a weight may have
 DEFAULT_SHARD_BYTES = 4 * 1024**3
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -140,7 +141,8 @@ def _open(file: Path):
 
 
 def _check_names_and_shapes(cfg: ModelConfig, table: list[Mapping], files: dict[str, Path]) -> None:
-    """Every expected tensor present with the right shape, nothing unexpected; reads headers only."""
+    """Every expected tensor present with the right shape and a float dtype, nothing unexpected; reads headers
+    only."""
     expected = {m.hf_name for m in table}
     for name in sorted(files):
         ignorable = name.endswith(IGNORED_SUFFIXES) or (cfg.tie_word_embeddings and name == "lm_head.weight")
@@ -152,9 +154,13 @@ def _check_names_and_shapes(cfg: ModelConfig, table: list[Mapping], files: dict[
             raise ValueError(f"{m.hf_name}: tensor missing from the checkpoint")
         f = files[m.hf_name]
         handle = handles.setdefault(f, _open(f))
-        shape = tuple(handle.get_slice(m.hf_name).get_shape())
+        tensor = handle.get_slice(m.hf_name)
+        shape = tuple(tensor.get_shape())
         if shape != m.hf_shape:
             raise ValueError(f"{f}: tensor {m.hf_name!r} has shape {shape}, expected {m.hf_shape}")
+        if tensor.get_dtype() not in FLOAT_DTYPES:  # an integer tensor would be cast and trained on silently
+            raise ValueError(f"{f}: tensor {m.hf_name!r} has dtype {tensor.get_dtype()}, expected a float "
+                             f"({', '.join(FLOAT_DTYPES)})")
 
 
 def _read(file: Path, name: str) -> np.ndarray:

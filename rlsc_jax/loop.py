@@ -18,11 +18,12 @@ from tqdm import tqdm
 
 from rlsc_jax import hf, sharding as sharding_lib
 from rlsc_jax.benchmarks import build_messages
-from rlsc_jax.checkpoints import Checkpointer, Preempted, preemption_notice, saved_steps
+from rlsc_jax.checkpoints import Checkpointer, preemption_notice, saved_steps
+from rlsc_jax.cli import Preempted
 from rlsc_jax.config import TrainConfig, to_yaml, validate
 from rlsc_jax.data import SYNTHETIC_SOURCES, load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol
-from rlsc_jax.files import atomic_write_json, atomic_write_text, make_dir
+from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir
 from rlsc_jax.metrics import MetricsLog, read_metrics
 from rlsc_jax.run_record import check_resume, write_record
 from rlsc_jax.rollouts import answer_ids, answer_stats, truncated_fraction
@@ -142,19 +143,15 @@ def _saved_before(out: Path, cfg: TrainConfig) -> dict | None:
     return saved.get("metrics") if saved.get("settings") == _eval_settings(cfg) else None
 
 
-def prepare(cfg: TrainConfig) -> tuple[list, list, jax.sharding.Mesh, dict, bool]:
+def prepare(cfg: TrainConfig) -> tuple[list, list, jax.sharding.Mesh]:
     """Every check that needs no weights loaded and no file written: config values, the model's config.json
-    and tensor headers, the data, the mesh, and (resuming) that the output dir's run had the same settings.
-    Returns (questions, held-out questions, mesh, run record, resuming)."""
+    and tensor headers, the data, the mesh. Returns (questions, held-out questions, mesh)."""
     validate(cfg)
     hf.check(cfg.model)
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=cfg.data.num_questions)
     heldout = heldout_questions(cfg)
-    mesh = sharding_lib.make_run_mesh(cfg)
-    out = Path(cfg.output_dir)
-    resuming = bool(saved_steps(out / "checkpoints"))
-    return questions, heldout, mesh, check_resume(out, cfg, resuming), resuming
+    return questions, heldout, sharding_lib.make_run_mesh(cfg)
 
 
 def run(cfg: TrainConfig, before: dict | None = None) -> dict:
@@ -162,11 +159,21 @@ def run(cfg: TrainConfig, before: dict | None = None) -> dict:
 
     `before` (the base model's held-out metrics, when the caller has them) skips the "before" evaluation.
     """
-    questions, heldout, mesh, record, resuming = prepare(cfg)
+    checked = prepare(cfg)
+    if jax.process_index() != 0:
+        return _run(cfg, before, *checked)
+    with exclusive_dir(cfg.output_dir, "output_dir"):
+        return _run(cfg, before, *checked)
+
+
+def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, mesh: jax.sharding.Mesh) -> dict:
+    """`run` once `prepare` has checked the input and process 0 holds the output dir: resuming, the output
+    dir's run must have had the same settings."""
     out = Path(cfg.output_dir)
+    resuming = bool(saved_steps(out / "checkpoints"))
+    record = check_resume(out, cfg, resuming)
     writer = jax.process_index() == 0
     if writer:
-        make_dir(out, "output_dir")
         atomic_write_text(out / "config.yaml", to_yaml(cfg))
         write_record(out, record)
     model = hf.load(cfg.model, dtype=cfg.dtype, compute_dtype=cfg.compute_dtype, mesh=mesh, rules=cfg.mesh.rules)

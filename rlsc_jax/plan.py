@@ -17,12 +17,12 @@ figures as estimates of the same programs, not measurements.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-from rlsc_jax.cli import prog
+from rlsc_jax.cli import exit_process, prog, run_command
+from rlsc_jax.files import atomic_write_json, check_writable
 
 GiB = 1024**3
 
@@ -221,31 +221,37 @@ def table(report: dict) -> str:
 
 
 def main(argv=None) -> int:
+    """0, or 3 when `--strict` and the config does not fit `--hardware`; bad input is one `error:` line and 2,
+    checked (the `--json` path included) before anything compiles."""
     args = parse_args(argv)
-    try:
+
+    def report() -> dict:
+        for flag, value in (("--devices", args.devices), ("--prompt-len", args.prompt_len)):
+            if value < 1:
+                raise ValueError(f"{flag} {value}: must be >= 1")
+        if args.json:
+            check_writable(args.json, "--json")
         simulate_devices(args.devices)
         from rlsc_jax.config import load_config
         from rlsc_jax.hardware import get_hardware
         hardware = get_hardware(args.hardware) if args.hardware else None
-        cfg = load_config(args.config, args.overrides)
-        report = plan(cfg, args.devices, args.prompt_len)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if hardware is not None:
-        report["judgement"] = judge(report, hardware)
-        report["device_memory_bytes"] = hardware.memory_bytes
-        report["fits"] = report["judgement"]["fits"]
-    print(table(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-    return 3 if args.strict and report.get("fits") is False else 0
+        report = plan(load_config(args.config, args.overrides), args.devices, args.prompt_len)
+        if hardware is not None:
+            report["judgement"] = judge(report, hardware)
+            report["device_memory_bytes"] = hardware.memory_bytes
+            report["fits"] = report["judgement"]["fits"]
+        print(table(report))
+        if args.json:
+            atomic_write_json(args.json, report)
+        return report
+
+    code, done = run_command(report, "interrupted")
+    return code or (3 if args.strict and done.get("fits") is False else 0)
 
 
 def cli() -> None:
     """The `rlsc-plan` console script."""
-    sys.exit(main())
+    exit_process(main())
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@ from transformers import PreTrainedTokenizerBase
 
 from rlsc_jax import hf
 from rlsc_jax.bpe import train_tokenizer
+from rlsc_jax.cli import exit_process, run_command
 from rlsc_jax.config import DEFAULT_MODEL
 from rlsc_jax.evaluation import evaluate_problems, logprob_profile
+from rlsc_jax.files import check_writable
 from rlsc_jax.logprobs import sequence_logprobs
 from rlsc_jax.models import Decoder, ModelConfig
 from rlsc_jax.synthetic import split_problems, split_questions
@@ -248,8 +250,48 @@ def save(model: Decoder, tok: PreTrainedTokenizerBase, path: Path, report: dict)
         raise
 
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI: pretrain, report on held-out questions, save to --output (which must be absent or empty)."""
+# flags that must be >= 1, and >= 0
+POSITIVE = ("steps", "batch_size", "seq_len", "vocab_size", "tokenizer_problems", "hidden_size", "num_layers",
+            "num_heads", "num_kv_heads", "head_dim", "intermediate_size", "eval_samples", "max_new_tokens",
+            "max_positions")
+NON_NEGATIVE = ("warmup_steps", "eval_questions")
+
+
+def check(cfg: PretrainConfig, output: Path) -> None:
+    """Every setting and the output location, checked before anything is built: a one-line ValueError naming the
+    flag (a model trained on nothing or with a NaN learning rate must not be saved)."""
+    flag = lambda name: f"--{name.replace('_', '-')} {getattr(cfg, name)}"  # noqa: E731
+    for name in POSITIVE:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{flag(name)}: must be >= 1")
+    for name in NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{flag(name)}: must be >= 0")
+    for name, ok, expected in (("peak_lr", cfg.peak_lr > 0, "> 0"), ("weight_decay", cfg.weight_decay >= 0, ">= 0"),
+                               ("slip_prob", 0 <= cfg.slip_prob <= 1, "in [0, 1]")):
+        if not (np.isfinite(getattr(cfg, name)) and ok):
+            raise ValueError(f"{flag(name)}: must be finite and {expected}")
+    if cfg.num_heads % cfg.num_kv_heads:
+        raise ValueError(f"--num-heads {cfg.num_heads}: must be a multiple of --num-kv-heads {cfg.num_kv_heads}")
+    report_temperatures(cfg)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output}: exists and is not a directory; refusing to overwrite")
+    check_writable(output, "--output", empty_dir_ok=True)
+
+
+def check_finite(model: Decoder, losses: list[float]) -> None:
+    """A one-line ValueError if training diverged (a non-finite loss or weight): such a model is never saved."""
+    bad = next((step for step, loss in enumerate(losses, 1) if not np.isfinite(loss)), None)
+    if bad is not None:
+        raise ValueError(f"pretraining diverged: loss {losses[bad - 1]} at step {bad} (try a lower --peak-lr); "
+                         "nothing was saved")
+    if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(nnx.state(model))):
+        raise ValueError("pretraining diverged: the weights are not finite (try a lower --peak-lr); nothing was saved")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: pretrain, report on held-out questions, save to --output (which must be absent or empty). Bad input
+    is one `error:` line and exit 2 before any work; Ctrl-C exits 130 with one line, saving nothing."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, required=True)
     for field in dataclasses.fields(PretrainConfig):
@@ -257,29 +299,32 @@ def main(argv: list[str] | None = None) -> None:
                             help=f"default {field.default}" + (" (--task long: see TASK_DEFAULTS)"
                                                                if field.name in TASK_DEFAULTS["long"] else ""))
     args = parser.parse_args(argv)
-    if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
-        parser.error(f"{args.output}: exists and is not empty; refusing to overwrite")
-    task = args.task or PretrainConfig.task
-    if task not in TASK_DEFAULTS:
-        parser.error(f"--task {task!r}: expected one of {', '.join(TASK_DEFAULTS)}")
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)
-             if getattr(args, f.name) is not None}
-    cfg = PretrainConfig(**{**TASK_DEFAULTS[task], **given})
-    try:
-        report_temperatures(cfg)
-    except ValueError as e:
-        parser.error(str(e))
-    start = time.time()
-    tok = build_tokenizer(cfg)
-    model, losses = train(cfg, tok)
-    train_seconds = time.time() - start
-    heldout = heldout_report(model, tok, cfg)
-    report = {"heldout": heldout, "loss_curve": loss_curve(losses), "num_params": model.cfg.num_params,
-              "train_seconds": round(train_seconds), "wall_seconds": round(time.time() - start),
-              "config": dataclasses.asdict(cfg)}
-    save(model, tok, args.output, report)
-    print(json.dumps({k: report[k] for k in ("heldout", "loss_curve", "wall_seconds")}, indent=2))
+
+    def pretrain() -> dict:
+        task = args.task or PretrainConfig.task
+        if task not in TASK_DEFAULTS:
+            raise ValueError(f"--task {task!r}: expected one of {', '.join(TASK_DEFAULTS)}")
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)
+                 if getattr(args, f.name) is not None}
+        cfg = PretrainConfig(**{**TASK_DEFAULTS[task], **given})
+        check(cfg, args.output)
+        start = time.time()
+        tok = build_tokenizer(cfg)
+        model, losses = train(cfg, tok)
+        check_finite(model, losses)
+        train_seconds = time.time() - start
+        heldout = heldout_report(model, tok, cfg)
+        report = {"heldout": heldout, "loss_curve": loss_curve(losses), "num_params": model.cfg.num_params,
+                  "train_seconds": round(train_seconds), "wall_seconds": round(time.time() - start),
+                  "config": dataclasses.asdict(cfg)}
+        save(model, tok, args.output, report)
+        return report
+
+    code, report = run_command(pretrain, "interrupted; nothing was saved")
+    if not code:
+        print(json.dumps({k: report[k] for k in ("heldout", "loss_curve", "wall_seconds")}, indent=2))
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    exit_process(main())

@@ -65,11 +65,31 @@ def differences(old: dict, new: dict) -> list[str]:
     return out
 
 
+def read_record(path: Path) -> dict | None:
+    """The record at `path`; None if there is none; a one-line ValueError naming the file if it is unreadable."""
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable run record ({e})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: unreadable run record (not a JSON object)")
+    return record
+
+
 def check_resume(out: Path, cfg: TrainConfig, resuming: bool) -> dict:
-    """The record of this run; when `resuming` and the output dir's record differs, a one-line ValueError
-    naming what changed (nothing is written either way)."""
+    """The record of this run; when `resuming` and the output dir's record differs, is missing or unreadable,
+    a one-line ValueError naming what changed or the file (nothing is written either way): checkpoints whose
+    settings are unknown must not be resumed under new ones."""
     path = out / RECORD
-    old = json.loads(path.read_text()) if path.is_file() else None
+    try:
+        old, problem = read_record(path), f"{path} is missing"
+    except ValueError as e:
+        old, problem = None, str(e)
+    if old is None and resuming:
+        raise ValueError(f"{problem}: the settings of the checkpoints in {out / 'checkpoints'} are unknown, so "
+                         f"they are not resumed; use another output_dir")
     if old is not None:  # a record written before a key moved names it by its old key
         old["settings"] = {MOVED.get(k, k): v for k, v in old.get("settings", {}).items()}
     if old is not None and resuming:

@@ -126,3 +126,12 @@ def test_without_pytorch_is_one_line_and_exit_2(model_dir, tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.splitlines()) == 1 and "PyTorch is not installed" in proc.stderr, proc.stderr
     assert not report.exists()
+
+
+@pytest.mark.parametrize("where", ["directory", "unwritable"])
+def test_an_unusable_json_path_fails_before_comparing(model_dir, tmp_path, capsys, monkeypatch, where):
+    monkeypatch.setattr(compare, "measure", lambda *a: pytest.fail("compared despite an unusable --json"))
+    report = tmp_path if where == "directory" else Path("/proc/rlsc_jax_test/report.json")
+    status, out, err = _run(capsys, "--model", model_dir, *FAST, "--json", report)
+    assert status == 2 and out == "" and len(err.splitlines()) == 1 and err.startswith("error: --json "), err
+    assert list(tmp_path.iterdir()) == []

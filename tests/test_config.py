@@ -66,3 +66,10 @@ def test_bad_key_in_file_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"c.yaml: unknown config key 'sampling.temprature'; did you mean "
                                          r"'sampling.temperature'"):
         load_config(path)
+
+
+def test_a_non_utf8_config_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("steps: 3\nname: café\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"^{path}: not UTF-8 text \\(byte 0xe9 at offset 18\\)$"):
+        load_config(path)

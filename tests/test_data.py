@@ -34,3 +34,10 @@ def test_jsonl_eval_without_answers_is_one_line_error(tmp_path):
 def test_synthetic_heldout_has_gold():
     problems = load_questions("synthetic", num_questions=5, split="heldout")
     assert len(problems) == 5 and all(p.gold for p in problems)
+
+
+def test_a_non_utf8_jsonl_is_one_line_naming_the_file_and_line(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(b'{"question": "a"}\n' + '{"question": "café"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=f"^{path}:2: not UTF-8 text \\(byte 0xe9 at column 18\\)$"):
+        load_questions(str(path))

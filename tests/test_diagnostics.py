@@ -57,6 +57,7 @@ def test_logp_profile_of_training_samples(chat_model, tmp_path, capsys):
 @pytest.mark.parametrize("args,needle", [
     (["--draws", "1"], "at least 2 questions and 2 draws"),
     (["sampling.num_samples=4"], "divisible by mesh.data * mesh.fsdp = 8"),
+    (["--output", "/proc/rlsc_jax_test/stats.json"], "--output /proc/rlsc_jax_test/stats.json: cannot write in /proc"),
 ])
 def test_bad_settings_are_one_line_errors(chat_model, tmp_path, capsys, args, needle):
     out = tmp_path / "stats.json"

@@ -15,6 +15,7 @@ from safetensors.numpy import load_file, save_file
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, build_messages, load_benchmark
 from rlsc_jax.bpe import train_tokenizer
 from rlsc_jax.eval_cli import main
+from rlsc_jax.files import exclusive_dir
 from rlsc_jax.evaluation import logprob_profile, make_record, read_records, summarize, token_budget
 from rlsc_jax.report import truncation_warning
 from tests.hf_models import make_hf_model
@@ -159,6 +160,8 @@ def test_eval_cli_end_to_end_and_resume(tiny_model: Path, tmp_path: Path) -> Non
         (["--benchmarks", "gsm8k", "top_p=1.5"], "0 < top_p <= 1"),
         (["--benchmarks", "gsm8k", "--seeds", "0", "1"], "'qwen-math' at temperature 0 is greedy"),
         (["--benchmarks", "gsm8k", "--protocol", "paper", "seed=3", "--seeds", "0", "1"], "either --seeds or seed="),
+        (["--benchmarks", "gsm8k", f"seed={2**70}"], f"seed={2**70}: must be a 64-bit integer"),
+        (["--benchmarks", "gsm8k", "--protocol", "paper", "--seeds", "0", f"{2**70}"], f"--seeds={2**70}: must be"),
         (["--jsonl", "{tmp}/good.jsonl", "--output-dir", "{tmp}/bad.jsonl"], "bad.jsonl: exists and is not a directory"),
     ],
 )
@@ -283,3 +286,13 @@ def test_changed_weights_at_the_same_path_refuse_to_resume(tiny_model: Path, ben
     (tmp_path / "out" / "settings.json").write_text(json.dumps(settings))
     assert _main(model, benchmark_dir, tmp_path / "out", "max_new_tokens=8") == 2
     assert "did not record the weights' hash" in capsys.readouterr().err
+
+
+def test_a_second_eval_on_a_held_output_dir_fails_at_once(tiny_model: Path, benchmark_dir: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "eval"
+    with exclusive_dir(out, "--output-dir"):
+        assert _main(tiny_model, benchmark_dir, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --output-dir=") and "in use by another run" in err and "\n" not in err, err
+    assert [p.name for p in out.iterdir()] == [".lock"]

@@ -1,12 +1,19 @@
-"""The default experiment end to end on a tiny model: paired before-metrics, table rows, outputs."""
+"""The default experiment end to end on a tiny model: paired before-metrics, table rows, outputs; bad input and
+Ctrl-C."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from rlsc_jax import experiment, synthetic
 from tests.hf_models import make_chat_model_dir
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = ["steps=2", "questions_per_step=2", "sampling.num_samples=8", "sampling.max_new_tokens=8",
         "data.num_questions=8", "eval.num_questions=4", "eval.num_samples=4", "checkpoint_every=100"]
 
@@ -74,3 +81,31 @@ def test_overrides_may_follow_the_list_options(monkeypatch, tmp_path):
         experiment.main(["--seeds", "3", "--arms", "rlsc_l1", "steps=7", "--output", str(tmp_path), "optim.lr=2e-5"])
     cfg = stop.value.args[0]
     assert (cfg.steps, cfg.optim.lr, cfg.seed) == (7, 2e-5, 3)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["stepz=3"], "unknown config key 'stepz'; did you mean 'steps'?"),
+    (["--config", "{tmp}/missing.yaml"], "missing.yaml: config file not found"),
+    (["--output", "{tmp}/a_file"], "a_file': cannot create the directory"),
+    (["--arms", "rlsc_l1", "optim.lr=-1"], "optim.lr=-1.0: must be finite and > 0"),
+])
+def test_bad_input_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatch, args, needle):
+    monkeypatch.setattr(experiment, "base_model", lambda *a: pytest.fail("ran despite bad input"))
+    (tmp_path / "a_file").write_text("mine")
+    argv = ["--seeds", "0", "--output", str(tmp_path / "exp"), *[a.replace("{tmp}", str(tmp_path)) for a in args]]
+    assert experiment.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "rlsc_jax.experiment", "--output", str(tmp_path), "--seeds", "0",
+                             "--arms", "rlsc_l2", *TINY], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().startswith("== base model")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "%|" not in line]
+    assert proc.returncode == 130 and len(lines) == 1 and lines[0].startswith("interrupted"), err

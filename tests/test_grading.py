@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import re
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from rlsc_jax import grading
 from rlsc_jax.benchmarks import BENCHMARKS, load_benchmark
 from rlsc_jax.grading import (
     answer_classes,
@@ -221,3 +224,59 @@ def test_gold_answers_grade_themselves(benchmark_dir: Path, name: str) -> None:
 ])
 def test_word_answers_compare_as_words_not_products(gold, pred, equal):
     assert is_equivalent(gold, pred) is equal
+
+
+def _quadratic_extract(text: str) -> str | None:
+    """The extraction before it was made linear: each box scanned to its closing brace, the regex on `text`."""
+    for match in reversed(list(re.finditer(r"\\(?:boxed|fbox)\s*\{", text))):
+        depth = 1
+        for i in range(match.end(), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                if text[match.end():i].strip():
+                    return text[match.end():i].strip()
+                break
+    for pattern in (r"####\s*(.+)", r"(?i)answer\s+is\s*:?\s*(.+)"):
+        matches = re.findall(pattern, text)
+        if matches:
+            answer = matches[-1].strip().rstrip(" .$").lstrip(" $")
+            if answer:
+                return answer
+    return None
+
+
+def test_extraction_matches_the_quadratic_one_on_random_text() -> None:
+    rng = random.Random(0)
+    pieces = ["\\boxed{", "\\boxed {", "\\fbox{", "{", "}", "\\{", "7", "x", " ", "\n", "\t", ":", "$", ".",
+              "####", "answer", "Answer", "is", " is "]
+    for _ in range(20000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        assert extract_answer(text) == _quadratic_extract(text), repr(text)
+
+
+@pytest.mark.parametrize("text", [
+    "\\boxed{" * 10000,  # 70k characters, never closed: 57 s when each box was scanned to the end
+    "\\boxed{" * 40000 + "}",
+    "\\boxed{" * 40000 + "}" * 40000,
+    "the answer is" + "\n" * 20000,  # two \s* backtracking over the trailing newlines: 3 s
+])
+def test_extraction_is_linear_on_degenerate_completions(text: str) -> None:
+    start = time.thread_time()
+    is_equivalent("5", extract_answer(text))
+    assert time.thread_time() - start < 1.0
+
+
+# Values sympy cannot finish computing; math-verify gave each comparison with them its full 5 s timeout.
+COSTLY = ["2^{2^{2^{100}}}", "10^{10^{10^{10}}}", "(10^{100})!", "9^{9^{9^{9}}}", "\\binom{10^{20}}{10^{10}}"]
+
+
+def test_costly_answers_cost_their_budget_once(monkeypatch) -> None:
+    """Each costly answer costs about its budget of CPU time in all (53 s for six when each pair paid 5 s) and is
+    found out as the costly one: the plain answers compared with it still group and grade as before."""
+    monkeypatch.setattr(grading, "ANSWER_BUDGET", 0.3)
+    grading._answer.cache_clear()
+    answers = ["5", COSTLY[0], "5.0", *COSTLY[1:], "10/2"]
+    start = time.thread_time()
+    assert majority_answer(answers) == ("5", 3)
+    assert [is_equivalent("5", a) for a in answers] == [True, False, True, False, False, False, False, True]
+    assert time.thread_time() - start < len(COSTLY) * 0.3 * 1.5 + 1.0

@@ -167,6 +167,17 @@ def test_wrong_shape(tmp_path, ckpt):
     assert name in _error(e) and "shape" in _error(e)
 
 
+def test_integer_weight(tmp_path, ckpt):
+    """An int32 weight would be cast to float and trained on: refused, naming the tensor and the file."""
+    d = _copy(ckpt[1], tmp_path / "m")
+    name = "model.layers.0.mlp.down_proj.weight"
+    _rewrite(d, lambda t: t.__setitem__(name, t[name].astype(np.int32)))
+    with pytest.raises(ValueError) as e:
+        hf.check(d)
+    assert _error(e) == (f"{d / 'model.safetensors'}: tensor {name!r} has dtype I32, expected a float "
+                         f"(F16, BF16, F32, F64)")
+
+
 def test_missing_tensor(tmp_path, ckpt):
     d = _copy(ckpt[1], tmp_path / "m")
     name = "model.layers.0.self_attn.k_proj.bias"

@@ -102,3 +102,18 @@ def test_rows_the_mesh_cannot_split(config_only, capsys):
 def test_unknown_hardware(config_only, capsys):
     assert plan.main([f"model={config_only}", *SMALL, "--hardware", "a100"]) == 2
     assert "a100-80gb" in _error(capsys)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--devices", "0"], "--devices 0: must be >= 1"),
+    (["--prompt-len", "-5"], "--prompt-len -5: must be >= 1"),
+    (["--json", "{tmp}"], "is a directory"),
+    (["--json", "/proc/rlsc_jax_test/plan.json"], "cannot write in /proc"),
+])
+def test_bad_arguments_fail_before_compiling(config_only, tmp_path, capsys, monkeypatch, args, needle):
+    """Checked first, the --json path included: a report lost after minutes of compiling was the alternative."""
+    monkeypatch.setattr(plan, "plan", lambda *a: pytest.fail("compiled despite bad arguments"))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert plan.main([f"model={config_only}", *SMALL, *args]) == 2
+    assert needle in _error(capsys)
+    assert list(tmp_path.iterdir()) == []

@@ -34,10 +34,16 @@ def test_tiny_pretraining_runs_end_to_end(tmp_path):
     assert generation["eos_token_id"][0] == tok.convert_tokens_to_ids("<|im_end|>") == tok.eos_token_id
 
 
-def test_refuses_a_non_empty_output(tmp_path):
+def _one_error(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_refuses_a_non_empty_output(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
-    with pytest.raises(SystemExit):
-        pretrain.main(["--output", str(tmp_path), *TINY])
+    assert pretrain.main(["--output", str(tmp_path), *TINY]) == 2
+    assert "is a directory and not empty" in _one_error(capsys)
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
@@ -93,12 +99,28 @@ def test_warm_start_carries_layers_and_embeddings_to_a_new_vocabulary(tmp_path):
                             tok, source)
 
 
-@pytest.mark.parametrize("args", [["--task", "medium"], ["--report-temperatures", "0.5,hot"],
-                                  ["--report-temperatures", "0"]])
-def test_bad_task_or_report_temperatures_are_refused(tmp_path, args):
-    with pytest.raises(SystemExit):
-        pretrain.main(["--output", str(tmp_path / "m"), *TINY, *args])
-    assert not (tmp_path / "m").exists()
+@pytest.mark.parametrize("args,needle", [
+    (["--task", "medium"], "--task 'medium': expected one of short, long"),
+    (["--report-temperatures", "0.5,hot"], "expected numbers like 1.0,0.5"),
+    (["--report-temperatures", "0"], "every temperature must be > 0"),
+    (["--steps", "0"], "--steps 0: must be >= 1"),
+    (["--batch-size", "0"], "--batch-size 0: must be >= 1"),
+    (["--peak-lr", "nan"], "--peak-lr nan: must be finite and > 0"),
+    (["--num-kv-heads", "3"], "--num-heads 2: must be a multiple of --num-kv-heads 3"),
+    (["--output", "/proc/rlsc_jax_test/m"], "--output /proc/rlsc_jax_test/m: cannot write in /proc"),
+])
+def test_bad_input_is_refused_before_training(tmp_path, capsys, monkeypatch, args, needle):
+    """One line, exit 2, nothing built or written (a model trained on nothing or on NaN was saved before)."""
+    monkeypatch.setattr(pretrain, "build_tokenizer", lambda cfg: pytest.fail("started despite bad input"))
+    assert pretrain.main(["--output", str(tmp_path / "m"), *TINY, *args]) == 2
+    assert needle in _one_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_diverged_run_saves_nothing(tmp_path, capsys):
+    assert pretrain.main(["--output", str(tmp_path / "m"), *TINY, "--peak-lr", "1e30"]) == 2
+    assert "pretraining diverged: loss nan at step" in _one_error(capsys)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_shipped_long_model_is_in_the_long_answer_regime():

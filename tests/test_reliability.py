@@ -1,5 +1,6 @@
 """train.py under faults: changed settings on resume, another mesh, a corrupt checkpoint, Ctrl-C during a save,
-an error mid-run, and a non-finite state. Each case ends with one line and never loses the last checkpoint."""
+an error mid-run, a non-finite state, a second run on the same output dir, a missing run record, no checkpoint
+that restores. Each case ends with one line and never loses the last checkpoint."""
 
 import json
 import os
@@ -18,7 +19,9 @@ from safetensors.numpy import load_file, save_file
 
 import train
 from rlsc_jax import synthetic, training
+from rlsc_jax.checkpoints import Checkpointer
 from rlsc_jax.config import load_config
+from rlsc_jax.files import exclusive_dir
 from rlsc_jax.run_record import check_resume, make_record, write_record
 from tests.hf_models import make_chat_model_dir
 
@@ -176,3 +179,62 @@ def test_a_non_finite_state_stops_the_run_before_it_is_saved(chat_model, tmp_pat
     assert _run(chat_model, out, "steps=4") == 2
     assert "step 2 made parameters or optimizer state non-finite" in _last_error(capsys)
     assert _steps(out) == ["1"] and not (out / "final").exists()
+
+
+def test_a_second_run_on_a_held_output_dir_fails_at_once(chat_model, tmp_path, capsys):
+    """Another command holds the output dir: train.py stops with one line and exit 2, writing nothing there.
+    Then a run whose run.json is deleted is not resumed."""
+    out = tmp_path / "run"
+    with exclusive_dir(out, "output_dir"):
+        assert _run(chat_model, out, "steps=1") == 2
+        assert "is in use by another run (process " in _last_error(capsys)
+        assert [p.name for p in out.iterdir()] == [".lock"]
+    assert _run(chat_model, out, "steps=1") == 0
+    (out / "run.json").unlink()  # the rlsc_l2 checkpoint is not resumed as rlsc_l1's, nor run.json rewritten
+    assert _run(chat_model, out, "steps=2", "objective=rlsc_l1") == 2
+    assert f"{out / 'run.json'} is missing" in _last_error(capsys)
+    assert not (out / "run.json").exists() and _steps(out) == ["1"]
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import signal, sys\nfrom rlsc_jax.files import exclusive_dir\n"
+                               "with exclusive_dir(sys.argv[1], 'output_dir'):\n    print(flush=True)\n"
+                               "    signal.pause()", str(out)], env=_env(), stdout=subprocess.PIPE, text=True)
+    holder.stdout.readline()
+    with pytest.raises(ValueError, match=f"in use by another run \\(process {holder.pid}\\)"):
+        with exclusive_dir(out, "output_dir"):
+            pass
+    holder.kill()
+    holder.wait()
+    with exclusive_dir(out, "output_dir"):
+        assert (out / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+@pytest.mark.parametrize("record", [None, "{not json", "\xff\xfe", "[1, 2]"])
+def test_checkpoints_without_a_readable_record_are_not_resumed(tmp_path, record):
+    """With run.json gone or garbage the checkpoints' settings are unknown: resuming them under today's
+    settings is refused, naming the file; with no checkpoints the record is simply rewritten."""
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    if record is not None:
+        (tmp_path / "run.json").write_bytes(record.encode("latin-1"))
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'run.json'}.* the settings of the checkpoints in") as e:
+        check_resume(tmp_path, cfg, resuming=True)
+    assert "\n" not in str(e.value)
+    assert check_resume(tmp_path, cfg, resuming=False) == make_record(cfg)
+
+
+def test_a_restart_because_no_checkpoint_restores_says_so(tmp_path, capsys):
+    directory = tmp_path / "checkpoints"
+    state = {"w": jnp.ones(3)}
+    ckpt = Checkpointer(directory, keep=3)
+    for step in (1, 2):
+        ckpt.save(step, state, {"step": step})
+    ckpt.close()
+    for step in (1, 2):
+        shutil.rmtree(directory / str(step) / "state")
+    ckpt = Checkpointer(directory, keep=3)
+    assert ckpt.restore_latest(state) == (0, None, None)
+    ckpt.close()
+    assert capsys.readouterr().out.splitlines()[-1] == (f"no checkpoint in {directory} restores (2 moved aside): "
+                                                        "starting again from step 0")

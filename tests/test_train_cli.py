@@ -19,6 +19,7 @@ import train
 from rlsc_jax import hf, loop, synthetic, training
 from rlsc_jax.config import LONG_MODEL, load_config, validate
 from rlsc_jax.data import load_questions
+from rlsc_jax.files import LOCK
 from rlsc_jax.loop import heldout_questions
 from rlsc_jax.metrics import read_metrics
 from rlsc_jax.objectives import OBJECTIVES
@@ -275,6 +276,7 @@ BAD_CONFIG_JSON = {"LISTJSON": [1, 2], "ROPESTRING": {"rope_scaling": "linear"},
     (["mesh.rules.embedd=[fsdp]"], "mesh.rules.embedd: unknown logical axis; known: batch, vocab, embed"),
     (["mesh.rules.mlp=[fsdpp]"], "mesh.rules.mlp=['fsdpp']: unknown mesh axis 'fsdpp'"),
     (["objective=self_certainty", "sampling.num_samples=1"], "sampling.num_samples >= 2"),
+    ([f"seed={2**70}"], f"seed={2**70}: must be a 64-bit integer"),
 ])
 def test_bad_input_is_one_line_error(chat_model, tmp_path, capsys, args, needle):
     """Each is rejected with one line and exit 2 before any weight is loaded or any file written."""
@@ -332,4 +334,4 @@ def test_resuming_past_the_export_re_exports_final(chat_model, tmp_path):
     resumed, want = (load_file(str(d / "final" / "model.safetensors")) for d in (out, straight))
     assert any(not np.array_equal(at_two[n], resumed[n]) for n in at_two), "final/ still holds the step-2 weights"
     assert all(np.array_equal(resumed[n], want[n]) for n in want)
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [LOCK]  # no export leftovers
