@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import (check_quiet, environment, load_note, machine_load, markdown_table, spread,  # noqa: E402

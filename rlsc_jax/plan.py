@@ -129,13 +129,13 @@ def plan(cfg, devices: int, prompt_len: int) -> dict:
     prompts = sampling.bucket_rows(cfg.questions_per_step)
     key_data = np.asarray(jax.random.key_data(jax.random.key(0)))
     with use_mesh(mesh):  # as `sampling.sample` runs them
-        layers = _abstract(sampling.decode_layout.lower(graphdef, params).compile())
-        prefill = sampling.prefill.lower(graphdef, params, layers, put((prompts, prompt_width), jnp.int32),
+        layout = _abstract(sampling.decode_layout.lower(graphdef, params).compile())
+        prefill = sampling.prefill.lower(graphdef, params, layout, put((prompts, prompt_width), jnp.int32),
                                          put((prompts, prompt_width), jnp.int32), num_samples=s.num_samples,
                                          cache_len=prompt_width + s.max_new_tokens).compile()
         cache, logits, key_mask, next_position = _abstract(prefill)
         decode = sampling.decode.lower(
-            graphdef, params, layers, cache, logits, key_mask, next_position, put(key_data.shape, key_data.dtype),
+            graphdef, params, layout, cache, logits, key_mask, next_position, put(key_data.shape, key_data.dtype),
             put((), jnp.float32), None if s.top_p >= 1.0 else put((), jnp.float32), max_new_tokens=s.max_new_tokens,
             greedy=s.temperature == 0, top_k=s.top_k, eos_ids=(0,), pad_id=0).compile()
     programs["prefill"] = _program(prefill)
@@ -151,7 +151,7 @@ def plan(cfg, devices: int, prompt_len: int) -> dict:
         "rows": rows, "grad_accum": cfg.grad_accum, "remat": cfg.remat_policy if cfg.remat else None,
         "prompt_width": prompt_width, "max_new_tokens": s.max_new_tokens,
         "parameter_bytes": param_bytes, "optimizer_state_bytes": opt_bytes, "gradient_bytes": param_bytes,
-        "decode_layout_bytes": _per_device_bytes(layers),
+        "decode_layout_bytes": _per_device_bytes(layout),
         "programs": programs,
         "per_device_peak_bytes": max(programs["train_step"]["peak_bytes"], sampling_peak),
         "sampling_peak_bytes": sampling_peak,

@@ -253,19 +253,23 @@ class Decoder(nnx.Module):
         return self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
 
     def logits(self, hidden: jax.Array, head: jax.Array | None = None) -> jax.Array:
-        """LM head in the compute dtype with fp32 accumulation and fp32 output; `head` is `decode_head()`'s copy."""
+        """LM head in the compute dtype with fp32 accumulation and fp32 output; `head` is `decode_head()`'s copy
+        (None: the parameters)."""
         cd = self.compute_dtype
         if head is not None:
             return jnp.einsum("...e,ve->...v", hidden.astype(cd), head, preferred_element_type=jnp.float32)
         return jnp.einsum("...e,ev->...v", hidden.astype(cd), self.head_weight().astype(cd),
                           preferred_element_type=jnp.float32)
 
-    def decode_head(self) -> jax.Array:
+    def decode_head(self) -> jax.Array | None:
         """The output projection as [V, E] in the compute dtype, gathered over FSDP: the sampler's layout.
 
         XLA:CPU multiplies a few rows by [V, E] (each logit one contiguous row) 1.5-3x faster than by [E, V], so
-        an untied head is transposed once per sampling call; the tied embedding already has this layout.
+        an untied head is transposed once per sampling call. None when the tied embedding already is that array
+        (no cast needed), so the sampler holds no second copy of it.
         """
+        if self.cfg.tie_word_embeddings and self.compute_dtype == self.dtype:
+            return None
         weight = self.embed[...] if self.cfg.tie_word_embeddings else self.lm_head[...].T
         return gather_fsdp(weight.astype(self.compute_dtype), ("vocab", "embed"), self.rules)
 
