@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -132,15 +133,16 @@ def check_quiet(args) -> float:
     while XLA degrades less, so a busy machine flatters this project by up to 4x. Returns the load per core."""
     load = machine_load()
     if load > args.max_load and not args.allow_busy:
-        raise SystemExit(f"error: the machine is busy (load {load:.2f} per core > --max-load {args.max_load}); "
-                         f"ratios measured now are not comparable. Wait, or pass --allow-busy to mark them BUSY.")
+        print(f"error: the machine is busy (load {load:.2f} per core > --max-load {args.max_load}); ratios measured "
+              f"now are not comparable. Wait, or pass --allow-busy to mark them BUSY.", file=sys.stderr)
+        raise SystemExit(2)
     return load
 
 
 def load_note(before: float, after: float, args) -> str:
-    """The load during the run, printed beside the table (and BUSY when either end was above --max-load)."""
-    busy = max(before, after) > args.max_load
-    return f"load per core {before:.2f} -> {after:.2f}{' BUSY: ratios flatter the JAX side' if busy else ''}"
+    """The load per core before the run (BUSY when above --max-load) and after it (which includes the run's own)."""
+    busy = before > args.max_load
+    return (f"load per core {before:.2f} before, {after:.2f} after (the run's own){' BUSY' if busy else ''}")
 
 
 def torch_at_its_best() -> None:

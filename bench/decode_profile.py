@@ -150,7 +150,7 @@ def main(argv=None) -> int:
           f"of weights per step = {weight_gb / step:.1f} GB/s (bandwidth {bandwidth:.1f} GB/s)\n")
     print(markdown_table(["part", "ms per step", "% of the step"], rows))
     if args.json:
-        write_json(args.json, dict(args=vars(args) | {"json": str(args.json)}, results=results,
+        write_json(args.json, dict(args={k: str(v) for k, v in vars(args).items()}, results=results,
                                    environment=environment()))
     return 0
 

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     shared = shared_model(args, max_position_embeddings=4096)
     try:
         cfg = shared.jax_model.cfg
-        eos = cfg.vocab_size - 1  # an id past the tokenizer's: never sampled, so every row runs the full length
+        eos = cfg.vocab_size  # past every id: never sampled, so every row runs the full length
         device = torch_device()
         gpu = device == "cuda"
         bf16 = None if args.no_bf16 and not gpu else hf.load(shared.path, dtype="bfloat16")
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
                     with torch.inference_mode():
                         out = model.generate(
                             ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=args.temperature,
-                            top_k=args.top_k, top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                            top_k=args.top_k, top_p=1.0, max_new_tokens=new_tokens,
                             num_return_sequences=args.samples, eos_token_id=eos, pad_token_id=eos)
                     torch_sync(device)
                     return out
