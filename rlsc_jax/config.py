@@ -126,6 +126,7 @@ class TrainConfig:
     logprob_chunk: int = 1024  # tokens per device in each chunk of the fused log-likelihood
     checkpoint_every: int = 10
     grad_terms_every: int = 10  # at step 1 and every K steps, each loss summand's gradient norm (rlsc_l2); 0 = never
+    show_samples_every: int = 10  # every K steps print one question's most and least likely completion; 0 = never
     max_skipped_steps: int = 3  # this many non-finite steps in a row stop the run (exit 2, no final/)
     keep_checkpoints: int = 2
     export_final: bool = True
@@ -246,6 +247,7 @@ def validate(cfg: TrainConfig) -> None:
         ("grad_accum", cfg.grad_accum >= 1, ">= 1"),
         ("checkpoint_every", cfg.checkpoint_every >= 1, ">= 1"),
         ("grad_terms_every", cfg.grad_terms_every >= 0, ">= 0 (0 = never)"),
+        ("show_samples_every", cfg.show_samples_every >= 0, ">= 0 (0 = never)"),
         ("keep_checkpoints", cfg.keep_checkpoints >= 1, ">= 1"),
         ("logprob_chunk", cfg.logprob_chunk >= 1, ">= 1"),
         ("max_skipped_steps", cfg.max_skipped_steps >= 1, ">= 1"),

@@ -64,6 +64,35 @@ def test_end_to_end_outputs(chat_model, tmp_path):
     assert list((out / "tensorboard").iterdir())
 
 
+def test_samples_jsonl_rows_and_a_resume_logs_each_step_once(chat_model, tmp_path, capsys):
+    """samples.jsonl holds a row per step and question with every completion's fields; every show_samples_every
+    steps the console shows the most and least likely completion; a rerun that redoes a step logs it once."""
+    out = tmp_path / "run"
+    args = [f"model={chat_model}", f"output_dir={out}", "steps=3", "checkpoint_every=2", "questions_per_step=2",
+            "show_samples_every=2", "eval.num_questions=0", "plot=false", *FAST]
+    assert train.main(args) == 0
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 1, 2, 2, 3, 3]
+    for r in rows:
+        assert r["id"] and r["question"] and r["prompt"] and len(r["completions"]) == 8
+        shares = [c["vote_share"] for c in r["completions"]]
+        for c in r["completions"]:
+            assert set(c) == {"text", "logp", "length", "truncated", "answer", "vote_share"}
+            assert c["logp"] <= 0 and 1 <= c["length"] <= 12 and (c["length"] == 12 or not c["truncated"])
+            assert (c["vote_share"] is None) == (c["answer"] is None)
+            if c["vote_share"] is not None:  # k of the 8 votes: every answer with that share has k samples
+                k = round(c["vote_share"] * 8)
+                assert k >= 1 and c["vote_share"] == k / 8 and shares.count(c["vote_share"]) % k == 0
+    printed = capsys.readouterr().out
+    assert "step 2, question" in printed and "step 1, question" not in printed
+    assert "most likely " in printed and "least likely" in printed
+    shutil.rmtree(out / "checkpoints" / "3")  # as if killed after logging step 3, before its checkpoint
+    assert train.main(args) == 0
+    assert "resuming from step 2" in capsys.readouterr().out
+    again = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert again == rows  # step 3 redone exactly, logged once
+
+
 def test_default_run_smoke(tmp_path, capsys):
     """`python train.py` as shipped (model, batch, sampling), cut to 2 steps and a few held-out questions."""
     out = tmp_path / "default"
