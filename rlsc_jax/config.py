@@ -125,7 +125,7 @@ class TrainConfig:
     remat_policy: str = "nothing"  # what a rematerialised layer keeps: "nothing" or "dots" (matmul outputs)
     logprob_chunk: int = 1024  # tokens per device in each chunk of the fused log-likelihood
     checkpoint_every: int = 10
-    grad_terms_every: int = 10  # at step 1 and every K steps, each loss summand's gradient norm (rlsc_l2); 0 = never
+    grad_terms_every: int = 0  # at step 1 and every K steps, each loss summand's gradient norm (rlsc_l2); 0 = never
     show_samples_every: int = 10  # every K steps print one question's most and least likely completion; 0 = never
     max_skipped_steps: int = 3  # this many non-finite steps in a row stop the run (exit 2, no final/)
     keep_checkpoints: int = 2
