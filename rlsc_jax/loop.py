@@ -7,6 +7,7 @@ the questions of any step follow from (seed, step), so a killed run continues ex
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -67,6 +68,14 @@ def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
             "greedy_truncated_frac": greedy["truncated_frac"]}
 
 
+def _profiled(cfg: TrainConfig, step: int):
+    """A `jax.profiler.trace` into <output_dir>/profile around step `step` if `profile_steps` names it (for
+    TensorBoard's profile plugin or Perfetto), else nothing."""
+    if step in cfg.profile_steps:
+        return jax.profiler.trace(str(Path(cfg.output_dir) / "profile"))
+    return contextlib.nullcontext()
+
+
 def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, questions, tokenizer, eos,
            ckpt: Checkpointer, log: MetricsLog, samples_log: SamplesLog, writer: bool, preempted) -> dict:
     """Steps `start` .. `cfg.steps`: sample, score, update, log (metrics and samples), checkpoint. Returns the
@@ -82,10 +91,11 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, que
                 prompts[q.id] = chat_prompt_ids(tokenizer, user, system)
         s = cfg.sampling
         every = cfg.grad_terms_every
-        result = rlsc_step(trainer, state, [prompts[q.id] for q in batch_questions], s, eos,
-                           jax.random.fold_in(key, step),
-                           vote=lambda tokens, lengths: answer_ids(tokenizer, tokens, lengths, s.num_samples),
-                           grad_terms=every > 0 and (step == 0 or (step + 1) % every == 0))
+        with _profiled(cfg, step + 1):
+            result = rlsc_step(trainer, state, [prompts[q.id] for q in batch_questions], s, eos,
+                               jax.random.fold_in(key, step),
+                               vote=lambda tokens, lengths: answer_ids(tokenizer, tokens, lengths, s.num_samples),
+                               grad_terms=every > 0 and (step == 0 or (step + 1) % every == 0))
         state, metrics = result.state, result.metrics
         cut = truncated(result.tokens, result.lengths, s.max_new_tokens, eos)
         metrics.update(answer_stats(result.votes, s.num_samples), truncated_frac=float(cut.mean()),

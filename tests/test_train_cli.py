@@ -95,6 +95,14 @@ def test_samples_jsonl_rows_and_a_resume_logs_each_step_once(chat_model, tmp_pat
     assert again == rows  # step 3 redone exactly, logged once
 
 
+def test_profile_steps_write_a_trace(chat_model, tmp_path):
+    """profile_steps=[2] traces step 2 into <output_dir>/profile (an .xplane.pb for TensorBoard or Perfetto)."""
+    out = tmp_path / "run"
+    assert train.main([f"model={chat_model}", f"output_dir={out}", "steps=2", "profile_steps=[2]",
+                       "questions_per_step=2", "eval.num_questions=0", "plot=false", "export_final=false", *FAST]) == 0
+    assert list((out / "profile").rglob("*.xplane.pb"))
+
+
 def test_default_run_smoke(tmp_path, capsys):
     """`python train.py` as shipped (model, batch, sampling), cut to 2 steps and a few held-out questions."""
     out = tmp_path / "default"
@@ -282,6 +290,7 @@ BAD_CONFIG_JSON = {"LISTJSON": [1, 2], "ROPESTRING": {"rope_scaling": "linear"},
     (["eval.num_questions=-1"], "eval.num_questions=-1"),
     (["eval.num_questions=2", "eval.temperature=-1"], "eval.temperature=-1"),
     (["sampling.num_samples=0"], "sampling.num_samples=0"),
+    (["profile_steps=[0]"], "profile_steps=[0]"),
     (["compute_dtype=fp16"], "compute_dtype='fp16'"),
     (["export_dtype=int8"], "export_dtype='int8'"),
     (["remat_policy=everything"], "remat_policy='everything'"),
