@@ -46,7 +46,7 @@ def _env():
                 XLA_FLAGS="--xla_force_host_platform_device_count=8")
 
 
-def test_end_to_end_outputs(chat_model, tmp_path):
+def test_end_to_end_outputs(chat_model, tmp_path, capsys):
     out = tmp_path / "run"
     code = train.main([f"model={chat_model}", f"output_dir={out}", "steps=3", "checkpoint_every=2",
                        "grad_terms_every=2", "eval.num_questions=4", "eval.num_samples=4", *FAST])
@@ -64,6 +64,8 @@ def test_end_to_end_outputs(chat_model, tmp_path):
     for name in ("eval_before.json", "eval_after.json", "curves.png", "config.yaml"):
         assert (out / name).is_file(), name
     assert list((out / "tensorboard").iterdir())
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"done: 3 steps in {out} (metrics.jsonl, samples.jsonl, final/); curves: {out / 'curves.png'}")
 
 
 def test_samples_jsonl_rows_and_a_resume_logs_each_step_once(chat_model, tmp_path, capsys):
