@@ -125,7 +125,9 @@ class TrainConfig:
     remat_policy: str = "nothing"  # what a rematerialised layer keeps: "nothing" or "dots" (matmul outputs)
     logprob_chunk: int = 1024  # tokens per device in each chunk of the fused log-likelihood
     checkpoint_every: int = 10
-    grad_terms_every: int = 10  # at step 1 and every K steps, each loss summand's gradient norm (rlsc_l2); 0 = never
+    grad_terms_every: int = 0  # at step 1 and every K steps, each loss summand's gradient norm (rlsc_l2); 0 = never
+    show_samples_every: int = 10  # every K steps print one question's most and least likely completion; 0 = never
+    profile_steps: list[int] = dataclasses.field(default_factory=list)  # steps (from 1) traced into output_dir/profile
     max_skipped_steps: int = 3  # this many non-finite steps in a row stop the run (exit 2, no final/)
     keep_checkpoints: int = 2
     export_final: bool = True
@@ -201,8 +203,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), schem
 def _check_sections(values: dict, schema, where: str, prefix: str = "") -> None:
     """A section of the schema (e.g. `sampling`) given a scalar is a one-line error naming the key (OmegaConf's
     own merge error names no key)."""
-    sections = {f.name: f.default_factory() for f in dataclasses.fields(schema)
+    defaults = {f.name: f.default_factory() for f in dataclasses.fields(schema)
                 if f.default_factory is not dataclasses.MISSING}
+    sections = {k: v for k, v in defaults.items() if isinstance(v, dict) or dataclasses.is_dataclass(v)}
     for key, value in values.items():
         if key in sections:
             if not isinstance(value, dict):
@@ -246,7 +249,9 @@ def validate(cfg: TrainConfig) -> None:
         ("grad_accum", cfg.grad_accum >= 1, ">= 1"),
         ("checkpoint_every", cfg.checkpoint_every >= 1, ">= 1"),
         ("grad_terms_every", cfg.grad_terms_every >= 0, ">= 0 (0 = never)"),
+        ("show_samples_every", cfg.show_samples_every >= 0, ">= 0 (0 = never)"),
         ("keep_checkpoints", cfg.keep_checkpoints >= 1, ">= 1"),
+        ("profile_steps", all(k >= 1 for k in cfg.profile_steps), "step numbers >= 1"),
         ("logprob_chunk", cfg.logprob_chunk >= 1, ">= 1"),
         ("max_skipped_steps", cfg.max_skipped_steps >= 1, ">= 1"),
         ("sampling.num_samples", s.num_samples >= 1, ">= 1"),

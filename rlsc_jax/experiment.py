@@ -168,7 +168,8 @@ def plot(output: Path, runs: dict[str, dict[int, str]]) -> None:
 def run_experiment(args: argparse.Namespace) -> str:
     """Checks every arm's config, the model and `--output` first; then, holding `--output`, computes what it
     does not keep yet and writes the results; returns the table."""
-    config = lambda seed, *extra: load_config(args.config, [*args.overrides, f"seed={seed}", *extra])  # noqa: E731
+    config = lambda seed, *extra: load_config(  # noqa: E731  the table's "p_old share" needs the gradient terms
+        args.config, ["grad_terms_every=10", *args.overrides, f"seed={seed}", *extra])
     for seed in args.seeds:
         for name in args.arms:
             validate(config(seed, *ARMS[name][1], f"output_dir={args.output / f'{name}-seed{seed}'}"))

@@ -7,6 +7,7 @@ the questions of any step follow from (seed, step), so a killed run continues ex
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -24,9 +25,9 @@ from rlsc_jax.config import TrainConfig, to_yaml, validate
 from rlsc_jax.data import SYNTHETIC_SOURCES, load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol
 from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir
-from rlsc_jax.metrics import MetricsLog, read_metrics
+from rlsc_jax.metrics import MetricsLog, SamplesLog, read_metrics
 from rlsc_jax.run_record import check_resume, write_record
-from rlsc_jax.rollouts import answer_ids, answer_stats, truncated_fraction
+from rlsc_jax.rollouts import answer_ids, answer_stats, sample_rows, sample_summary, truncated
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
 from rlsc_jax.training import Trainer, rlsc_step
 
@@ -67,10 +68,19 @@ def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
             "greedy_truncated_frac": greedy["truncated_frac"]}
 
 
+def _profiled(cfg: TrainConfig, step: int):
+    """A `jax.profiler.trace` into <output_dir>/profile around step `step` if `profile_steps` names it (for
+    TensorBoard's profile plugin or Perfetto), else nothing."""
+    if step in cfg.profile_steps:
+        return jax.profiler.trace(str(Path(cfg.output_dir) / "profile"))
+    return contextlib.nullcontext()
+
+
 def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, questions, tokenizer, eos,
-           ckpt: Checkpointer, log: MetricsLog, writer: bool, preempted) -> dict:
-    """Steps `start` .. `cfg.steps`: sample, score, update, log, checkpoint. Returns the final state; once
-    `preempted(step)` (`preemption_notice`) says so, it saves the step it is on and raises `Preempted`."""
+           ckpt: Checkpointer, log: MetricsLog, samples_log: SamplesLog, writer: bool, preempted) -> dict:
+    """Steps `start` .. `cfg.steps`: sample, score, update, log (metrics and samples), checkpoint. Returns the
+    final state; once `preempted(step)` (`preemption_notice`) says so, it saves the step it is on and raises
+    `Preempted`."""
     prompts, skipped_in_a_row = {}, 0
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, unit="step", disable=not writer)
     for step in bar:
@@ -81,18 +91,25 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, que
                 prompts[q.id] = chat_prompt_ids(tokenizer, user, system)
         s = cfg.sampling
         every = cfg.grad_terms_every
-        result = rlsc_step(trainer, state, [prompts[q.id] for q in batch_questions], s, eos,
-                           jax.random.fold_in(key, step),
-                           vote=lambda tokens, lengths: answer_ids(tokenizer, tokens, lengths, s.num_samples),
-                           grad_terms=every > 0 and (step == 0 or (step + 1) % every == 0))
+        with _profiled(cfg, step + 1):
+            result = rlsc_step(trainer, state, [prompts[q.id] for q in batch_questions], s, eos,
+                               jax.random.fold_in(key, step),
+                               vote=lambda tokens, lengths: answer_ids(tokenizer, tokens, lengths, s.num_samples),
+                               grad_terms=every > 0 and (step == 0 or (step + 1) % every == 0))
         state, metrics = result.state, result.metrics
-        metrics.update(answer_stats(result.votes, s.num_samples),
-                       truncated_frac=truncated_fraction(result.tokens, result.lengths, s.max_new_tokens, eos),
+        cut = truncated(result.tokens, result.lengths, s.max_new_tokens, eos)
+        metrics.update(answer_stats(result.votes, s.num_samples), truncated_frac=float(cut.mean()),
                        completion_length=float(result.lengths.mean()), lr=float(trainer.schedule(step)))
         skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
         if metrics["skipped"]:
             print(f"step {step + 1}: non-finite loss, gradient or update; update skipped")
         log.log(step + 1, metrics)
+        if writer:
+            rows = sample_rows(tokenizer, step + 1, batch_questions, [prompts[q.id] for q in batch_questions],
+                               result, cut, s.num_samples)
+            samples_log.log(rows)
+            if cfg.show_samples_every and (step + 1) % cfg.show_samples_every == 0:
+                bar.write(sample_summary(rows[0]))
         if not metrics["state_finite"]:
             raise ValueError(f"step {step + 1} made parameters or optimizer state non-finite (an overflow; try a "
                              f"lower optim.lr); nothing of it was saved, the last checkpoint is step "
@@ -195,12 +212,14 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
         state = {"params": restored["params"], "opt_state": restored["opt_state"]}
         key = jax.random.wrap_key_data(np.asarray(restored["rng"]))
         print(f"resuming from step {start} ({meta['questions_seen']} questions seen)")
-    log = MetricsLog(out, resume_step=start)
+    log, samples_log = MetricsLog(out, resume_step=start), SamplesLog(out, resume_step=start)
     try:
         with preemption_notice() as preempted:
-            state = _train(cfg, trainer, state, key, start, questions, tokenizer, eos, ckpt, log, writer, preempted)
+            state = _train(cfg, trainer, state, key, start, questions, tokenizer, eos, ckpt, log, samples_log,
+                           writer, preempted)
     finally:  # also on an error or Ctrl-C: pending checkpoint writes finish, so the last one is never lost
         log.close()
+        samples_log.close()
         ckpt.close()
     final = trainer.model(state)
     if cfg.export_final and (start < cfg.steps or not (out / "final").exists()):

@@ -1,4 +1,5 @@
-"""Run metrics: one JSON line per step (metrics.jsonl) and TensorBoard scalars, written by process 0 only."""
+"""Run logs, written by process 0 only: one JSON line per step (metrics.jsonl) with TensorBoard scalars, and
+one per step and question (samples.jsonl)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,7 @@ class MetricsLog:
         self.path = Path(output_dir) / "metrics.jsonl"
         if not self.enabled:
             return
-        if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if _step_of(line) is not None
-                    and _step_of(line) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        self.file = self.path.open("a")
+        self.file = _open_resumed(self.path, resume_step)
         self.tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
 
     def log(self, step: int, metrics: dict) -> None:
@@ -43,6 +40,34 @@ class MetricsLog:
             self.tb.close()
 
 
+class SamplesLog:
+    """Appends each step's `rollouts.sample_rows`; on resume drops rows beyond the restored step."""
+
+    def __init__(self, output_dir: str | Path, resume_step: int = 0):
+        self.enabled = jax.process_index() == 0
+        if self.enabled:
+            self.file = _open_resumed(Path(output_dir) / "samples.jsonl", resume_step)
+
+    def log(self, rows: list[dict]) -> None:
+        if self.enabled:
+            self.file.write("".join(json.dumps(row) + "\n" for row in rows))
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+
+
+def _open_resumed(path: Path, resume_step: int):
+    """`path` opened for appending, its lines past `resume_step` (and torn ones) dropped first, so a resumed run
+    logs no step twice."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines()
+                if _step_of(line) is not None and _step_of(line) <= resume_step]
+        path.write_text("".join(line + "\n" for line in kept))
+    return path.open("a")
+
+
 def _scalar(v):
     """A JSON-friendly Python number from a numpy/jax scalar."""
     if isinstance(v, (np.ndarray, np.generic, jax.Array)):
@@ -51,7 +76,7 @@ def _scalar(v):
 
 
 def _step_of(line: str) -> int | None:
-    """The step of a metrics line, None for a torn (partially written) line."""
+    """The step of a log line, None for a torn (partially written) line."""
     try:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):

@@ -9,30 +9,35 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CURVES = (("loss", "loss"), ("seq_logp_mean", "mean sequence log p"), ("mean_token_entropy", "token entropy"),
-          ("majority_share", "majority share of N"), ("completion_length", "completion length"))
+# metrics.jsonl key, title, y-axis label, scale (100: a fraction drawn in %, as the console prints it)
+CURVES = (("loss", "loss", "loss", 1), ("seq_logp_mean", "mean sequence log p", "log p (nats)", 1),
+          ("mean_token_entropy", "token entropy", "nats per token", 1),
+          ("majority_share", "majority share of N", "% of samples", 100),
+          ("completion_length", "completion length", "tokens", 1))
 
 
 def plot_run(rows: list[dict], result: dict, path: str | Path) -> Path:
     """Draws the per-step curves and, when both exist, the held-out metrics before and after training."""
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     steps = [r["step"] for r in rows]
-    for ax, (key, title) in zip(axes.flat, CURVES):
-        ax.plot(steps, [r.get(key) for r in rows], marker=".")
+    for ax, (key, title, ylabel, scale) in zip(axes.flat, CURVES):
+        ax.plot(steps, [None if r.get(key) is None else scale * r[key] for r in rows], marker=".")
         ax.set_title(title)
         ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
     ax = axes.flat[-1]
     before, after = result.get("before"), result.get("after")
     if before and after:
         n = before.get("num_samples")
         keys = [k for k in ("greedy_accuracy", "accuracy", f"mean@{n}", f"maj@{n}") if k in before and k in after]
         xs = range(len(keys))
-        ax.bar([x - 0.2 for x in xs], [before[k] for k in keys], width=0.4, label="before")
-        ax.bar([x + 0.2 for x in xs], [after[k] for k in keys], width=0.4, label="after")
+        ax.bar([x - 0.2 for x in xs], [100 * before[k] for k in keys], width=0.4, label="before")
+        ax.bar([x + 0.2 for x in xs], [100 * after[k] for k in keys], width=0.4, label="after")
         ax.set_xticks(list(xs), keys)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 100)
         ax.legend()
     ax.set_title("held-out accuracy")
+    ax.set_ylabel("% of questions")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -40,8 +45,9 @@ def plot_run(rows: list[dict], result: dict, path: str | Path) -> Path:
 
 
 def plot_pass_at_k(curves: dict[str, dict[str, dict]], path: str | Path) -> Path:
-    """pass@k (solid) and maj@k (dashed) against k, one panel per benchmark, one colour per results folder
-    (label -> benchmark -> summary): sharpening tends to raise pass@1 and can lower pass@k at large k."""
+    """pass@k (solid) and maj@k (dashed) in % against k, one panel per benchmark, one colour per results folder
+    (label -> benchmark -> summary): sharpening tends to raise pass@1 and can lower pass@k at large k. A folder
+    with one sample per problem is one point, its accuracy."""
     names = list(next(iter(curves.values())))
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.8), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -50,15 +56,19 @@ def plot_pass_at_k(curves: dict[str, dict[str, dict]], path: str | Path) -> Path
             summary = summaries[name]
             for metric, style in (("pass", "-"), ("maj", "--")):
                 ks = sorted(int(k.split("@")[1]) for k in summary if k.startswith(f"{metric}@"))
+                name_k = f"{label} {metric}@k"
                 if metric == "pass" and not ks:  # one sample per problem: its accuracy is pass@1
-                    ks, summary = [1], {**summary, "pass@1": summary["accuracy"]}
-                ax.plot(ks, [summary[f"{metric}@{k}"] for k in ks], style, marker="o", color=f"C{colour}",
-                        label=f"{label} {metric}@k")
+                    ks, summary, name_k = [1], {**summary, "pass@1": summary["accuracy"]}, f"{label} (1 sample)"
+                if not ks:  # no maj@k of one sample: no legend entry for an empty line
+                    continue
+                ax.plot(ks, [100 * summary[f"{metric}@{k}"] for k in ks], style, marker="o", color=f"C{colour}",
+                        label=name_k)
                 ticks.update(ks)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(ticks), [str(k) for k in sorted(ticks)])
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("k")
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("k (samples per problem)")
+        ax.set_ylabel("% of problems")
         ax.set_title(name)
         ax.legend(fontsize=7)
     fig.tight_layout()

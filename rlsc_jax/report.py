@@ -4,6 +4,9 @@ from __future__ import annotations
 
 TRUNCATION_WARN = 0.05  # above this fraction of completions cut at the budget, accuracy is reported as a lower bound
 NOT_SCORES = ("problems", "num_samples", "max_new_tokens")  # settings, not metrics: no before/after row
+SAME_AS_MEAN = ("maj@1", "pass@1")  # mean@n by definition (one sample's vote is its answer): no row of their own
+MAJ_2 = ("maj@2 is mean@N except that a sample without an answer loses a two-sample vote to its partner's answer "
+         "(a 1-1 split counts half)")
 
 
 def truncation_warning(label: str, summary: dict) -> str | None:
@@ -19,10 +22,11 @@ def truncation_warning(label: str, summary: dict) -> str | None:
 
 
 def before_after_table(before: dict, after: dict) -> str:
-    """One row per metric (accuracies as %, length in tokens), before | after | change."""
+    """One row per metric (accuracies as %, length in tokens), before | after | change; maj@1 and pass@1, which
+    repeat mean@N, are left out, and maj@2, nearly a repeat, gets a line saying how it differs."""
     lines = ["| held-out metric | before | after | change |", "|---|---|---|---|"]
     for key, value in before.items():
-        if (key not in after or not isinstance(value, (int, float)) or key in NOT_SCORES
+        if (key not in after or not isinstance(value, (int, float)) or key in NOT_SCORES + SAME_AS_MEAN
                 or key.endswith("_stderr")):
             continue
         if key.endswith("nll"):
@@ -31,4 +35,4 @@ def before_after_table(before: dict, after: dict) -> str:
         scale, unit = (1, "") if key.endswith("length") else (100, "%")
         lines.append(f"| {key} | {value * scale:.1f}{unit} | {after[key] * scale:.1f}{unit} | "
                      f"{(after[key] - value) * scale:+.1f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ([MAJ_2] if "maj@2" in before and "maj@2" in after else []))

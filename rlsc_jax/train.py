@@ -8,7 +8,6 @@ Several processes (multi-host GPU or a TPU pod slice) run the same command with 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from rlsc_jax.cli import exit_process, prog, run_command
@@ -62,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             warning = truncation_warning(f"held-out {label}", result[label])
             if warning:
                 print(warning)
-    print(json.dumps({"output_dir": cfg.output_dir, "steps": result["steps"]}))
+    out = cfg.output_dir
+    written = ["metrics.jsonl", "samples.jsonl"] + (["final/"] if cfg.export_final else [])
+    curves = f"; curves: {os.path.join(out, 'curves.png')}" if cfg.plot else ""
+    print(f"done: {result['steps']} steps in {out} ({', '.join(written)}){curves}")
     return 0
 
 

@@ -324,13 +324,15 @@ class Trainer:
 @dataclasses.dataclass
 class StepResult:
     """What one RLSC step hands back: the new state, its metrics (host scalars), and host copies of the
-    completions ([rows, max_new_tokens] int32 tokens, [rows] lengths) and their answer votes ([rows] int32)."""
+    completions ([rows, max_new_tokens] int32 tokens, [rows] lengths), their answer votes ([rows] int32) and
+    log p at the sampling temperature as drawn ([rows] float32)."""
 
     state: dict
     metrics: dict
     tokens: np.ndarray
     lengths: np.ndarray
     votes: np.ndarray
+    logps: np.ndarray
 
 
 def rlsc_step(trainer: Trainer, state: dict, prompts: list[list[int]], sampling: SamplingConfig,
@@ -362,4 +364,5 @@ def rlsc_step(trainer: Trainer, state: dict, prompts: list[list[int]], sampling:
                    tokens_per_second=total_tokens / (t3 - t0 - terms_seconds))
     if grad_terms:
         metrics["grad_terms_seconds"] = terms_seconds
-    return StepResult(state, metrics, tokens, lengths, votes)
+    logps = sharding_lib.to_host(jnp.sum(samples.logprobs * samples.completion_mask, axis=1))
+    return StepResult(state, metrics, tokens, lengths, votes, logps)
