@@ -60,7 +60,10 @@ def main(argv=None) -> int:
     load_before = check_quiet(args)
     torch_at_its_best()
 
-    shared = load_shared(args.model) if args.model else build_shared_qwen2(qwen25_05b_config(args.layers), seed=args.seed)
+    if args.model:
+        shared = load_shared(args.model)
+    else:
+        shared = build_shared_qwen2(qwen25_05b_config(args.layers), seed=args.seed)
     try:
         torch_model, model = shared.torch_model, shared.jax_model
         cfg = model.cfg

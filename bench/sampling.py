@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import (add_protocol_args, check_quiet, environment, load_note, machine_load,  # noqa: E402
-                          markdown_table, matmul_params, matmul_peak, shared_model, spread, time_calls, torch_at_its_best,
-                          torch_device, torch_sync, weights_label, write_json)
+                          markdown_table, matmul_params, matmul_peak, shared_model, spread, time_calls,
+                          torch_at_its_best, torch_device, torch_sync, weights_label, write_json)
 from rlsc_jax import hf  # noqa: E402
 from rlsc_jax.sampling import sample  # noqa: E402
 
@@ -122,7 +122,8 @@ def main(argv=None) -> int:
                                  100 * tps * flops_per_token / 1e9 / peak])
         load_after = machine_load()
         print(f"\nsampling, {weights_label(args)}, T={args.temperature}, top-k {args.top_k or 'off'}, on {device}; "
-              f"{'bf16' if gpu else 'fp32'} matmul peak {peak:.0f} GFLOP/s; {load_note(load_before, load_after, args)}\n")
+              f"{'bf16' if gpu else 'fp32'} matmul peak {peak:.0f} GFLOP/s; "
+              f"{load_note(load_before, load_after, args)}\n")
         print(markdown_table(["case", "side", "tokens/s", "s/call (range)", "vs torch", "% of roofline"], rows))
         if args.json:
             write_json(args.json, dict(args={k: str(v) for k, v in vars(args).items()}, peak_gflops=peak,

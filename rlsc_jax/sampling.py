@@ -44,8 +44,8 @@ class DecodeState:
     """The decode loop's carry; rows = prompts x samples, sharded over the batch axes on a mesh.
 
     step: int32 scalar, the next column to fill; cache: per layer (k, v), each [rows, kv_heads,
-    prompt + max_new_tokens, head_dim] in the compute dtype; done: bool [rows], an EOS emitted; lengths: int32 [rows], tokens
-    emitted up to and including EOS; tokens: int32 [rows, max_new_tokens] (pad after EOS); logprobs: float32
+    prompt + max_new_tokens, head_dim] in the compute dtype; done: bool [rows], an EOS emitted; lengths: int32
+    [rows], tokens emitted up to and including EOS; tokens: int32 [rows, max_new_tokens] (pad after EOS); logprobs: float32
     [rows, max_new_tokens], each token's log-prob at the temperature (0 after EOS).
     """
 
@@ -151,7 +151,7 @@ def _inverse_cdf(key, logits, block: int = 1024):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def decode_layout(graphdef, state) -> tuple[list[nnx.State], jax.Array]:
+def decode_layout(graphdef, state) -> tuple[list[nnx.State], jax.Array | None]:
     """Per-layer weights and the [V, E] head in the compute dtype (`Decoder.unstacked_layers`,
     `Decoder.decode_head`), built once per `sample` call."""
     model = nnx.merge(graphdef, state)
