@@ -258,9 +258,3 @@ def run(args: argparse.Namespace) -> dict:
         plot_pass_at_k(curves, out_dir / "pass_at_k.png")
         print(f"results: {out_dir / 'results.json'}\npass@k plot: {out_dir / 'pass_at_k.png'}")
         return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`eval.py` (rlsc_jax/eval.py parses the command line)."""
-    from rlsc_jax.eval import main
-    return main(argv)

@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from rlsc_jax import hf  # noqa: E402
 from rlsc_jax.cli import exit_process, run_command  # noqa: E402
-from rlsc_jax.config import TrainConfig, load_config, to_yaml, validate  # noqa: E402
+from rlsc_jax.config import TrainConfig, load_config, to_yaml  # noqa: E402
 from rlsc_jax.data import load_questions  # noqa: E402
 from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir  # noqa: E402
 from rlsc_jax.fingerprint import digests, fingerprint  # noqa: E402
@@ -39,6 +39,7 @@ from rlsc_jax.loop import evaluate, heldout_questions, run, sampled_metrics  # n
 from rlsc_jax.metrics import read_metrics  # noqa: E402
 from rlsc_jax.run_record import MODEL_FILES  # noqa: E402
 from rlsc_jax.tokenizer import load_tokenizer  # noqa: E402
+from rlsc_jax.validation import validate  # noqa: E402
 
 # name -> (label, overrides on top of the default run)
 ARMS = {

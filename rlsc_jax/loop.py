@@ -21,7 +21,7 @@ from rlsc_jax import hf, sharding as sharding_lib
 from rlsc_jax.benchmarks import build_messages
 from rlsc_jax.checkpoints import Checkpointer, preemption_notice, saved_steps
 from rlsc_jax.cli import Preempted
-from rlsc_jax.config import TrainConfig, to_yaml, validate
+from rlsc_jax.config import TrainConfig, to_yaml
 from rlsc_jax.data import SYNTHETIC_SOURCES, load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol
 from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir
@@ -30,6 +30,7 @@ from rlsc_jax.run_record import check_resume, write_record
 from rlsc_jax.rollouts import answer_ids, answer_stats, sample_rows, sample_summary, truncated
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
 from rlsc_jax.training import Trainer, rlsc_step
+from rlsc_jax.validation import validate
 
 
 def heldout_questions(cfg: TrainConfig) -> list:

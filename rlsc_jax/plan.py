@@ -104,7 +104,7 @@ def plan(cfg, devices: int, prompt_len: int) -> dict:
 
     from rlsc_jax import sampling
     from rlsc_jax.hf import DTYPES
-    from rlsc_jax.config import validate
+    from rlsc_jax.validation import validate
     from rlsc_jax.models import Decoder, ModelConfig
     from rlsc_jax.sharding import make_run_mesh, replicated, use_mesh
     from rlsc_jax.training import Trainer

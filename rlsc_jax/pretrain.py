@@ -45,7 +45,7 @@ from rlsc_jax.evaluation import evaluate_problems, logprob_profile
 from rlsc_jax.files import check_writable
 from rlsc_jax.logprobs import sequence_logprobs
 from rlsc_jax.models import Decoder, ModelConfig
-from rlsc_jax.synthetic import split_problems, split_questions
+from rlsc_jax.synthetic_splits import split_problems, split_questions
 from rlsc_jax.tokenizer import chat_prompt_ids, load_tokenizer
 
 

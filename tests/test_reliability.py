@@ -18,7 +18,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import train
-from rlsc_jax import synthetic, training
+from rlsc_jax import synthetic_splits, training
 from rlsc_jax.checkpoints import Checkpointer
 from rlsc_jax.config import load_config
 from rlsc_jax.files import exclusive_dir
@@ -32,7 +32,7 @@ FAST = ["sampling.num_samples=4", "sampling.max_new_tokens=8", "data.num_questio
 
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
-    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 300)]
+    texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 300)]
     return make_chat_model_dir(tmp_path_factory.mktemp("chat"), texts)
 
 

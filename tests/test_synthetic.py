@@ -16,11 +16,9 @@ from rlsc_jax.synthetic import (
     SyntheticProblem,
     make_problem,
     solution_with_slips,
-    split_of,
-    split_problems,
-    split_questions,
     write_jsonl,
 )
+from rlsc_jax.synthetic_splits import split_of, split_problems, split_questions
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
 
 STEP = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")

@@ -16,8 +16,9 @@ from jax.sharding import PartitionSpec
 from safetensors.numpy import load_file
 
 import train
-from rlsc_jax import hf, loop, synthetic, training
-from rlsc_jax.config import LONG_MODEL, load_config, validate
+from rlsc_jax import hf, loop, synthetic_splits, training
+from rlsc_jax.config import LONG_MODEL, load_config
+from rlsc_jax.validation import validate
 from rlsc_jax.data import load_questions
 from rlsc_jax.files import LOCK
 from rlsc_jax.loop import heldout_questions
@@ -33,7 +34,7 @@ FAST = ["sampling.num_samples=8", "sampling.max_new_tokens=12", "data.num_questi
 
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
-    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 300)]
+    texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 300)]
     return make_chat_model_dir(tmp_path_factory.mktemp("chat"), texts)
 
 
