@@ -82,7 +82,7 @@ def gradient_statistics(cfg: TrainConfig, num_questions: int, draws: int, progre
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=num_questions)
     trainer, state = Trainer.create(model, cfg, mesh)
-    params, s = state["params"], cfg.sampling
+    params, s = state.params, cfg.sampling
     grad = jax.jit(lambda p, batch: trainer.loss_and_grads(p, batch, trainer.temperature)[-1])  # the train step's gradient
     add, sq_norm = jax.jit(optax.tree.add), jax.jit(lambda t: optax.tree.vdot(t, t))
     policy, unit_sum = trainer.model(state), optax.tree.zeros_like(params)

@@ -104,10 +104,10 @@ def plan(cfg, devices: int, prompt_len: int) -> dict:
 
     from rlsc_jax import sampling
     from rlsc_jax.hf import DTYPES
-    from rlsc_jax.validation import validate
     from rlsc_jax.models import Decoder, ModelConfig
     from rlsc_jax.sharding import make_run_mesh, replicated, use_mesh
     from rlsc_jax.training import Trainer
+    from rlsc_jax.validation import validate
 
     validate(cfg)
     model_cfg = ModelConfig.from_file(cfg.model)
@@ -124,7 +124,7 @@ def plan(cfg, devices: int, prompt_len: int) -> dict:
     programs = {"train_step": _program(trainer.compile_step(state, rows, prompt_width, s.max_new_tokens))}
 
     graphdef = nnx.graphdef(model)
-    params = state["params"]
+    params = state.params
     put = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=replicated(mesh))  # noqa: E731
     prompts = sampling.bucket_rows(cfg.questions_per_step)
     key_data = np.asarray(jax.random.key_data(jax.random.key(0)))
@@ -141,8 +141,8 @@ def plan(cfg, devices: int, prompt_len: int) -> dict:
     programs["prefill"] = _program(prefill)
     programs["decode"] = _program(decode)
 
-    param_bytes = _per_device_bytes(state["params"])
-    opt_bytes = _per_device_bytes(state["opt_state"])
+    param_bytes = _per_device_bytes(state.params)
+    opt_bytes = _per_device_bytes(state.opt_state)
     sampling_peak = opt_bytes + max(programs["prefill"]["peak_bytes"], programs["decode"]["peak_bytes"])
     width = prompt_width + s.max_new_tokens
     return {

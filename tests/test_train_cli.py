@@ -169,7 +169,7 @@ def test_mesh_rules_in_the_config_reach_load_sampler_and_step(tmp_path, monkeypa
         return samples
 
     def spy_step(trainer, state, *args, **kwargs):
-        seen.append({"rules": trainer.rules, "embed": state["params"]["embed"].get_value().sharding.spec})
+        seen.append({"rules": trainer.rules, "embed": state.params["embed"].get_value().sharding.spec})
         return real_step(trainer, state, *args, **kwargs)
     real_sample, real_step = training.sample, loop.rlsc_step
     monkeypatch.setattr(training, "sample", spy_sample)
@@ -359,7 +359,7 @@ def test_consecutive_skipped_steps_stop_the_run_without_final(chat_model, tmp_pa
     from rlsc_jax.training import Trainer
     trainer, state = Trainer.create(hf.load(chat_model), load(None, FAST), make_mesh())
     ckpt = Checkpointer(out / "checkpoints", 2)
-    restored, _ = ckpt.restore(ckpt.latest_step(), {**state, "rng": np.zeros(2, np.uint32)})
+    restored, _ = ckpt.restore(ckpt.latest_step(), state.to_checkpoint())
     ckpt.close()
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["params"]))
 

@@ -104,9 +104,9 @@ def test_one_step_matches_pytorch(ckpt, objective):
     mesh = make_mesh(devices=jax.devices()[:1])
     trainer, state = Trainer.create(model, _cfg(objective=objective), mesh)
     before = _flax_by_hf_name(trainer.model(state))
-    grads_fn = jax.jit(lambda st, b: trainer.loss_and_grads(st["params"], b, TEMPERATURE))
+    grads_fn = jax.jit(lambda st, b: trainer.loss_and_grads(st.params, b, TEMPERATURE))
     loss, _, _, grads = grads_fn(state, trainer.batch(samples, ANSWER_IDS))
-    grads = _flax_by_hf_name(trainer.model({"params": grads}))
+    grads = _flax_by_hf_name(trainer.model(state.replace(params=grads)))
     state, step_metrics = trainer.step(state, trainer.batch(samples, ANSWER_IDS))
     assert abs(float(loss) - t_loss) <= 1e-5 * abs(t_loss)
     assert abs(float(step_metrics["loss"]) - t_loss) <= 1e-5 * abs(t_loss)
@@ -155,13 +155,13 @@ def test_axis_rules_survive_create_and_a_step(ckpt):
     mesh = make_mesh(1, 4, 2)
     trainer, state = Trainer.create(hf.load(ckpt[1], mesh=mesh, rules=rules), _cfg(), mesh)
     state, _ = trainer.step(state, trainer.batch(_samples()))
-    want = {k: v.get_value().spec for k, v in nnx.to_flat_state(param_shardings(state["params"], mesh, rules))}
+    want = {k: v.get_value().spec for k, v in nnx.to_flat_state(param_shardings(state.params, mesh, rules))}
     assert want[("layers", "mlp", "gate")] == PartitionSpec(None, None, "fsdp")
-    default = param_shardings(state["params"], mesh, axis_rules())
+    default = param_shardings(state.params, mesh, axis_rules())
     assert want != {k: v.get_value().spec for k, v in nnx.to_flat_state(default)}
-    got = {k: v.get_value().sharding.spec for k, v in nnx.to_flat_state(state["params"])}
+    got = {k: v.get_value().sharding.spec for k, v in nnx.to_flat_state(state.params)}
     assert got == want
-    mu = state["opt_state"][0].mu
+    mu = state.opt_state[0].mu
     assert {k: v.get_value().sharding.spec for k, v in nnx.to_flat_state(mu)} == want
 
 
@@ -221,9 +221,9 @@ def test_gradient_accumulation_is_exact_for_every_objective(ckpt, objective):
     results = []
     for grad_accum in (1, 2):
         trainer, state = Trainer.create(hf.load(ckpt[1]), _cfg(objective=objective, grad_accum=grad_accum), mesh)
-        fn = jax.jit(lambda st, b, t=trainer: t.loss_and_grads(st["params"], b, TEMPERATURE))
+        fn = jax.jit(lambda st, b, t=trainer: t.loss_and_grads(st.params, b, TEMPERATURE))
         loss, metrics, stats, grads = fn(state, trainer.batch(_samples(), ANSWER_IDS))
-        grads = _flax_by_hf_name(trainer.model({"params": grads}))
+        grads = _flax_by_hf_name(trainer.model(state.replace(params=grads)))
         results.append((float(loss), jax.device_get((metrics, stats)), grads))
     (loss, (metrics, stats), grads), (acc_loss, (acc_metrics, acc_stats), acc_grads) = results
     for key in ("logp", "entropy", "certainty"):
@@ -306,7 +306,7 @@ def test_non_finite_loss_skips_the_update(ckpt, nan_objective):
     after = _flax_by_hf_name(trainer.model(state))
     for name in before:
         assert np.array_equal(before[name], after[name]), name
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state["opt_state"])))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.opt_state)))
 
 
 def test_non_finite_update_with_finite_gradient_is_skipped(ckpt):
