@@ -78,7 +78,7 @@ def measure(args) -> dict:
 
     from rlsc_jax.config import load_config
     from rlsc_jax.validation import validate
-    from rlsc_jax.hf import DTYPES
+    from rlsc_jax.dtypes import DTYPES
     from rlsc_jax.models import Decoder, ModelConfig
     from rlsc_jax.sampling import sample
     from rlsc_jax.sharding import make_run_mesh

@@ -26,6 +26,14 @@ def _asset(name: str) -> str:
 
 OmegaConf.register_resolver("asset", _asset, replace=True)
 
+MAY_CHANGE = "may_change_on_resume"  # field metadata: see `resumable`
+
+
+def resumable(default=dataclasses.MISSING, *, factory=dataclasses.MISSING):
+    """A field a run may change when it resumes (`run_record`): it decides how long, where, how often or with what
+    memory layout the run goes on, not what it computes. On a section, every key of it."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={MAY_CHANGE: True})
+
 
 @dataclasses.dataclass
 class MeshConfig:
@@ -44,7 +52,7 @@ class DataConfig:
     rlsc_jax/synthetic_long.py), a benchmark name, or a JSONL path."""
 
     source: str = "synthetic"
-    data_dir: str = str(BENCHMARK_DIR)  # the six benchmarks shipped in rlsc_jax/data/benchmarks
+    data_dir: str = resumable(str(BENCHMARK_DIR))  # the six benchmarks shipped in rlsc_jax/data/benchmarks
     question_field: str = "question"
     num_questions: int = 100  # 0 = all (synthetic: 256)
     template: str = "plain"
@@ -107,33 +115,35 @@ MOVED = {"alpha": "objective_args.alpha", "advantage_eps": "objective_args.advan
 class TrainConfig:
     """Everything `train.py` reads. `model`, `output_dir`, `steps`, `seed` and `mesh.*` are a stable contract."""
 
-    model: str = DEFAULT_MODEL
-    output_dir: str = "runs/default"
-    steps: int = 30
+    model: str = resumable(DEFAULT_MODEL)  # the weights' content is recorded, not their path
+    output_dir: str = resumable("runs/default")
+    steps: int = resumable(30)  # when the schedule is constant (`run_record.trajectory_settings`)
     seed: int = 0
     dtype: str = "float32"  # storage of parameters and optimizer state (the masters)
     compute_dtype: str = "float32"  # matmuls and attention (bfloat16 on GPU/TPU)
     objective: str = "rlsc_l2"
     objective_args: ObjectiveArgs = dataclasses.field(default_factory=ObjectiveArgs)
     questions_per_step: int = 16
-    grad_accum: int = 1
-    remat: bool = False
-    remat_policy: str = "nothing"  # what a rematerialised layer keeps: "nothing" or "dots" (matmul outputs)
-    logprob_chunk: int = 1024  # tokens per device in each chunk of the fused log-likelihood
-    checkpoint_every: int = 10
-    grad_terms_every: int = 0  # at step 1 and every K steps, each loss summand's gradient norm (rlsc_l2); 0 = never
-    show_samples_every: int = 10  # every K steps print one question's most and least likely completion; 0 = never
-    profile_steps: list[int] = dataclasses.field(default_factory=list)  # steps (from 1) traced into output_dir/profile
-    max_skipped_steps: int = 3  # this many non-finite steps in a row stop the run (exit 2, no final/)
-    keep_checkpoints: int = 2
-    export_final: bool = True
-    export_dtype: str = ""  # dtype of the exported final/ checkpoint; "" = the masters' (`dtype`)
-    plot: bool = True
-    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    grad_accum: int = resumable(1)
+    remat: bool = resumable(False)
+    remat_policy: str = resumable("nothing")  # what a rematerialised layer keeps: "nothing" or "dots" (matmul outputs)
+    # tokens per device in each chunk of the fused log-likelihood (whose transient fp32 logits take chunk * V * 4
+    # bytes per device); also `logprobs.DEFAULT_CHUNK_SIZE`
+    logprob_chunk: int = resumable(1024)
+    checkpoint_every: int = resumable(10)
+    grad_terms_every: int = resumable(0)  # at step 1 and every K steps, each loss summand's gradient norm (rlsc_l2); 0 = never
+    show_samples_every: int = resumable(10)  # every K steps print one question's most and least likely completion; 0 = never
+    profile_steps: list[int] = resumable(factory=list)  # steps (from 1) traced into output_dir/profile
+    max_skipped_steps: int = resumable(3)  # this many non-finite steps in a row stop the run (exit 2, no final/)
+    keep_checkpoints: int = resumable(2)
+    export_final: bool = resumable(True)
+    export_dtype: str = resumable("")  # dtype of the exported final/ checkpoint; "" = the masters' (`dtype`)
+    plot: bool = resumable(True)
+    mesh: MeshConfig = resumable(factory=MeshConfig)  # checkpoints restore onto another mesh
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    eval: EvalConfig = resumable(factory=EvalConfig)
 
 
 def _valid_keys(schema) -> list[str]:

@@ -23,12 +23,12 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
+from rlsc_jax.config import TrainConfig
 from rlsc_jax.models import Decoder
 from rlsc_jax.sharding import Rules, axis_rules, constrain_logical, constrain_rows, gather_fsdp
 
-# Tokens per chunk: the transient fp32 logits of one chunk take chunk_size * V * 4 bytes, split over the
-# batch devices when the tokens are sharded (the trainer passes `logprob_chunk` x those devices).
-DEFAULT_CHUNK_SIZE = 1024
+# Tokens per chunk: the config's `logprob_chunk` default (the trainer passes it x the batch devices).
+DEFAULT_CHUNK_SIZE = TrainConfig.logprob_chunk
 HEAD_AXES = ("embed", "vocab")  # the LM head's logical axes (the tied embedding, transposed, has the same)
 
 

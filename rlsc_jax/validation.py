@@ -7,7 +7,7 @@ import dataclasses
 import math
 
 from rlsc_jax.config import TrainConfig, check_seed
-from rlsc_jax.hf import DTYPES
+from rlsc_jax.dtypes import DTYPES
 from rlsc_jax.models.decoder import REMAT_POLICIES
 from rlsc_jax.objectives import HPARAMS, bind_checked
 from rlsc_jax.protocols import get_protocol
