@@ -24,7 +24,7 @@ import jax
 
 from rlsc_jax import hf, parity, torch_reference
 from rlsc_jax.benchmarks import BENCHMARK_DIR, build_messages, load_benchmark
-from rlsc_jax.cli import exit_process, run_command
+from rlsc_jax.cli import exit_process, prog, run_command
 from rlsc_jax.dtypes import DTYPES
 from rlsc_jax.files import atomic_write_json, check_writable
 from rlsc_jax.models import ModelConfig
@@ -70,7 +70,7 @@ def precision(dtype: str, compute_dtype: str) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m rlsc_jax.compare", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("compare"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="HF checkpoint directory (config, safetensors, tokenizer)")
     source = p.add_mutually_exclusive_group()
@@ -261,5 +261,10 @@ def main(argv=None) -> int:
     return 1 if report["failures"] else 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m rlsc_jax.compare`."""
     exit_process(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from rlsc_jax import hf
-from rlsc_jax.cli import exit_process, run_command
+from rlsc_jax.cli import exit_process, prog, run_command
 from rlsc_jax.config import TrainConfig, load_config, to_yaml
 from rlsc_jax.data import load_questions
 from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir
@@ -184,7 +184,7 @@ def run_experiment(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     """0; bad input (an unknown key, a missing --config, an --output that is a file) is one `error:` line and 2
     before anything runs, Ctrl-C one line and 130."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog("experiment"), description=__doc__.splitlines()[0])
     p.add_argument("--config", help="the task's YAML config, as for train.py (default: the embedded default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
@@ -203,5 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m rlsc_jax.experiment`."""
     exit_process(main())
+
+
+if __name__ == "__main__":
+    cli()
