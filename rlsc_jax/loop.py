@@ -100,7 +100,7 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: TrainState, start: int, qu
         state, metrics = result.state, result.metrics
         cut = truncated(result.tokens, result.lengths, s.max_new_tokens, eos)
         metrics.update(answer_stats(result.votes, s.num_samples), truncated_frac=float(cut.mean()),
-                       completion_length=float(result.lengths.mean()), lr=float(trainer.schedule(step)))
+                       completion_length=float(result.lengths.mean()))
         skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
         if metrics["skipped"]:
             print(f"step {step + 1}: non-finite loss, gradient or update; update skipped")

@@ -11,14 +11,9 @@ regime RLSC needs. `rlsc_jax.synthetic_splits` assigns questions to the splits "
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
-
-from rlsc_jax.benchmarks import Problem
-from rlsc_jax.files import atomic_write_text
 
 MAX_VALUE = 1000  # every intermediate result lies in [0, MAX_VALUE)
 MAX_COUNT = 120  # item counts stay at most this, so a final per-item value keeps the total < MAX_VALUE
@@ -188,8 +183,3 @@ def solution_with_slips(problem: SyntheticProblem, rng: random.Random, slip_prob
     """The problem's solution where each step, with probability `slip_prob`, writes a wrong result
     (`steps_with_slips`): the final answer is wrong exactly when at least one step slipped."""
     return render_solution(steps_with_slips(problem.steps, rng, slip_prob))
-
-
-def write_jsonl(problems: Iterable[Problem], path: str | Path) -> None:
-    """Writes {"question", "answer"} lines for the generic JSONL loader, atomically (no partial file)."""
-    atomic_write_text(path, "".join(json.dumps({"question": p.question, "answer": p.gold}) + "\n" for p in problems))

@@ -257,12 +257,13 @@ class Trainer:
         grad_norm = optax.global_norm(grads)
         updates, new_opt = self.tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(self.schedule(_step_count(opt_state)))
+        lr = self.schedule(_step_count(opt_state))  # the rate this update applies: updates so far, not steps
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(lr)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         state = TrainState(step=state.step + 1, params=keep(new_params, params), opt_state=keep(new_opt, opt_state),
                            rng=state.rng)
         tokens = stats.num_tokens.sum()
-        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, num_tokens=tokens,
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=lr, num_tokens=tokens,
                        mean_token_entropy=stats.entropy.sum() / jnp.maximum(tokens, 1.0),
                        mean_self_certainty=stats.certainty.sum() / jnp.maximum(tokens, 1.0),
                        skipped=(~finite).astype(jnp.int32), state_finite=all_finite(state).astype(jnp.int32))

@@ -5,6 +5,7 @@ import copy
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -307,6 +308,30 @@ def test_non_finite_loss_skips_the_update(ckpt, nan_objective):
     for name in before:
         assert np.array_equal(before[name], after[name]), name
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.opt_state)))
+
+
+@pytest.fixture
+def nan_without_votes():
+    @register("nan_without_votes_for_test")
+    def loss(seqs, num_samples):  # NLL, non-finite when no completion has an answer
+        return jnp.where(jnp.all(seqs.answer_ids < 0), jnp.nan, -seqs.logp.mean()), {}
+    yield "nan_without_votes_for_test"
+    OBJECTIVES.pop("nan_without_votes_for_test")
+
+
+def test_the_logged_lr_is_the_one_the_update_applied(ckpt, nan_without_votes):
+    """Under warmup a skipped step applies no update, so the next one applies the rate of the update count, one
+    behind the step number: the logged `lr` is that rate, and the state's step still counts every step."""
+    cfg = _cfg(objective=nan_without_votes, **{"optim.warmup_steps": 4})
+    trainer, state = Trainer.create(hf.load(ckpt[1]), cfg, make_mesh(devices=jax.devices()[:1]))
+    logged = []
+    for votes in (ANSWER_IDS, None, ANSWER_IDS):  # the second step is skipped
+        state, metrics = trainer.step(state, trainer.batch(_samples(), votes))
+        logged.append((int(metrics["skipped"]), float(metrics["lr"])))
+    schedule = [float(trainer.schedule(k)) for k in range(3)]  # 0, lr/4, lr/2
+    assert [skipped for skipped, _ in logged] == [0, 1, 0] and schedule[2] > schedule[1] > 0
+    np.testing.assert_allclose([lr for _, lr in logged], [schedule[0], schedule[1], schedule[1]], rtol=1e-6)
+    assert int(state.step) == 3
 
 
 def test_non_finite_update_with_finite_gradient_is_skipped(ckpt):
