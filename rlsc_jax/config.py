@@ -131,8 +131,10 @@ class TrainConfig:
     # bytes per device); also `logprobs.DEFAULT_CHUNK_SIZE`
     logprob_chunk: int = resumable(1024)
     checkpoint_every: int = resumable(10)
-    grad_terms_every: int = resumable(0)  # at step 1 and every K steps, each loss summand's gradient norm (rlsc_l2); 0 = never
-    show_samples_every: int = resumable(10)  # every K steps print one question's most and least likely completion; 0 = never
+    # at step 1 and every K steps, each loss summand's gradient norm (rlsc_l2); 0 = never
+    grad_terms_every: int = resumable(0)
+    # every K steps print one question's most and least likely completion; 0 = never
+    show_samples_every: int = resumable(10)
     profile_steps: list[int] = resumable(factory=list)  # steps (from 1) traced into output_dir/profile
     max_skipped_steps: int = resumable(3)  # this many non-finite steps in a row stop the run (exit 2, no final/)
     keep_checkpoints: int = resumable(2)

@@ -121,7 +121,8 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: TrainState, start: int, qu
         bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", tok_s=f"{metrics['tokens_per_second']:.0f}")
         stop = preempted(step + 1) and step + 1 < cfg.steps
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
-            ckpt.save(step + 1, state.to_checkpoint(), {"questions_seen": (step + 1) * cfg.questions_per_step, "seed": cfg.seed})
+            ckpt.save(step + 1, state.to_checkpoint(),
+                      {"questions_seen": (step + 1) * cfg.questions_per_step, "seed": cfg.seed})
         if stop:
             bar.close()
             raise Preempted(f"preempted (SIGTERM) after step {step + 1}: checkpoint saved in {ckpt.directory}; "

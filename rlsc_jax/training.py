@@ -283,7 +283,8 @@ class Trainer:
                        in_shardings=(self.state_shardings, self._batch_shardings(), replicated),
                        out_shardings=(self.state_shardings, replicated))
 
-    def compile_step(self, state: TrainState, rows: int, prompt_width: int, completion_width: int) -> jax.stages.Compiled:
+    def compile_step(self, state: TrainState, rows: int, prompt_width: int,
+                     completion_width: int) -> jax.stages.Compiled:
         """The step compiled for a batch of `rows` x (prompt + completion) tokens, without running it.
 
         `state` may be abstract (see `create`); `memory_analysis()` and `cost_analysis()` of the result
