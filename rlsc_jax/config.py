@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from pathlib import Path
+from typing import Union
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -125,8 +126,11 @@ class TrainConfig:
     objective_args: ObjectiveArgs = dataclasses.field(default_factory=ObjectiveArgs)
     questions_per_step: int = 16
     grad_accum: int = resumable(1)
-    remat: bool = resumable(False)
+    # recompute each layer in the backward pass (true: keeping `remat_policy`'s), or "auto": the cheapest of no
+    # remat, "dots", "nothing" (then a larger grad_accum) whose compiled step fits the device (rlsc_jax.fit)
+    remat: Union[bool, str] = resumable(False)
     remat_policy: str = resumable("nothing")  # what a rematerialised layer keeps: "nothing" or "dots" (matmul outputs)
+    attention: str = resumable("xla")  # full-sequence attention: "xla" (this project's) or "cudnn" (fused; NVIDIA GPUs)
     # tokens per device in each chunk of the fused log-likelihood (whose transient fp32 logits take chunk * V * 4
     # bytes per device); also `logprobs.DEFAULT_CHUNK_SIZE`
     logprob_chunk: int = resumable(1024)

@@ -8,7 +8,7 @@ import math
 
 from rlsc_jax.config import TrainConfig, check_seed
 from rlsc_jax.dtypes import DTYPES
-from rlsc_jax.models.decoder import REMAT_POLICIES
+from rlsc_jax.models.decoder import ATTENTION, REMAT_POLICIES
 from rlsc_jax.objectives import HPARAMS, bind_checked
 from rlsc_jax.protocols import get_protocol
 from rlsc_jax.sharding import MESH_AXES, axis_rules
@@ -53,7 +53,11 @@ def validate(cfg: TrainConfig) -> None:
         ("dtype", cfg.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
         ("compute_dtype", cfg.compute_dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
         ("export_dtype", cfg.export_dtype in ("", *DTYPES), f"'' or one of {', '.join(DTYPES)}"),
+        ("remat", cfg.remat is True or cfg.remat is False or cfg.remat == "auto", "true, false or auto"),
         ("remat_policy", cfg.remat_policy in REMAT_POLICIES, f"one of {', '.join(REMAT_POLICIES)}"),
+        ("attention", cfg.attention in ATTENTION, f"one of {', '.join(ATTENTION)}"),
+        ("compute_dtype", cfg.attention != "cudnn" or cfg.compute_dtype in ("bfloat16", "float16"),
+         "bfloat16 or float16 with attention=cudnn (the fused kernel has no float32)"),
         *((f"objective_args.{key}", finite(value) and HPARAMS[key][0](value), f"finite and {HPARAMS[key][1]}")
           for key, value in dataclasses.asdict(cfg.objective_args).items()),
         *((f"mesh.{axis}", getattr(cfg.mesh, axis) >= 1 or getattr(cfg.mesh, axis) == -1, ">= 1 or -1")
