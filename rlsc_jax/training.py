@@ -139,9 +139,6 @@ class Trainer:
         else:
             params = jax.device_put(params, param_sh)
             state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params)}
-        if cfg.attention == "cudnn" and mesh.devices.flat[0].platform != "gpu":
-            raise ValueError(f"attention=cudnn needs NVIDIA GPUs; the mesh's devices are "
-                             f"{mesh.devices.flat[0].platform} (use attention=xla)")
         trainer = cls(graphdef, tx, schedule, mesh, shardings, objective_fn(cfg),
                       cfg.sampling.num_samples, cfg.grad_accum, cfg.remat_policy if cfg.remat is True else None,
                       cfg.logprob_chunk * sharding_lib.row_shards(mesh, model.rules), cfg.sampling.temperature,
