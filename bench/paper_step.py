@@ -126,7 +126,7 @@ def decode_figures(trainer, state, cfg, model_cfg, prompt_len: int, hbm: float) 
     jax.block_until_ready(samples.tokens)
     seconds = time.perf_counter() - t0
     graphdef, params = nnx.split(model)
-    layers, head = sampling.decode_layout(graphdef, params)
+    layers, head = sampling.Sampler(graphdef, s.num_samples, s.max_new_tokens, (0,), 0).layout(params)
     weights = sum(x.nbytes for x in jax.tree.leaves((layers, head)))
     if head is None:  # tied and uncast: the LM head is the embedding itself
         weights += model.embed[...].nbytes

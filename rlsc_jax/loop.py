@@ -175,7 +175,11 @@ def prepare(cfg: TrainConfig) -> tuple[list, list, jax.sharding.Mesh]:
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=cfg.data.num_questions)
     heldout = heldout_questions(cfg)
-    return questions, heldout, sharding_lib.make_run_mesh(cfg)
+    mesh = sharding_lib.make_run_mesh(cfg)
+    platform = mesh.devices.flat[0].platform
+    if cfg.attention == "cudnn" and platform != "gpu":
+        raise ValueError(f"attention=cudnn needs NVIDIA GPUs; this run's devices are {platform} (use attention=xla)")
+    return questions, heldout, mesh
 
 
 def run(cfg: TrainConfig, before: dict | None = None) -> dict:

@@ -147,9 +147,6 @@ class Trainer:
             state = TrainState(step=jax.device_put(np.int32(0), replicated), params=params,
                                opt_state=jax.jit(tx.init, out_shardings=opt_sh)(params),
                                rng=jax.device_put(key, replicated))
-        if cfg.attention == "cudnn" and mesh.devices.flat[0].platform != "gpu":
-            raise ValueError(f"attention=cudnn needs NVIDIA GPUs; the mesh's devices are "
-                             f"{mesh.devices.flat[0].platform} (use attention=xla)")
         trainer = cls(graphdef=graphdef, tx=tx, schedule=schedule, mesh=mesh, state_shardings=shardings,
                       objective=objective_fn(cfg), num_samples=cfg.sampling.num_samples, grad_accum=cfg.grad_accum,
                       remat=cfg.remat_policy if cfg.remat is True else None,
