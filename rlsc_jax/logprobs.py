@@ -170,10 +170,9 @@ def sequence_logprobs(model: Decoder, input_ids: jax.Array, attention_mask: jax.
     aux, all from the same pass: "entropy" and "certainty" [B], the per-sequence sums over the masked
     tokens of H(p) and KL(U ‖ p) (differentiable), "lengths" [B] (masked tokens per sequence, fp32) and
     "num_tokens" (their total). Supervised NLL is -seq_logp.sum() / num_tokens at temperature 1.
-    `remat` and `fused_attention` are `Decoder.hidden_states`'.
+    `remat` and `fused_attention` are `Decoder.forward`'s.
     """
-    hidden, _ = model.hidden_states(input_ids, attention_mask=attention_mask, remat=remat,
-                                    fused_attention=fused_attention)
+    hidden = model.forward(input_ids, attention_mask=attention_mask, remat=remat, fused_attention=fused_attention)
     logp, entropy, certainty = token_logprobs(hidden[:, :-1], model.head_weight(), input_ids[:, 1:], temperature,
                                               chunk_size, model.compute_dtype, model.rules)
     mask = loss_mask[:, 1:].astype(bool)

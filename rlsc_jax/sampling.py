@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx, struct
 
 from rlsc_jax import sharding as sharding_lib
-from rlsc_jax.models import Decoder, init_cache
+from rlsc_jax.models import DecodeCache, Decoder, init_cache
 
 
 @dataclasses.dataclass
@@ -51,7 +51,7 @@ class DecodeState:
     """
 
     step: jax.Array
-    cache: list[tuple[jax.Array, jax.Array]]
+    cache: DecodeCache
     done: jax.Array
     lengths: jax.Array
     tokens: jax.Array
@@ -168,7 +168,7 @@ class Prefilled:
     max_new_tokens, head_dim]; logits [rows, V] at each prompt's last token; key_mask [rows, slots]; the position
     the first new token takes [rows]."""
 
-    cache: list[tuple[jax.Array, jax.Array]]
+    cache: DecodeCache
     logits: jax.Array
     key_mask: jax.Array
     next_position: jax.Array
@@ -220,9 +220,9 @@ def _prefill(sampler: Sampler, params, layout: DecodeLayout, prompt_ids, prompt_
     cache_len = length + sampler.max_new_tokens
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
     key_mask = jnp.pad(prompt_mask, ((0, 0), (0, cache_len - length)), constant_values=1)
-    cache = init_cache(model.cfg, batch, cache_len, model.compute_dtype, per_layer=True)
+    cache = init_cache(model.cfg, batch, cache_len, model.compute_dtype)
     layers, head = layout
-    hidden, cache = model.hidden_states(prompt_ids, positions, key_mask, cache, 0, layers=layers)
+    hidden, cache = model.decode(prompt_ids, positions, key_mask, cache, 0, layers)
     logits = model.logits(hidden[:, -1], head)
     repeat = lambda x: jnp.repeat(x, sampler.num_samples, axis=0)  # noqa: E731
     cache, logits, key_mask = jax.tree.map(lambda x: sharding_lib.constrain_rows(x, model.rules),
@@ -260,8 +260,7 @@ def _decode(sampler: Sampler, params, layout: DecodeLayout, cache, prefilled: Pr
         step = carry.step
         last = jax.lax.dynamic_slice(carry.tokens, (0, step - 1), (rows, 1))
         positions = (prefilled.next_position + step - 1)[:, None]
-        hidden, cache = model.hidden_states(last, positions, prefilled.key_mask, carry.cache, prompt_len + step - 1,
-                                            layers=layers)
+        hidden, cache = model.decode(last, positions, prefilled.key_mask, carry.cache, prompt_len + step - 1, layers)
         cache = jax.tree.map(lambda x: sharding_lib.constrain_rows(x, model.rules), cache)
         carry = emit(carry.replace(cache=cache), model.logits(hidden[:, 0], head), step)
         return carry.replace(step=step + 1)
