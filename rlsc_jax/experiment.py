@@ -94,7 +94,7 @@ def cached(path: Path, key: str, compute):
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
-            print(f"   reusing {path}")
+            print(f"   reusing {path}", flush=True)
             return saved["result"]
     result = compute()
     atomic_write_json(path, {"key": key, "result": result})
@@ -158,7 +158,7 @@ def run_experiment(args: argparse.Namespace) -> str:
         # every arm trains the same model (the arms override no `model`): hash its files once
         model_digests = digests(fingerprint(config(args.seeds[0]).model, patterns=MODEL_FILES))
         for seed in args.seeds:
-            print(f"== base model, seed {seed}")
+            print(f"== base model, seed {seed}", flush=True)
             cfg = config(seed)
             key = result_key(cfg, model_digests, args.baseline_temperatures)
             base[seed] = cached(args.output / f"base-seed{seed}.json", key,
@@ -166,7 +166,7 @@ def run_experiment(args: argparse.Namespace) -> str:
         for name in args.arms:
             for seed in args.seeds:
                 out = args.output / f"{name}-seed{seed}"
-                print(f"== {ARMS[name][0]}, seed {seed} -> {out}")
+                print(f"== {ARMS[name][0]}, seed {seed} -> {out}", flush=True)
                 cfg, before = config(seed, *ARMS[name][1], f"output_dir={out}"), base[seed]["before"]
                 key = result_key(cfg, model_digests, before)
                 runs.setdefault(name, {})[seed] = cached(out / "experiment_result.json", key,
