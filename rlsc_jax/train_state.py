@@ -9,6 +9,8 @@ import jax
 import numpy as np
 from flax import struct
 
+from rlsc_jax.sharding import host_to_global
+
 
 @struct.dataclass
 class TrainState:
@@ -33,6 +35,11 @@ class TrainState:
 
     def from_checkpoint(self, tree: dict, step: int) -> TrainState:
         """This state with a checkpoint's tree (`to_checkpoint`'s layout) restored at `step`, placed as this one is."""
-        return TrainState(step=jax.device_put(np.int32(step), self.step.sharding), params=tree["params"],
-                          opt_state=tree["opt_state"],
-                          rng=jax.device_put(jax.random.wrap_key_data(np.asarray(tree["rng"])), self.rng.sharding))
+        return TrainState(step=host_to_global(np.int32(step), self.step.sharding), params=tree["params"],
+                          opt_state=tree["opt_state"], rng=global_key(np.asarray(tree["rng"]), self.rng.sharding))
+
+
+def global_key(key_data: np.ndarray, sharding) -> jax.Array:
+    """A typed key placed by `sharding` from its raw data, which every process holds (multi-host safe, where
+    `jax.device_put` of a host value onto devices of other processes is refused)."""
+    return jax.random.wrap_key_data(host_to_global(key_data, sharding))

@@ -27,7 +27,7 @@ from rlsc_jax.logprobs import sequence_logprobs
 from rlsc_jax.models.decoder import ATTENTION
 from rlsc_jax.objectives import DIFFERENTIABLE, SequenceStats, bind_checked, bind_terms
 from rlsc_jax.sampling import Samples, sample
-from rlsc_jax.train_state import TrainState
+from rlsc_jax.train_state import TrainState, global_key
 
 
 @struct.dataclass
@@ -144,9 +144,9 @@ class Trainer:
             state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
         else:
             params = jax.device_put(params, param_sh)
-            state = TrainState(step=jax.device_put(np.int32(0), replicated), params=params,
+            state = TrainState(step=sharding_lib.host_to_global(np.int32(0), replicated), params=params,
                                opt_state=jax.jit(tx.init, out_shardings=opt_sh)(params),
-                               rng=jax.device_put(key, replicated))
+                               rng=global_key(np.asarray(jax.random.key_data(key)), replicated))
         trainer = cls(graphdef=graphdef, tx=tx, schedule=schedule, mesh=mesh, state_shardings=shardings,
                       objective=objective_fn(cfg), num_samples=cfg.sampling.num_samples, grad_accum=cfg.grad_accum,
                       remat=cfg.remat_policy if cfg.remat is True else None,
