@@ -6,6 +6,7 @@ answer costs at most about `ANSWER_BUDGET` seconds in total, its failures (timeo
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import signal
@@ -99,9 +100,22 @@ _TICK = 0.02  # seconds between checks of the CPU time used
 
 def _within(seconds: float, fn):
     """fn(), or `_RAN_OUT` once it has used `seconds` of this thread's CPU time (in the main thread; elsewhere
-    fn() runs unlimited). Checked every `_TICK`, so a swallowed `_OutOfTime` is raised again."""
+    fn() runs unlimited). Checked every `_TICK`, so a swallowed `_OutOfTime` is raised again. The garbage
+    collector is paused meanwhile: a full collection of a large process's heap (half a second and more) is not
+    this answer's cost, and its finalizers are no place for `_OutOfTime`."""
     if threading.current_thread() is not threading.main_thread():
         return fn()
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _ticking(seconds, fn)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _ticking(seconds: float, fn):
+    """`_within`'s clock: fn() under a SIGALRM every `_TICK` that raises `_OutOfTime` past `seconds`."""
     deadline = time.thread_time() + seconds
 
     def ring(signum, frame) -> None:

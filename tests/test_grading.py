@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import random
@@ -112,6 +113,35 @@ def test_equivalent_outside_main_thread() -> None:
     worker.start()
     worker.join()
     assert results == [True, False]
+
+
+def test_garbage_collection_is_not_charged_to_an_answer(monkeypatch) -> None:
+    """A collection of other code's garbage (seconds in a large process) must not spend an answer's budget: a
+    collection due while math-verify parses burns 1.5 s of CPU, the first time."""
+    armed, burned = [], []
+    parse = grading.parse
+
+    def parse_armed(*args, **kwargs):
+        armed.append(True)
+        return parse(*args, **kwargs)
+
+    def slow_collection(phase: str, info: dict) -> None:
+        if phase == "start" and armed and not burned:
+            burned.append(True)
+            end = time.thread_time() + 1.5
+            while time.thread_time() < end:
+                pass
+
+    monkeypatch.setattr(grading, "parse", parse_armed)
+    threshold = gc.get_threshold()
+    gc.callbacks.append(slow_collection)
+    gc.set_threshold(1)  # a collection at (nearly) every allocation, unless paused
+    try:
+        assert grading.is_equivalent("\\{7,9\\}", "\\{9,7\\}")
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(slow_collection)
+    assert armed and gc.isenabled()
 
 
 def test_model_output_end_to_end() -> None:
