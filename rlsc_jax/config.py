@@ -128,6 +128,9 @@ class TrainConfig:
     grad_terms_every: int = 0  # at step 1 and every K steps, each loss summand's gradient norm (rlsc_l2); 0 = never
     show_samples_every: int = 10  # every K steps print one question's most and least likely completion; 0 = never
     profile_steps: list[int] = dataclasses.field(default_factory=list)  # steps (from 1) traced into output_dir/profile
+    # where step metrics also go (metrics.jsonl always): tensorboard, wandb, mlflow (rlsc_jax/trackers.py)
+    trackers: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
+    tracker_project: str = "rlsc_jax"  # the W&B project / MLflow experiment
     max_skipped_steps: int = 3  # this many non-finite steps in a row stop the run (exit 2, no final/)
     keep_checkpoints: int = 2
     export_final: bool = True

@@ -26,9 +26,10 @@ from rlsc_jax.data import SYNTHETIC_SOURCES, load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol
 from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir
 from rlsc_jax.metrics import MetricsLog, SamplesLog, read_metrics
-from rlsc_jax.run_record import check_resume, write_record
+from rlsc_jax.run_record import check_resume, flatten, write_record
 from rlsc_jax.rollouts import answer_ids, answer_stats, sample_rows, sample_summary, truncated
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
+from rlsc_jax.trackers import Trackers, check as check_trackers
 from rlsc_jax.training import Trainer, rlsc_step
 
 
@@ -164,6 +165,7 @@ def prepare(cfg: TrainConfig) -> tuple[list, list, jax.sharding.Mesh]:
     """Every check that needs no weights loaded and no file written: config values, the model's config.json
     and tensor headers, the data, the mesh. Returns (questions, held-out questions, mesh)."""
     validate(cfg)
+    check_trackers(cfg.trackers)
     hf.check(cfg.model)
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=cfg.data.num_questions)
@@ -177,15 +179,16 @@ def run(cfg: TrainConfig, before: dict | None = None) -> dict:
     `before` (the base model's held-out metrics, when the caller has them) skips the "before" evaluation.
     """
     checked = prepare(cfg)
-    if jax.process_index() != 0:
-        return _run(cfg, before, *checked)
-    with exclusive_dir(cfg.output_dir, "output_dir"):
-        return _run(cfg, before, *checked)
+    with contextlib.ExitStack() as stack:
+        if jax.process_index() == 0:
+            stack.enter_context(exclusive_dir(cfg.output_dir, "output_dir"))
+        return _run(cfg, before, *checked, stack)
 
 
-def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, mesh: jax.sharding.Mesh) -> dict:
+def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, mesh: jax.sharding.Mesh,
+         stack: contextlib.ExitStack) -> dict:
     """`run` once `prepare` has checked the input and process 0 holds the output dir: resuming, the output
-    dir's run must have had the same settings."""
+    dir's run must have had the same settings. The trackers start once that is known and close with `stack`."""
     out = Path(cfg.output_dir)
     resuming = bool(saved_steps(out / "checkpoints"))
     record = check_resume(out, cfg, resuming)
@@ -193,6 +196,8 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
     if writer:
         atomic_write_text(out / "config.yaml", to_yaml(cfg))
         write_record(out, record)
+    trackers = stack.enter_context(Trackers(cfg.trackers, out, cfg.tracker_project,
+                                            flatten(dataclasses.asdict(cfg)))) if writer else None
     model = hf.load(cfg.model, dtype=cfg.dtype, compute_dtype=cfg.compute_dtype, mesh=mesh, rules=cfg.mesh.rules)
     tokenizer = load_tokenizer(cfg.model)
     eos = eos_ids(tokenizer, generation_eos(cfg.model))
@@ -212,7 +217,9 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
         state = {"params": restored["params"], "opt_state": restored["opt_state"]}
         key = jax.random.wrap_key_data(np.asarray(restored["rng"]))
         print(f"resuming from step {start} ({meta['questions_seen']} questions seen)")
-    log, samples_log = MetricsLog(out, resume_step=start), SamplesLog(out, resume_step=start)
+    if trackers is not None and heldout and not start:
+        trackers.log(0, {f"eval/{k}": v for k, v in before.items()})
+    log, samples_log = MetricsLog(out, resume_step=start, trackers=trackers), SamplesLog(out, resume_step=start)
     try:
         with preemption_notice() as preempted:
             state = _train(cfg, trainer, state, key, start, questions, tokenizer, eos, ckpt, log, samples_log,
@@ -229,6 +236,7 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
         result["after"] = evaluate(final, tokenizer, cfg, heldout)
         if writer:
             atomic_write_json(out / "eval_after.json", {"settings": _eval_settings(cfg), "metrics": result["after"]})
+            trackers.log(cfg.steps, {f"eval/{k}": v for k, v in result["after"].items()})
     if writer and cfg.plot:
         from rlsc_jax.plotting import plot_run
         plot_run(read_metrics(out), result, out / "curves.png")
