@@ -83,11 +83,12 @@ class OptimConfig:
 
 @dataclasses.dataclass
 class EvalConfig:
-    """Held-out evaluation before and after training (0 questions = skip); `eval.py`'s settings are
-    `eval_cli.EvalRunConfig`."""
+    """Held-out evaluation before and after training (0 questions = skip) and every `every` steps in between;
+    `eval.py`'s settings are `eval_cli.EvalRunConfig`."""
 
     source: str = "synthetic"
     num_questions: int = 100
+    every: int = 15  # also after every K-th step, logged in metrics.jsonl as eval/<metric>; 0 = only before and after
     offset: int = 0  # skip the first held-out questions: offset=100 is a validation slice disjoint from the default's
     num_samples: int = 16
     temperature: float = 0.5
@@ -273,6 +274,7 @@ def validate(cfg: TrainConfig) -> None:
         ("data.num_questions", cfg.data.num_questions >= 0, ">= 0 (0 = all)"),
         ("eval.num_questions", e.num_questions >= 0, ">= 0 (0 = skip)"),
         ("eval.offset", e.offset >= 0, ">= 0"),
+        ("eval.every", e.every >= 0, ">= 0 (0 = only before and after)"),
         ("eval.num_samples", e.num_samples >= 1, ">= 1"),
         ("eval.batch_size", e.batch_size >= 1, ">= 1"),
         ("eval.temperature", finite(e.temperature) and e.temperature >= 0, "finite and >= 0"),

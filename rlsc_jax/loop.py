@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 
 import jax
@@ -69,6 +70,21 @@ def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
             "greedy_truncated_frac": greedy["truncated_frac"]}
 
 
+def _evaluate_during(model, tokenizer, cfg: TrainConfig, problems) -> dict:
+    """`evaluate`'s numbers as `eval/<metric>` keys of a step's metrics, with the seconds it took."""
+    t = time.perf_counter()
+    numbers = {f"eval/{k}": v for k, v in evaluate(model, tokenizer, cfg, problems).items()
+               if isinstance(v, (int, float))}
+    return numbers | {"eval_seconds": time.perf_counter() - t}
+
+
+def _headline(metrics: dict) -> str:
+    """The held-out accuracies among a step's `eval/` metrics, in %, for the console."""
+    n = metrics.get("eval/num_samples")
+    keys = ("eval/greedy_accuracy", "eval/accuracy", f"eval/mean@{n}", f"eval/maj@{n}")
+    return ", ".join(f"{k[5:]} {100 * metrics[k]:.1f}%" for k in keys if k in metrics)
+
+
 def _profiled(cfg: TrainConfig, step: int):
     """A `jax.profiler.trace` into <output_dir>/profile around step `step` if `profile_steps` names it (for
     TensorBoard's profile plugin or Perfetto), else nothing."""
@@ -78,10 +94,11 @@ def _profiled(cfg: TrainConfig, step: int):
 
 
 def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, questions, tokenizer, eos,
-           ckpt: Checkpointer, log: MetricsLog, samples_log: SamplesLog, writer: bool, preempted) -> dict:
-    """Steps `start` .. `cfg.steps`: sample, score, update, log (metrics and samples), checkpoint. Returns the
-    final state; once `preempted(step)` (`preemption_notice`) says so, it saves the step it is on and raises
-    `Preempted`."""
+           ckpt: Checkpointer, log: MetricsLog, samples_log: SamplesLog, writer: bool, preempted,
+           heldout: list = ()) -> dict:
+    """Steps `start` .. `cfg.steps`: sample, score, update, evaluate on `heldout` every `eval.every` steps, log
+    (metrics and samples), checkpoint. Returns the final state; once `preempted(step)` (`preemption_notice`) says
+    so, it saves the step it is on and raises `Preempted`."""
     prompts, skipped_in_a_row = {}, 0
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, unit="step", disable=not writer)
     for step in bar:
@@ -101,6 +118,9 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, que
         cut = truncated(result.tokens, result.lengths, s.max_new_tokens, eos)
         metrics.update(answer_stats(result.votes, s.num_samples), truncated_frac=float(cut.mean()),
                        completion_length=float(result.lengths.mean()), lr=float(trainer.schedule(step)))
+        if heldout and cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.steps:
+            metrics.update(_evaluate_during(trainer.model(state), tokenizer, cfg, heldout))
+            bar.write(f"step {step + 1}: held-out {_headline(metrics)}")
         skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
         if metrics["skipped"]:
             print(f"step {step + 1}: non-finite loss, gradient or update; update skipped")
@@ -223,7 +243,7 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
     try:
         with preemption_notice() as preempted:
             state = _train(cfg, trainer, state, key, start, questions, tokenizer, eos, ckpt, log, samples_log,
-                           writer, preempted)
+                           writer, preempted, heldout)
     finally:  # also on an error or Ctrl-C: pending checkpoint writes finish, so the last one is never lost
         log.close()
         samples_log.close()

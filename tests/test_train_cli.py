@@ -53,17 +53,21 @@ def test_end_to_end_outputs(chat_model, tmp_path, capsys, monkeypatch):
                        "MLFLOW_ALLOW_FILE_STORE": "true"}.items():
         monkeypatch.setenv(key, value)
     code = train.main([f"model={chat_model}", f"output_dir={out}", "steps=3", "checkpoint_every=2",
-                       "grad_terms_every=2", "eval.num_questions=4", "eval.num_samples=4",
+                       "grad_terms_every=2", "eval.num_questions=4", "eval.num_samples=4", "eval.every=2",
                        "trackers=[tensorboard,wandb,mlflow]", *FAST])
     assert code == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
+    during = [sorted(k for k in r if k.startswith("eval")) for r in rows]  # held-out at step 2; 3 is eval_after
+    assert during[0] == during[2] == [] and {"eval/greedy_accuracy", "eval/mean@4", "eval_seconds"} <= set(during[1])
     import mlflow
     run_id = json.loads((out / "trackers.json").read_text())["mlflow"]
     history = mlflow.MlflowClient(store).get_metric_history(run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(r["step"], r["loss"]) for r in rows]
     after = json.loads((out / "eval_after.json").read_text())["metrics"]
     assert mlflow.MlflowClient(store).get_run(run_id).data.metrics["eval/mean_at_4"] == after["mean@4"]
+    held_out = mlflow.MlflowClient(store).get_metric_history(run_id, "eval/mean_at_4")
+    assert [m.step for m in held_out] == [0, 2, 3] and held_out[1].value == rows[1]["eval/mean@4"]
     assert list((out / "wandb").glob("offline-run-*/*.wandb"))
     terms = ("grad_norm_alpha_term", "grad_norm_p_old_term", "grad_terms_cosine")
     assert [all(k in r for k in terms) for r in rows] == [True, True, False]  # step 1, then every 2 steps
