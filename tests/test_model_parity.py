@@ -31,7 +31,7 @@ def test_layer_by_layer_then_logits(pair):
     ids = _ids((2, 12))
     with torch.no_grad():
         out = ref(torch.tensor(ids), output_hidden_states=True)
-    final, collected = model.hidden_states(jnp.asarray(ids), collect=True)
+    final, collected = model.collect(jnp.asarray(ids))
     n = model.cfg.num_layers
     for i in range(n):
         err = np.abs(np.asarray(collected[i]) - out.hidden_states[i].numpy()).max()
@@ -67,12 +67,12 @@ def test_kv_cache_decode_matches_full_forward(pair):
     mask[0, :3] = 0  # first row left-padded by 3
     full = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
     positions = jnp.asarray(np.maximum(np.cumsum(mask, 1) - 1, 0))
-    cache = init_cache(model.cfg, 2, prompt + steps)
+    cache, layers = init_cache(model.cfg, 2, prompt + steps), model.unstacked_layers()
     key_mask = jnp.asarray(mask)
-    h, cache = model.hidden_states(jnp.asarray(ids[:, :prompt]), positions[:, :prompt], key_mask, cache, 0)
+    h, cache = model.decode(jnp.asarray(ids[:, :prompt]), positions[:, :prompt], key_mask, cache, 0, layers)
     got = [np.asarray(model.logits(h))]
     for t in range(prompt, prompt + steps):
-        h, cache = model.hidden_states(jnp.asarray(ids[:, t:t + 1]), positions[:, t:t + 1], key_mask, cache, t)
+        h, cache = model.decode(jnp.asarray(ids[:, t:t + 1]), positions[:, t:t + 1], key_mask, cache, t, layers)
         got.append(np.asarray(model.logits(h)))
     got = np.concatenate(got, axis=1)
     err = np.abs(got[1] - full[1]).max()
@@ -91,12 +91,12 @@ def test_kv_cache_decode_across_cache_windows_matches_full_forward(tmp_path):
     mask[0, :5] = 0
     full = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask[:, :prompt + steps])))
     positions = jnp.asarray(np.maximum(np.cumsum(mask, 1) - 1, 0))
-    cache = init_cache(model.cfg, 2, slots)
-    step = jax.jit(model.hidden_states)
-    h, cache = step(jnp.asarray(ids[:, :prompt]), positions[:, :prompt], jnp.asarray(mask), cache, 0)
+    cache, layers = init_cache(model.cfg, 2, slots), model.unstacked_layers()
+    step = jax.jit(model.decode)
+    h, cache = step(jnp.asarray(ids[:, :prompt]), positions[:, :prompt], jnp.asarray(mask), cache, 0, layers)
     got = [np.asarray(model.logits(h))]
     for t in range(prompt, prompt + steps):
-        h, cache = step(jnp.asarray(ids[:, t:t + 1]), positions[:, t:t + 1], jnp.asarray(mask), cache, t)
+        h, cache = step(jnp.asarray(ids[:, t:t + 1]), positions[:, t:t + 1], jnp.asarray(mask), cache, t, layers)
         got.append(np.asarray(model.logits(h)))
     got = np.concatenate(got, axis=1)
     assert np.abs(got[1] - full[1]).max() < TOL
@@ -162,3 +162,39 @@ def test_blocked_attention_matches_plain_and_transformers(pair, monkeypatch):
     for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads)):
         err = np.abs(np.asarray(g) - np.asarray(p)).max() / max(np.abs(np.asarray(p)).max(), 1e-12)
         assert err < 1e-5, f"blocked vs plain attention gradient: relative error {err}"
+
+
+def test_fused_attention_matches_transformers_and_plain_gradients(pair):
+    """`fused_attention` (here `jax.nn.dot_product_attention`'s XLA implementation, the API the cuDNN kernel sits
+    behind) over rows padded on the left and on the right: transformers' logits on the real tokens and the
+    gradients of this module's own attention."""
+    from flax import nnx
+    ref, model = pair
+    ids = _ids((3, 12), seed=6)
+    mask = np.ones_like(ids)
+    mask[1, :4] = 0  # left padding (a short prompt)
+    mask[2, :2], mask[2, 9:] = 0, 0  # both (a short prompt and a completion that ended early)
+    mask[0, 7:] = 0  # right padding only
+    graphdef, state = nnx.split(model)
+    weights = jnp.asarray(np.random.RandomState(2).normal(size=(3, 12, model.cfg.hidden_size)), jnp.float32)
+
+    def loss(state, fused):
+        hidden = nnx.merge(graphdef, state).forward(jnp.asarray(ids), attention_mask=jnp.asarray(mask),
+                                                    fused_attention=fused)
+        return jnp.sum(jnp.where(jnp.asarray(mask)[..., None] == 1, hidden * weights, 0.0)), hidden
+
+    (_, plain), plain_grads = jax.value_and_grad(loss, has_aux=True)(state, None)
+    (_, fused), grads = jax.value_and_grad(loss, has_aux=True)(state, "xla")
+    with torch.no_grad():
+        positions = torch.tensor(np.maximum(np.cumsum(mask, 1) - 1, 0))
+        out = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=positions,
+                  output_hidden_states=True)
+    real = mask == 1
+    want = out.hidden_states[-1].numpy()
+    err = np.abs(np.asarray(fused)[real] - want[real]).max()
+    assert err < TOL, f"fused attention vs transformers: max abs error {err}"
+    err = np.abs(np.asarray(fused)[real] - np.asarray(plain)[real]).max()
+    assert err < TOL, f"fused vs plain attention: max abs error {err}"
+    for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads)):
+        err = np.abs(np.asarray(g) - np.asarray(p)).max() / max(np.abs(np.asarray(p)).max(), 1e-12)
+        assert err < 1e-5, f"fused vs plain attention gradient: relative error {err}"

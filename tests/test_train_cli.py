@@ -121,6 +121,15 @@ def test_profile_steps_write_a_trace(chat_model, tmp_path):
     assert list((out / "profile").rglob("*.xplane.pb"))
 
 
+def test_remat_auto_says_what_it_chose(chat_model, tmp_path, capsys):
+    """remat=auto compiles the step before training and reports the setting it trains with (on a CPU host with
+    gigabytes free, the tiny model needs no recomputation)."""
+    assert train.main([f"model={chat_model}", f"output_dir={tmp_path / 'run'}", "steps=1", "remat=auto",
+                       "eval.num_questions=0", "plot=false", "export_final=false", *FAST]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("remat=auto"))
+    assert line.startswith("remat=auto: remat off, grad_accum 1 (the cheapest that fits"), line
+
+
 def test_default_run_smoke(tmp_path, capsys):
     """`python train.py` as shipped (model, batch, sampling), cut to 2 steps and a few held-out questions."""
     out = tmp_path / "default"
@@ -312,6 +321,10 @@ BAD_CONFIG_JSON = {"LISTJSON": [1, 2], "ROPESTRING": {"rope_scaling": "linear"},
     (["compute_dtype=fp16"], "compute_dtype='fp16'"),
     (["export_dtype=int8"], "export_dtype='int8'"),
     (["remat_policy=everything"], "remat_policy='everything'"),
+    (["remat=sometimes"], "remat='sometimes': must be true, false or auto"),
+    (["attention=flash"], "attention='flash': must be one of xla, cudnn"),
+    (["attention=cudnn"], "bfloat16 or float16 with attention=cudnn"),
+    (["attention=cudnn", "compute_dtype=bfloat16"], "attention=cudnn needs NVIDIA GPUs; this run's devices are cpu"),
     (["optim.lr=nan"], "optim.lr=nan"),
     (["optim.lr=-1"], "optim.lr=-1"),
     (["sampling.temperature=0"], "sampling.temperature=0"),
