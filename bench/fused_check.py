@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     from flax import nnx
 
     from rlsc_jax.config import load_config
-    from rlsc_jax.hf import DTYPES
+    from rlsc_jax.dtypes import DTYPES
     from rlsc_jax.models import Decoder, ModelConfig
 
     cfg = load_config(args.config, args.overrides)

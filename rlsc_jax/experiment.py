@@ -24,21 +24,18 @@ import statistics
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from rlsc_jax import hf  # noqa: E402
-from rlsc_jax.cli import exit_process, run_command  # noqa: E402
-from rlsc_jax.config import TrainConfig, load_config, to_yaml, validate  # noqa: E402
-from rlsc_jax.data import load_questions  # noqa: E402
-from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir  # noqa: E402
-from rlsc_jax.fingerprint import digests, fingerprint  # noqa: E402
-from rlsc_jax.loop import evaluate, heldout_questions, run, sampled_metrics  # noqa: E402
-from rlsc_jax.metrics import read_metrics  # noqa: E402
-from rlsc_jax.run_record import MODEL_FILES  # noqa: E402
-from rlsc_jax.tokenizer import load_tokenizer  # noqa: E402
+from rlsc_jax import hf
+from rlsc_jax.cli import exit_process, prog, run_command
+from rlsc_jax.config import TrainConfig, load_config, to_yaml
+from rlsc_jax.data import load_questions
+from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir
+from rlsc_jax.fingerprint import digests, fingerprint
+from rlsc_jax.loop import evaluate, heldout_questions, run, sampled_metrics
+from rlsc_jax.metrics import read_metrics
+from rlsc_jax.plotting import plot_arms
+from rlsc_jax.run_record import MODEL_FILES
+from rlsc_jax.tokenizer import load_tokenizer
+from rlsc_jax.validation import validate
 
 # name -> (label, overrides on top of the default run)
 ARMS = {
@@ -147,24 +144,6 @@ def table(base: dict[int, dict], runs: dict[str, dict[int, dict]], n: int, tempe
     return "\n".join(lines)
 
 
-def plot(output: Path, runs: dict[str, dict[int, str]]) -> None:
-    """Per-step curves of every run, one colour per arm."""
-    keys = ("seq_logp_mean", "mean_token_entropy", "majority_share")
-    fig, axes = plt.subplots(1, len(keys), figsize=(13, 3.6))
-    for colour, (name, dirs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], runs.items()):
-        for i, d in enumerate(dirs.values()):
-            rows = read_metrics(d)
-            for ax, key in zip(axes, keys):
-                ax.plot([r["step"] for r in rows], [r[key] for r in rows], color=colour, alpha=0.7,
-                        label=ARMS[name][0] if i == 0 else None)
-                ax.set_title(key)
-                ax.set_xlabel("step")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(output / "curves.png", dpi=90)
-    plt.close(fig)
-
-
 def run_experiment(args: argparse.Namespace) -> str:
     """Checks every arm's config, the model and `--output` first; then, holding `--output`, computes what it
     does not keep yet and writes the results; returns the table."""
@@ -197,14 +176,15 @@ def run_experiment(args: argparse.Namespace) -> str:
         md = table(base, runs, cfg.eval.num_samples, cfg.eval.temperature)
         atomic_write_json(args.output / "results.json", {"base": base, "runs": runs})
         atomic_write_text(args.output / "table.md", md + "\n")
-        plot(args.output, dirs)
+        plot_arms({ARMS[name][0]: [read_metrics(d) for d in seeds.values()] for name, seeds in dirs.items()},
+                  args.output / "curves.png")
     return md
 
 
 def main(argv: list[str] | None = None) -> int:
     """0; bad input (an unknown key, a missing --config, an --output that is a file) is one `error:` line and 2
     before anything runs, Ctrl-C one line and 130."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog("experiment"), description=__doc__.splitlines()[0])
     p.add_argument("--config", help="the task's YAML config, as for train.py (default: the embedded default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
@@ -223,5 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m rlsc_jax.experiment`."""
     exit_process(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,8 +1,9 @@
 """The training run: load, evaluate, then per step sample -> vote -> log-likelihood -> loss -> AdamW, checkpoint,
 export.
 
-Resumable: the newest complete orbax checkpoint restores params, optimizer state and RNG key, and
-the questions of any step follow from (seed, step), so a killed run continues exactly where it stopped.
+Resumable: the newest complete orbax checkpoint restores the train state (params, optimizer state, RNG key; the
+step is the checkpoint's), and the questions and samples of any step follow from (seed, step), so a killed run
+continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 from tqdm import tqdm
 
 from rlsc_jax import fit, hf, sharding as sharding_lib
 from rlsc_jax.benchmarks import build_messages
 from rlsc_jax.checkpoints import Checkpointer, preemption_notice, saved_steps
 from rlsc_jax.cli import Preempted
-from rlsc_jax.config import TrainConfig, to_yaml, validate
+from rlsc_jax.config import TrainConfig, to_yaml
 from rlsc_jax.data import SYNTHETIC_SOURCES, load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol
 from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir
@@ -32,7 +32,9 @@ from rlsc_jax.sampling import bucket_length
 from rlsc_jax.rollouts import answer_ids, answer_stats, sample_rows, sample_summary, truncated
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
 from rlsc_jax.trackers import Trackers, check as check_trackers
+from rlsc_jax.train_state import TrainState
 from rlsc_jax.training import Trainer, rlsc_step
+from rlsc_jax.validation import validate
 
 
 def heldout_questions(cfg: TrainConfig) -> list:
@@ -100,9 +102,9 @@ def _prompt_ids(cfg: TrainConfig, tokenizer, question: str) -> list[int]:
     return chat_prompt_ids(tokenizer, user, system)
 
 
-def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, questions, tokenizer, eos,
+def _train(cfg: TrainConfig, trainer: Trainer, state: TrainState, start: int, questions, tokenizer, eos,
            ckpt: Checkpointer, log: MetricsLog, samples_log: SamplesLog, writer: bool, preempted,
-           heldout: list = ()) -> dict:
+           heldout: list = ()) -> TrainState:
     """Steps `start` .. `cfg.steps`: sample, score, update, evaluate on `heldout` every `eval.every` steps, log
     (metrics and samples), checkpoint. Returns the final state; once `preempted(step)` (`preemption_notice`) says
     so, it saves the step it is on and raises `Preempted`."""
@@ -117,13 +119,12 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, que
         every = cfg.grad_terms_every
         with _profiled(cfg, step + 1):
             result = rlsc_step(trainer, state, [prompts[q.id] for q in batch_questions], s, eos,
-                               jax.random.fold_in(key, step),
                                vote=lambda tokens, lengths: answer_ids(tokenizer, tokens, lengths, s.num_samples),
                                grad_terms=every > 0 and (step == 0 or (step + 1) % every == 0))
         state, metrics = result.state, result.metrics
         cut = truncated(result.tokens, result.lengths, s.max_new_tokens, eos)
         metrics.update(answer_stats(result.votes, s.num_samples), truncated_frac=float(cut.mean()),
-                       completion_length=float(result.lengths.mean()), lr=float(trainer.schedule(step)))
+                       completion_length=float(result.lengths.mean()))
         if heldout and cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.steps:
             metrics.update(_evaluate_during(trainer.model(state), tokenizer, cfg, heldout))
             bar.write(f"step {step + 1}: held-out {_headline(metrics)}")
@@ -147,7 +148,7 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, que
         bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", tok_s=f"{metrics['tokens_per_second']:.0f}")
         stop = preempted(step + 1) and step + 1 < cfg.steps
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
-            ckpt.save(step + 1, {**state, "rng": np.asarray(jax.random.key_data(key))},
+            ckpt.save(step + 1, state.to_checkpoint(),
                       {"questions_seen": (step + 1) * cfg.questions_per_step, "seed": cfg.seed})
         if stop:
             bar.close()
@@ -252,19 +253,16 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
         if writer:
             atomic_write_json(out / "eval_before.json", {"settings": _eval_settings(cfg), "metrics": before})
     ckpt = Checkpointer(out / "checkpoints", cfg.keep_checkpoints)
-    key = jax.random.key(cfg.seed)
-    start, restored, meta = ckpt.restore_latest({"params": state["params"], "opt_state": state["opt_state"],
-                                                 "rng": np.asarray(jax.random.key_data(key))})
+    start, restored, meta = ckpt.restore_latest(state.to_checkpoint())
     if start:
-        state = {"params": restored["params"], "opt_state": restored["opt_state"]}
-        key = jax.random.wrap_key_data(np.asarray(restored["rng"]))
+        state = state.from_checkpoint(restored, start)
         print(f"resuming from step {start} ({meta['questions_seen']} questions seen)")
     if trackers is not None and heldout and not start:
         trackers.log(0, {f"eval/{k}": v for k, v in before.items()})
     log, samples_log = MetricsLog(out, resume_step=start, trackers=trackers), SamplesLog(out, resume_step=start)
     try:
         with preemption_notice() as preempted:
-            state = _train(cfg, trainer, state, key, start, questions, tokenizer, eos, ckpt, log, samples_log,
+            state = _train(cfg, trainer, state, start, questions, tokenizer, eos, ckpt, log, samples_log,
                            writer, preempted, heldout)
     finally:  # also on an error or Ctrl-C: pending checkpoint writes finish, so the last one is never lost
         log.close()

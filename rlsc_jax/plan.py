@@ -99,17 +99,6 @@ def _abstract(compiled_outputs):
                         compiled_outputs.out_info, compiled_outputs.output_shardings)
 
 
-def analytic_train_flops(model_cfg, rows: int, width: int) -> float:
-    """6 x matmul parameters x tokens + 12 x layers x rows x heads x width^2 x head_dim (full-square attention,
-    forward and backward), over all devices: the usual count, without remat's recomputation."""
-    c = model_cfg
-    layer = c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim + c.num_heads * c.head_dim * c.hidden_size
-    layer += 3 * c.hidden_size * c.intermediate_size
-    matmul_params = c.num_layers * layer + c.hidden_size * c.vocab_size
-    attention = 12 * c.num_layers * rows * c.num_heads * width**2 * c.head_dim
-    return 6.0 * matmul_params * rows * width + attention
-
-
 def plan(cfg, devices: int | list, prompt_len: int, memory_bytes: float | None = None) -> dict:
     """Compiles the step's programs for `cfg` on `devices` simulated devices (or on the given devices, e.g. a
     TPU topology's); returns every figure.
@@ -124,11 +113,11 @@ def plan(cfg, devices: int | list, prompt_len: int, memory_bytes: float | None =
     from flax import nnx
 
     from rlsc_jax import fit, sampling
-    from rlsc_jax.hf import DTYPES
-    from rlsc_jax.config import validate
+    from rlsc_jax.dtypes import DTYPES
     from rlsc_jax.models import Decoder, ModelConfig
     from rlsc_jax.sharding import make_run_mesh, replicated, use_mesh
     from rlsc_jax.training import Trainer
+    from rlsc_jax.validation import validate
 
     validate(cfg)
     if cfg.remat == "auto" and memory_bytes is None:
@@ -153,7 +142,7 @@ def plan(cfg, devices: int | list, prompt_len: int, memory_bytes: float | None =
     programs = {"train_step": _program(trainer.compile_step(state, rows, prompt_width, s.max_new_tokens))}
 
     graphdef = nnx.graphdef(model)
-    params = state["params"]
+    params = state.params
     put = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=replicated(mesh))  # noqa: E731
     prompts = sampling.bucket_rows(cfg.questions_per_step)
     key_data = np.asarray(jax.random.key_data(jax.random.key(0)))
@@ -170,8 +159,8 @@ def plan(cfg, devices: int | list, prompt_len: int, memory_bytes: float | None =
     programs["prefill"] = _program(prefill)
     programs["decode"] = _program(decode)
 
-    param_bytes = _per_device_bytes(state["params"])
-    opt_bytes = _per_device_bytes(state["opt_state"])
+    param_bytes = _per_device_bytes(state.params)
+    opt_bytes = _per_device_bytes(state.opt_state)
     sampling_peak = opt_bytes + max(programs["prefill"]["peak_bytes"], programs["decode"]["peak_bytes"])
     width = prompt_width + s.max_new_tokens
     return {
@@ -186,7 +175,7 @@ def plan(cfg, devices: int | list, prompt_len: int, memory_bytes: float | None =
         "programs": programs,
         "per_device_peak_bytes": max(programs["train_step"]["peak_bytes"], sampling_peak),
         "sampling_peak_bytes": sampling_peak,
-        "analytic_train_flops_per_device": analytic_train_flops(model_cfg, rows, width) / len(devices),
+        "analytic_train_flops_per_device": model_cfg.matmul_flops(rows, width, train=True) / len(devices),
     }
 
 

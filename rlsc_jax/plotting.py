@@ -1,4 +1,5 @@
-"""PNGs: a run's curves (loss, log p, entropy, answer agreement, length) and held-out before/after; pass@k vs k."""
+"""PNGs: a run's curves (loss, log p, entropy, answer agreement, length) and held-out before/after; the
+experiment's arms side by side; pass@k vs k."""
 
 from __future__ import annotations
 
@@ -74,6 +75,25 @@ def plot_pass_at_k(curves: dict[str, dict[str, dict]], path: str | Path) -> Path
         ax.set_ylabel("% of problems")
         ax.set_title(name)
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_arms(arms: dict[str, list[list[dict]]], path: str | Path) -> Path:
+    """Per-step mean sequence log p, token entropy and majority share of every run, one colour per arm
+    (label -> each run's metrics rows)."""
+    keys = ("seq_logp_mean", "mean_token_entropy", "majority_share")
+    fig, axes = plt.subplots(1, len(keys), figsize=(13, 3.6))
+    for colour, (label, runs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], arms.items()):
+        for i, rows in enumerate(runs):
+            for ax, key in zip(axes, keys):
+                ax.plot([r["step"] for r in rows], [r[key] for r in rows], color=colour, alpha=0.7,
+                        label=label if i == 0 else None)
+                ax.set_title(key)
+                ax.set_xlabel("step")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

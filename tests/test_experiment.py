@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rlsc_jax import experiment, synthetic
+from rlsc_jax import experiment, synthetic_splits
 from tests.hf_models import make_chat_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +19,7 @@ TINY = ["steps=2", "questions_per_step=2", "sampling.num_samples=8", "sampling.m
 
 
 def test_experiment_pairs_every_arm_with_its_seeds_base(tmp_path):
-    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 200)]
+    texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 200)]
     model = make_chat_model_dir(tmp_path / "model", texts)
     out = tmp_path / "exp"
     code = experiment.main(["--seeds", "0", "1", "--arms", "rlsc_l2", "paper_batch", "--baseline-temperatures", "0.2",
@@ -46,7 +46,7 @@ def test_experiment_pairs_every_arm_with_its_seeds_base(tmp_path):
 
 
 def test_a_rerun_reuses_finished_results_and_recomputes_when_the_config_changes(tmp_path, monkeypatch):
-    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 200)]
+    texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 200)]
     model = make_chat_model_dir(tmp_path / "model", texts)
     out = tmp_path / "exp"
     args = ["--seeds", "0", "--arms", "rlsc_l2", "--baseline-temperatures", "0.2", "--output", str(out),

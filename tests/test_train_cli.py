@@ -16,8 +16,9 @@ from jax.sharding import PartitionSpec
 from safetensors.numpy import load_file
 
 import train
-from rlsc_jax import hf, loop, synthetic, training
-from rlsc_jax.config import LONG_MODEL, load_config, validate
+from rlsc_jax import hf, loop, synthetic_splits, training
+from rlsc_jax.config import LONG_MODEL, load_config
+from rlsc_jax.validation import validate
 from rlsc_jax.data import load_questions
 from rlsc_jax.files import LOCK
 from rlsc_jax.loop import heldout_questions
@@ -33,7 +34,7 @@ FAST = ["sampling.num_samples=8", "sampling.max_new_tokens=12", "data.num_questi
 
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
-    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 300)]
+    texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 300)]
     return make_chat_model_dir(tmp_path_factory.mktemp("chat"), texts)
 
 
@@ -193,7 +194,7 @@ def test_mesh_rules_in_the_config_reach_load_sampler_and_step(tmp_path, monkeypa
         return samples
 
     def spy_step(trainer, state, *args, **kwargs):
-        seen.append({"rules": trainer.rules, "embed": state["params"]["embed"].get_value().sharding.spec})
+        seen.append({"rules": trainer.rules, "embed": state.params["embed"].get_value().sharding.spec})
         return real_step(trainer, state, *args, **kwargs)
     real_sample, real_step = training.sample, loop.rlsc_step
     monkeypatch.setattr(training, "sample", spy_sample)
@@ -388,7 +389,7 @@ def test_consecutive_skipped_steps_stop_the_run_without_final(chat_model, tmp_pa
     from rlsc_jax.training import Trainer
     trainer, state = Trainer.create(hf.load(chat_model), load(None, FAST), make_mesh())
     ckpt = Checkpointer(out / "checkpoints", 2)
-    restored, _ = ckpt.restore(ckpt.latest_step(), {**state, "rng": np.zeros(2, np.uint32)})
+    restored, _ = ckpt.restore(ckpt.latest_step(), state.to_checkpoint())
     ckpt.close()
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["params"]))
 
