@@ -88,11 +88,12 @@ class OptimConfig:
 
 @dataclasses.dataclass
 class EvalConfig:
-    """Held-out evaluation before and after training (0 questions = skip); `eval.py`'s settings are
-    `eval_cli.EvalRunConfig`."""
+    """Held-out evaluation before and after training (0 questions = skip) and every `every` steps in between;
+    `eval.py`'s settings are `eval_cli.EvalRunConfig`."""
 
     source: str = "synthetic"
     num_questions: int = 100
+    every: int = 15  # also after every K-th step, logged in metrics.jsonl as eval/<metric>; 0 = only before and after
     offset: int = 0  # skip the first held-out questions: offset=100 is a validation slice disjoint from the default's
     num_samples: int = 16
     temperature: float = 0.5
@@ -140,6 +141,9 @@ class TrainConfig:
     # every K steps print one question's most and least likely completion; 0 = never
     show_samples_every: int = resumable(10)
     profile_steps: list[int] = resumable(factory=list)  # steps (from 1) traced into output_dir/profile
+    # where step metrics also go (metrics.jsonl always): tensorboard, wandb, mlflow (rlsc_jax/trackers.py)
+    trackers: list[str] = resumable(factory=lambda: ["tensorboard"])
+    tracker_project: str = resumable("rlsc_jax")  # the W&B project / MLflow experiment
     max_skipped_steps: int = resumable(3)  # this many non-finite steps in a row stop the run (exit 2, no final/)
     keep_checkpoints: int = resumable(2)
     export_final: bool = resumable(True)

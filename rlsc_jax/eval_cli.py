@@ -4,8 +4,11 @@ and a comparison with another folder.
 
 It writes one JSONL record per problem as soon as it is graded (appended and flushed), so an
 interrupted run resumes: problems already in the file are skipped, a partially written last line
-is dropped. `settings.json` in the output directory guards against resuming with another model, other
-weights at the same path (a hash of the weight files) or other settings.
+is dropped. `settings.json` in the output directory, written with the first record, guards against resuming
+with another model, other weights at the same path (a hash of the weight files) or other settings. Every check
+that needs no weights (options, benchmark files, the model's config and tensor headers, every prompt against
+the model's positions) runs before anything is written, and a run that fails before its first record leaves
+no file behind.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from rlsc_jax import hf
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, load_benchmark, load_jsonl_problems
 from rlsc_jax.config import MeshConfig, check_seed, load_config
 from rlsc_jax.dtypes import DTYPES
-from rlsc_jax.evaluation import check_settings, evaluate_problems, format_table, read_records
+from rlsc_jax.evaluation import check_settings, evaluate_problems, format_table, prompt_ids, read_records, token_budget
 from rlsc_jax.files import atomic_write_json, exclusive_dir, make_dir
 from rlsc_jax.fingerprint import digests, fingerprint
+from rlsc_jax.models import ModelConfig
 from rlsc_jax.protocols import DEFAULT_PROTOCOL, SETTINGS, get_protocol
 from rlsc_jax.report import truncation_warning
 from rlsc_jax.sharding import axis_rules, make_mesh
@@ -73,10 +77,16 @@ def parse_config(overrides: list[str], protocol: str = DEFAULT_PROTOCOL) -> tupl
     return cfg, departures
 
 
-def _check_resume(out_dir: Path, settings: dict, model_dir: Path, weights: dict | None = None) -> dict:
-    """Records in `out_dir` are reused only if the same model path, weights and settings made them; returns the
-    weights' fingerprint (hashes reused from `weights`, else from settings.json when size and mtime match)."""
-    path = out_dir / "settings.json"
+def _has_records(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a graded record (a non-empty per-benchmark JSONL)."""
+    return run_dir.is_dir() and any(f.stat().st_size for f in run_dir.glob("*.jsonl"))
+
+
+def _check_resume(run_dir: Path, settings: dict, model_dir: Path, weights: dict | None = None) -> dict:
+    """Records in `run_dir` are reused only if the same model path, weights and settings made them; returns the
+    weights' fingerprint (hashes reused from `weights`, else from settings.json when size and mtime match).
+    A settings.json without records binds nothing: nothing was evaluated under it. Writes nothing."""
+    path = run_dir / "settings.json"
     old = {}
     if path.is_file():
         try:
@@ -84,30 +94,52 @@ def _check_resume(out_dir: Path, settings: dict, model_dir: Path, weights: dict 
         except json.JSONDecodeError:
             raise ValueError(f"{path}: corrupt; delete it or use another --output-dir") from None
     weights = weights or fingerprint(model_dir, old.get("weights"))
-    if old and "weights" not in old:
+    if not _has_records(run_dir):
+        return weights
+    if not old:
+        raise ValueError(f"{run_dir}: per-problem records without the settings.json that made them; "
+                         "use another --output-dir")
+    if "weights" not in old:
         raise ValueError(f"{path}: written by an eval.py that did not record the weights' hash; "
                          "use another --output-dir")
-    if old:
-        was, now = digests(old["weights"]), digests(weights)
-        if was != now:
-            changed = sorted(set(was) ^ set(now) | {k for k in was.keys() & now.keys() if was[k] != now[k]})
-            raise ValueError(f"{path}: the weights in {model_dir} are not those that made these records "
-                             f"({', '.join(changed)} differ); use another --output-dir")
-        for k, v in settings.items():
-            if old.get(k) != v:
-                raise ValueError(f"{path}: earlier results used {k}={old.get(k)!r}, not {v!r}; "
-                                 f"use another --output-dir")
-    make_dir(out_dir, "--output-dir")
-    atomic_write_json(path, {**settings, "weights": weights})
+    was, now = digests(old["weights"]), digests(weights)
+    if was != now:
+        changed = sorted(set(was) ^ set(now) | {k for k in was.keys() & now.keys() if was[k] != now[k]})
+        raise ValueError(f"{path}: the weights in {model_dir} are not those that made these records "
+                         f"({', '.join(changed)} differ); use another --output-dir")
+    for k, v in settings.items():
+        if old.get(k) != v:
+            raise ValueError(f"{path}: earlier results used {k}={old.get(k)!r}, not {v!r}; "
+                             f"use another --output-dir")
     return weights
 
 
-def _appender(f) -> Callable[[dict], None]:
-    """Appends one record as a JSON line and flushes it, so an interruption loses at most that line."""
-    def append(record: dict) -> None:
-        f.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
-        f.flush()
-    return append
+class _RecordWriter:
+    """Appends graded records to `<run_dir>/<benchmark>.jsonl`, one flushed JSON line each, so an interruption
+    loses at most that line. Nothing is written before the first record: then settings.json (which guards the
+    records) and the file, cut to its complete lines."""
+
+    def __init__(self, run_dir: Path, settings: dict):
+        self.run_dir, self.settings, self.file = run_dir, settings, None
+
+    def open(self, name: str, size: int) -> Callable[[dict], None]:
+        """The appender of benchmark `name`'s records, whose file holds `size` bytes of complete lines."""
+        self.close()
+
+        def append(record: dict) -> None:
+            if self.file is None:
+                make_dir(self.run_dir, "--output-dir")
+                atomic_write_json(self.run_dir / "settings.json", self.settings)
+                self.file = (self.run_dir / f"{name}.jsonl").open("ab")
+                self.file.truncate(size)  # drops a partially written last line
+            self.file.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+            self.file.flush()
+        return append
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 def _load_problems(args: argparse.Namespace, cfg: EvalRunConfig) -> dict[str, list[Problem]]:
@@ -171,23 +203,41 @@ def _read_compare(folder: str, protocol: str, cfg: EvalRunConfig, benchmarks: di
 
 
 def _evaluate(model, tokenizer, cfg: EvalRunConfig, seed: int, benchmarks: dict[str, list[Problem]],
-              out_dir: Path, model_dir: Path) -> dict[str, dict]:
-    """One seed over every benchmark, resuming from and appending to `out_dir/<benchmark>.jsonl` (EOS ids from
+              prompts: dict[str, dict[str, list[int]]], run_dir: Path, settings: dict,
+              model_dir: Path) -> dict[str, dict]:
+    """One seed over every benchmark, resuming from and appending to `run_dir/<benchmark>.jsonl` (EOS ids from
     `model_dir`, the checkpoint the model was loaded from)."""
-    summaries = {}
-    for name, problems in benchmarks.items():
-        path = out_dir / f"{name}.jsonl"
-        done, size = read_records(path)
-        done = {p.id: done[p.id] for p in problems if p.id in done}
-        print(f"{name}: {len(problems)} problems, {len(done)} already in {path}, {len(problems) - len(done)} to "
-              f"generate", flush=True)
-        with path.open("ab") as f:
-            f.truncate(size)  # drops a partially written last line
+    summaries, writer = {}, _RecordWriter(run_dir, settings)
+    try:
+        for name, problems in benchmarks.items():
+            path = run_dir / f"{name}.jsonl"
+            done, size = read_records(path)
+            done = {p.id: done[p.id] for p in problems if p.id in done}
+            print(f"{name}: {len(problems)} problems, {len(done)} already in {path}, {len(problems) - len(done)} to "
+                  f"generate", flush=True)
             _, summaries[name] = evaluate_problems(
                 model, tokenizer, problems, template=cfg.template, num_samples=cfg.num_samples,
                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-                batch_size=cfg.batch_size, seed=seed, done=done, on_record=_appender(f), model_dir=model_dir)
+                batch_size=cfg.batch_size, seed=seed, done=done, on_record=writer.open(name, size),
+                model_dir=model_dir, prompts=prompts[name])
+    finally:
+        writer.close()
     return summaries
+
+
+def _prompts(tokenizer, model_dir: Path, cfg: EvalRunConfig,
+             benchmarks: dict[str, list[Problem]]) -> dict[str, dict[str, list[int]]]:
+    """Every benchmark's prompts, checked against the model's positions (`token_budget`) before anything is
+    loaded or written: a prompt that leaves no room is one line naming the benchmark, the problem and the limit."""
+    positions = ModelConfig.from_file(model_dir).max_position_embeddings
+    out = {}
+    for name, problems in benchmarks.items():
+        out[name] = prompt_ids(tokenizer, problems, cfg.template)
+        try:
+            token_budget(cfg.max_new_tokens, {i: len(ids) for i, ids in out[name].items()}, positions)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    return out
 
 
 def over_seeds(per_seed: list[dict[str, dict]]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -226,22 +276,25 @@ def run(args: argparse.Namespace) -> dict:
     out_dir = Path(args.output_dir or Path("outputs") / f"eval-{model_dir.resolve().name}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--output-dir {out_dir}: exists and is not a directory")
+    hf.check(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    prompts = _prompts(tokenizer, model_dir, cfg, benchmarks)
     with exclusive_dir(out_dir, "--output-dir"):
         run_dirs = {seed: out_dir / f"seed-{seed}" if args.seeds else out_dir for seed in seeds}
-        weights = None
+        weights, settings = None, {}
         for seed, run_dir in run_dirs.items():
-            settings = {"model": str(model_dir.resolve()), "protocol": args.protocol,
-                        **{k: getattr(cfg, k) for k in RESUME_KEYS}, "seed": seed}
-            weights = _check_resume(run_dir, settings, model_dir, weights)
+            settings[seed] = {"model": str(model_dir.resolve()), "protocol": args.protocol,
+                              **{k: getattr(cfg, k) for k in RESUME_KEYS}, "seed": seed}
+            weights = _check_resume(run_dir, settings[seed], model_dir, weights)
 
-        tokenizer = load_tokenizer(model_dir)
         model = hf.load(model_dir, dtype=cfg.dtype, mesh=make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor),
                         rules=cfg.mesh.rules)
         common = {"model": str(model_dir.resolve()), "weights": digests(weights), "protocol": args.protocol,
                   "overrides": departures, "limit": args.limit, "config": dataclasses.asdict(cfg)}
         per_seed = []
         for seed, run_dir in run_dirs.items():
-            per_seed.append(_evaluate(model, tokenizer, cfg, seed, benchmarks, run_dir, model_dir))
+            per_seed.append(_evaluate(model, tokenizer, cfg, seed, benchmarks, prompts, run_dir,
+                                      {**settings[seed], "weights": weights}, model_dir))
             atomic_write_json(run_dir / "results.json", {**common, "seed": seed, "benchmarks": per_seed[-1]})
         results, spread = {**common, "seed": seeds[0], "benchmarks": per_seed[0]}, None
         if args.seeds:

@@ -48,14 +48,24 @@ def check_settings(template: str, num_samples: int, temperature: float, max_new_
         raise ValueError(f"num_samples={num_samples} needs temperature > 0 (greedy samples are all identical)")
 
 
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, problems: list[Problem], template: str) -> dict[str, list[int]]:
+    """Each problem's chat prompt under `template`, as token ids, by problem id."""
+    return {p.id: chat_prompt_ids(tokenizer, user, system)
+            for p, (system, user) in ((p, build_messages(template, p.question)) for p in problems)}
+
+
 def token_budget(max_new_tokens: int, prompt_lengths: dict[str, int], max_positions: int) -> tuple[int, str | None]:
     """New tokens that fit every prompt: `max_new_tokens` capped at the model's positions minus the longest prompt,
-    with a one-line note when capped; an error only when the longest prompt leaves no room at all."""
+    with a one-line note when capped. A prompt that leaves no room for one new token is an error naming the first
+    such problem, how many there are and the limit: scoring the others alone would not be the benchmark's score."""
+    too_long = [i for i, n in prompt_lengths.items() if n >= max_positions]
+    if too_long:
+        raise ValueError(f"{len(too_long)} of {len(prompt_lengths)} prompts leave no room for a new token in the "
+                         f"model's {max_positions} positions (the first, problem '{too_long[0]}', has "
+                         f"{prompt_lengths[too_long[0]]} tokens); evaluate other problems or a model with more "
+                         f"positions")
     longest_id = max(prompt_lengths, key=prompt_lengths.get)
     room = max_positions - prompt_lengths[longest_id]
-    if room < 1:
-        raise ValueError(f"problem '{longest_id}': its prompt of {prompt_lengths[longest_id]} tokens fills the "
-                         f"model's {max_positions} positions; no new token fits")
     if room >= max_new_tokens:
         return max_new_tokens, None
     return room, (f"note: max_new_tokens {max_new_tokens} capped to {room}: the model's {max_positions} positions "
@@ -134,7 +144,8 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
                       top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 2048, batch_size: int = 8,
                       seed: int = 0, progress: bool = True, done: dict[str, dict] | None = None,
                       on_record: Callable[[dict], Any] | None = None,
-                      model_dir: str | Path | None = None) -> tuple[list[dict], dict]:
+                      model_dir: str | Path | None = None,
+                      prompts: dict[str, list[int]] | None = None) -> tuple[list[dict], dict]:
     """Samples, decodes and grades every problem not already in `done` (id -> record); returns (records, summary).
 
     `batch_size` problems share one `sample` call, whose key is the seed folded with the index of the
@@ -142,7 +153,7 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
     `token_budget` over all of `problems` (so it does not depend on batching or on what is already done);
     the summary's `max_new_tokens` is that budget.
     EOS ids: the tokenizer's plus those of `model_dir`'s `generation_config.json` (the checkpoint the model
-    came from), if any.
+    came from), if any. `prompts`: `prompt_ids` of `problems` under `template`, when the caller has them.
     """
     check_settings(template, num_samples, temperature, max_new_tokens, batch_size, top_p=top_p, top_k=top_k)
     if not problems:
@@ -150,8 +161,7 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
     duplicates = [i for i, count in Counter(p.id for p in problems).items() if count > 1]
     if duplicates:
         raise ValueError(f"duplicate problem id '{duplicates[0]}'")
-    prompts = {p.id: chat_prompt_ids(tokenizer, user, system)
-               for p, (system, user) in ((p, build_messages(template, p.question)) for p in problems)}
+    prompts = prompts or prompt_ids(tokenizer, problems, template)
     budget, note = token_budget(max_new_tokens, {i: len(ids) for i, ids in prompts.items()},
                                 model.cfg.max_position_embeddings)
     if note:
@@ -223,7 +233,7 @@ def read_records(path: Path) -> tuple[dict[str, dict], int]:
 
 def format_table(summaries: dict[str, dict], temperature: float, spread: dict[str, dict] | None = None) -> str:
     """A markdown table, one row per benchmark (percentages; mean length in tokens). With n samples, mean@n has
-    its standard error over the n repeats; with `spread` (per benchmark, per metric: sd over seeds) every
+    its standard error over the n repeats (pass@1, the same number, has no column); with `spread` (per benchmark, per metric: sd over seeds) every
     score reads "mean ± sd" instead."""
     first = next(iter(summaries.values()))
     n = first["num_samples"]
@@ -231,7 +241,7 @@ def format_table(summaries: dict[str, dict], temperature: float, spread: dict[st
         score_keys = {"accuracy": "greedy" if temperature == 0 else "accuracy"}
     else:
         score_keys = {f"mean@{n}": f"mean@{n}", f"maj@{n}": f"maj@{n}"}
-        score_keys |= {k: k for k in first if k.startswith("pass@")}
+        score_keys |= {k: k for k in first if k.startswith("pass@") and k != "pass@1"}  # pass@1 is mean@n
     stderr = n > 1 and spread is None
     header = ["benchmark", "problems", *score_keys.values(), "mean length", "truncated %", "max new tokens"]
     if stderr:

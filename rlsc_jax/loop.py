@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 
 import jax
@@ -26,10 +27,11 @@ from rlsc_jax.data import SYNTHETIC_SOURCES, load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol
 from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir
 from rlsc_jax.metrics import MetricsLog, SamplesLog, read_metrics
-from rlsc_jax.run_record import check_resume, write_record
+from rlsc_jax.run_record import check_resume, flatten, write_record
 from rlsc_jax.sampling import bucket_length
 from rlsc_jax.rollouts import answer_ids, answer_stats, sample_rows, sample_summary, truncated
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
+from rlsc_jax.trackers import Trackers, check as check_trackers
 from rlsc_jax.train_state import TrainState
 from rlsc_jax.training import Trainer, rlsc_step
 from rlsc_jax.validation import validate
@@ -71,6 +73,21 @@ def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
             "greedy_truncated_frac": greedy["truncated_frac"]}
 
 
+def _evaluate_during(model, tokenizer, cfg: TrainConfig, problems) -> dict:
+    """`evaluate`'s numbers as `eval/<metric>` keys of a step's metrics, with the seconds it took."""
+    t = time.perf_counter()
+    numbers = {f"eval/{k}": v for k, v in evaluate(model, tokenizer, cfg, problems).items()
+               if isinstance(v, (int, float))}
+    return numbers | {"eval_seconds": time.perf_counter() - t}
+
+
+def _headline(metrics: dict) -> str:
+    """The held-out accuracies among a step's `eval/` metrics, in %, for the console."""
+    n = metrics.get("eval/num_samples")
+    keys = ("eval/greedy_accuracy", "eval/accuracy", f"eval/mean@{n}", f"eval/maj@{n}")
+    return ", ".join(f"{k[5:]} {100 * metrics[k]:.1f}%" for k in keys if k in metrics)
+
+
 def _profiled(cfg: TrainConfig, step: int):
     """A `jax.profiler.trace` into <output_dir>/profile around step `step` if `profile_steps` names it (for
     TensorBoard's profile plugin or Perfetto), else nothing."""
@@ -86,10 +103,11 @@ def _prompt_ids(cfg: TrainConfig, tokenizer, question: str) -> list[int]:
 
 
 def _train(cfg: TrainConfig, trainer: Trainer, state: TrainState, start: int, questions, tokenizer, eos,
-           ckpt: Checkpointer, log: MetricsLog, samples_log: SamplesLog, writer: bool, preempted) -> TrainState:
-    """Steps `start` .. `cfg.steps`: sample, score, update, log (metrics and samples), checkpoint. Returns the
-    final state; once `preempted(step)` (`preemption_notice`) says so, it saves the step it is on and raises
-    `Preempted`."""
+           ckpt: Checkpointer, log: MetricsLog, samples_log: SamplesLog, writer: bool, preempted,
+           heldout: list = ()) -> TrainState:
+    """Steps `start` .. `cfg.steps`: sample, score, update, evaluate on `heldout` every `eval.every` steps, log
+    (metrics and samples), checkpoint. Returns the final state; once `preempted(step)` (`preemption_notice`) says
+    so, it saves the step it is on and raises `Preempted`."""
     prompts, skipped_in_a_row = {}, 0
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, unit="step", disable=not writer)
     for step in bar:
@@ -107,6 +125,9 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: TrainState, start: int, qu
         cut = truncated(result.tokens, result.lengths, s.max_new_tokens, eos)
         metrics.update(answer_stats(result.votes, s.num_samples), truncated_frac=float(cut.mean()),
                        completion_length=float(result.lengths.mean()))
+        if heldout and cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.steps:
+            metrics.update(_evaluate_during(trainer.model(state), tokenizer, cfg, heldout))
+            bar.write(f"step {step + 1}: held-out {_headline(metrics)}")
         skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
         if metrics["skipped"]:
             print(f"step {step + 1}: non-finite loss, gradient or update; update skipped")
@@ -171,6 +192,7 @@ def prepare(cfg: TrainConfig) -> tuple[list, list, jax.sharding.Mesh]:
     """Every check that needs no weights loaded and no file written: config values, the model's config.json
     and tensor headers, the data, the mesh. Returns (questions, held-out questions, mesh)."""
     validate(cfg)
+    check_trackers(cfg.trackers)
     hf.check(cfg.model)
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=cfg.data.num_questions)
@@ -188,10 +210,10 @@ def run(cfg: TrainConfig, before: dict | None = None) -> dict:
     `before` (the base model's held-out metrics, when the caller has them) skips the "before" evaluation.
     """
     checked = prepare(cfg)
-    if jax.process_index() != 0:
-        return _run(cfg, before, *checked)
-    with exclusive_dir(cfg.output_dir, "output_dir"):
-        return _run(cfg, before, *checked)
+    with contextlib.ExitStack() as stack:
+        if jax.process_index() == 0:
+            stack.enter_context(exclusive_dir(cfg.output_dir, "output_dir"))
+        return _run(cfg, before, *checked, stack)
 
 
 def _fit_memory(cfg: TrainConfig, trainer: Trainer, state: dict, questions, tokenizer) -> Trainer:
@@ -204,9 +226,10 @@ def _fit_memory(cfg: TrainConfig, trainer: Trainer, state: dict, questions, toke
     return trainer
 
 
-def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, mesh: jax.sharding.Mesh) -> dict:
+def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, mesh: jax.sharding.Mesh,
+         stack: contextlib.ExitStack) -> dict:
     """`run` once `prepare` has checked the input and process 0 holds the output dir: resuming, the output
-    dir's run must have had the same settings."""
+    dir's run must have had the same settings. The trackers start once that is known and close with `stack`."""
     out = Path(cfg.output_dir)
     resuming = bool(saved_steps(out / "checkpoints"))
     record = check_resume(out, cfg, resuming)
@@ -214,6 +237,8 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
     if writer:
         atomic_write_text(out / "config.yaml", to_yaml(cfg))
         write_record(out, record)
+    trackers = stack.enter_context(Trackers(cfg.trackers, out, cfg.tracker_project,
+                                            flatten(dataclasses.asdict(cfg)))) if writer else None
     model = hf.load(cfg.model, dtype=cfg.dtype, compute_dtype=cfg.compute_dtype, mesh=mesh, rules=cfg.mesh.rules)
     tokenizer = load_tokenizer(cfg.model)
     eos = eos_ids(tokenizer, generation_eos(cfg.model))
@@ -232,11 +257,13 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
     if start:
         state = state.from_checkpoint(restored, start)
         print(f"resuming from step {start} ({meta['questions_seen']} questions seen)")
-    log, samples_log = MetricsLog(out, resume_step=start), SamplesLog(out, resume_step=start)
+    if trackers is not None and heldout and not start:
+        trackers.log(0, {f"eval/{k}": v for k, v in before.items()})
+    log, samples_log = MetricsLog(out, resume_step=start, trackers=trackers), SamplesLog(out, resume_step=start)
     try:
         with preemption_notice() as preempted:
             state = _train(cfg, trainer, state, start, questions, tokenizer, eos, ckpt, log, samples_log,
-                           writer, preempted)
+                           writer, preempted, heldout)
     finally:  # also on an error or Ctrl-C: pending checkpoint writes finish, so the last one is never lost
         log.close()
         samples_log.close()
@@ -249,6 +276,7 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
         result["after"] = evaluate(final, tokenizer, cfg, heldout)
         if writer:
             atomic_write_json(out / "eval_after.json", {"settings": _eval_settings(cfg), "metrics": result["after"]})
+            trackers.log(cfg.steps, {f"eval/{k}": v for k, v in result["after"].items()})
     if writer and cfg.plot:
         from rlsc_jax.plotting import plot_run
         plot_run(read_metrics(out), result, out / "curves.png")

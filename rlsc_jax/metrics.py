@@ -1,27 +1,27 @@
-"""Run logs, written by process 0 only: one JSON line per step (metrics.jsonl) with TensorBoard scalars, and
-one per step and question (samples.jsonl)."""
+"""Run logs, written by process 0 only: one JSON line per step (metrics.jsonl, the source of truth) mirrored to the
+configured trackers (rlsc_jax/trackers.py), and one per step and question (samples.jsonl)."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import jax
 import numpy as np
-from tensorboardX import SummaryWriter
+
+from rlsc_jax.trackers import Trackers
 
 
 class MetricsLog:
-    """Appends step metrics; on resume drops lines beyond the restored step so nothing is logged twice."""
+    """Appends step metrics and hands them to `trackers`; on resume drops lines beyond the restored step so nothing
+    is logged twice."""
 
-    def __init__(self, output_dir: str | Path, resume_step: int = 0):
+    def __init__(self, output_dir: str | Path, resume_step: int = 0, trackers: Trackers | None = None):
         self.enabled = jax.process_index() == 0
         self.path = Path(output_dir) / "metrics.jsonl"
-        if not self.enabled:
-            return
-        self.file = _open_resumed(self.path, resume_step)
-        self.tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+        self.trackers = trackers
+        if self.enabled:
+            self.file = _open_resumed(self.path, resume_step)
 
     def log(self, step: int, metrics: dict) -> None:
         """Writes one step's scalars (step counts completed steps, starting at 1)."""
@@ -30,14 +30,12 @@ class MetricsLog:
         row = {"step": step} | {k: _scalar(v) for k, v in metrics.items()}
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
-        for k, v in row.items():  # non-finite values stay in metrics.jsonl; TensorBoard would warn on each one
-            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                self.tb.add_scalar(k, v, step)
+        if self.trackers is not None:
+            self.trackers.log(step, {k: v for k, v in row.items() if k != "step"})
 
     def close(self) -> None:
         if self.enabled:
             self.file.close()
-            self.tb.close()
 
 
 class SamplesLog:

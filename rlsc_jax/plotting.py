@@ -18,7 +18,8 @@ CURVES = (("loss", "loss", "loss", 1), ("seq_logp_mean", "mean sequence log p", 
 
 
 def plot_run(rows: list[dict], result: dict, path: str | Path) -> Path:
-    """Draws the per-step curves and, when both exist, the held-out metrics before and after training."""
+    """Draws the per-step curves and, when both exist, the held-out accuracies from before training (step 0)
+    through the evaluations during it (`eval/` keys of `rows`) to after it (step `result["steps"]`)."""
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     steps = [r["step"] for r in rows]
     for ax, (key, title, ylabel, scale) in zip(axes.flat, CURVES):
@@ -31,13 +32,15 @@ def plot_run(rows: list[dict], result: dict, path: str | Path) -> Path:
     if before and after:
         n = before.get("num_samples")
         keys = [k for k in ("greedy_accuracy", "accuracy", f"mean@{n}", f"maj@{n}") if k in before and k in after]
-        xs = range(len(keys))
-        ax.bar([x - 0.2 for x in xs], [100 * before[k] for k in keys], width=0.4, label="before")
-        ax.bar([x + 0.2 for x in xs], [100 * after[k] for k in keys], width=0.4, label="after")
-        ax.set_xticks(list(xs), keys)
+        during = [(r["step"], {k[len("eval/"):]: v for k, v in r.items() if k.startswith("eval/")}) for r in rows]
+        points = [(0, before), *[(step, m) for step, m in during if m], (result.get("steps", steps[-1]), after)]
+        for key in keys:
+            ax.plot([s for s, m in points if key in m], [100 * m[key] for _, m in points if key in m], marker="o",
+                    label=key)
         ax.set_ylim(0, 100)
-        ax.legend()
+        ax.legend(fontsize=7)
     ax.set_title("held-out accuracy")
+    ax.set_xlabel("step")
     ax.set_ylabel("% of questions")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

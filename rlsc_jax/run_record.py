@@ -39,12 +39,12 @@ MUTABLE_SHOWN = tuple(k + "*" if k.endswith(".") else k for k in MUTABLE)
 MODEL_FILES = ("*.safetensors", "*.json", "*.txt", "*.model", "*.jinja")  # weights, config, tokenizer
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
     """A nested dict as {dotted.key: value}."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -52,7 +52,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def trajectory_settings(cfg: TrainConfig) -> dict:
     """The config keys that decide the trajectory; `steps` counts only when the schedule decays over it."""
-    flat = _flat(dataclasses.asdict(cfg))
+    flat = flatten(dataclasses.asdict(cfg))
     keep = {k: v for k, v in flat.items() if not any(k == m or (m.endswith(".") and k.startswith(m)) for m in MUTABLE)}
     if cfg.optim.schedule != "constant":
         keep["steps"] = cfg.steps

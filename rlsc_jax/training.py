@@ -246,9 +246,10 @@ class Trainer:
                                           jax.sharding.PartitionSpec(None, sharding_lib.batch_axes(self.rules)))
         return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, spec), micro)
 
-    def _step(self, state, batch, temperature):
+    def _step(self, state, batch, temperature, grad_terms=False):
         """One AdamW step; a non-finite loss, gradient or learning rate leaves the state untouched and is
         reported (`skipped`), and `state_finite` says whether every parameter and moment is finite after it.
+        `grad_terms` adds `_term_metrics` of the step's gradient.
 
         Choosing between the old and new state on the new state's own finiteness would materialise the
         update next to the donated state (+2.4 GiB of temp on the 0.5B step), so that rarer case (an
@@ -258,6 +259,8 @@ class Trainer:
         params, opt_state = state.params, state.opt_state
         loss, metrics, stats, grads = self.loss_and_grads(params, batch, temperature)
         grad_norm = optax.global_norm(grads)
+        if grad_terms:
+            metrics = {**metrics, **self._term_metrics(params, batch, temperature, grads)}
         updates, new_opt = self.tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         lr = self.schedule(_step_count(opt_state))  # the rate this update applies: updates so far, not steps
@@ -278,24 +281,33 @@ class Trainer:
         classes = sharding_lib.batch_sharding(self.mesh, self.rules, 1)
         return Batch(prompt_ids=rows, prompt_mask=rows, tokens=rows, completion_mask=rows, answer_ids=classes)
 
-    @functools.cached_property
-    def _jitted_step(self):
-        """`_step` jitted once with explicit shardings; the train state is donated (updated in place)."""
+    def _jit_step(self, grad_terms: bool):
+        """`_step` jitted with explicit shardings; the train state is donated (updated in place)."""
         replicated = sharding_lib.replicated(self.mesh)
-        return jax.jit(self._step, donate_argnums=(0,),
+        return jax.jit(functools.partial(self._step, grad_terms=grad_terms), donate_argnums=(0,),
                        in_shardings=(self.state_shardings, self._batch_shardings(), replicated),
                        out_shardings=(self.state_shardings, replicated))
 
-    def compile_step(self, state: TrainState, rows: int, prompt_width: int,
-                     completion_width: int) -> jax.stages.Compiled:
-        """The step compiled for a batch of `rows` x (prompt + completion) tokens, without running it.
+    @functools.cached_property
+    def _jitted_step(self):
+        return self._jit_step(False)
+
+    @functools.cached_property
+    def _jitted_step_with_terms(self):
+        return self._jit_step(True)
+
+    def compile_step(self, state: TrainState, rows: int, prompt_width: int, completion_width: int,
+                     grad_terms: bool = False) -> jax.stages.Compiled:
+        """The step (with `grad_terms`: its variant that adds the gradient-term metrics) compiled for a batch of
+        `rows` x (prompt + completion) tokens, without running it.
 
         `state` may be abstract (see `create`); `memory_analysis()` and `cost_analysis()` of the result
         are XLA's per-device bytes and FLOPs for that shape.
         """
-        return self.lower_step(state, rows, prompt_width, completion_width).compile()
+        return self.lower_step(state, rows, prompt_width, completion_width, grad_terms).compile()
 
-    def lower_step(self, state: TrainState, rows: int, prompt_width: int, completion_width: int) -> jax.stages.Lowered:
+    def lower_step(self, state: TrainState, rows: int, prompt_width: int, completion_width: int,
+                   grad_terms: bool = False) -> jax.stages.Lowered:
         """The step lowered for that batch shape: its StableHLO (`as_text()`) carries every sharding it sets."""
         shapes = Batch(prompt_ids=(rows, prompt_width), prompt_mask=(rows, prompt_width),
                        tokens=(rows, completion_width), completion_mask=(rows, completion_width), answer_ids=(rows,))
@@ -303,38 +315,32 @@ class Trainer:
                              self._batch_shardings(), is_leaf=lambda x: isinstance(x, tuple))
         temperature = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding_lib.replicated(self.mesh))
         with sharding_lib.use_mesh(self.mesh):
-            return self._jitted_step.lower(state, batch, temperature)
+            jitted = self._jitted_step_with_terms if grad_terms and self.terms else self._jitted_step
+            return jitted.lower(state, batch, temperature)
 
-    def step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
-        """One jitted, sharded, donated step (compiled once per batch shape), scoring at the sampling temperature."""
+    def step(self, state: TrainState, batch: Batch, grad_terms: bool = False) -> tuple[TrainState, dict]:
+        """One jitted, sharded, donated step (compiled once per batch shape), scoring at the sampling temperature;
+        `grad_terms` adds the gradient-term metrics (`_term_metrics`; a second compilation, one more backward)."""
         temp = sharding_lib.host_to_global(np.float32(self.temperature), sharding_lib.replicated(self.mesh))
         with sharding_lib.use_mesh(self.mesh):
-            return self._jitted_step(state, batch, temp)
+            return (self._jitted_step_with_terms if grad_terms and self.terms else self._jitted_step)(state, batch, temp)
 
-    def gradient_terms(self, state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-        """The gradient norm of each summand of the loss ("grad_norm_<term>_term") and, for two, their cosine
-        ("grad_terms_cosine"), at `state` on `batch`; {} for an objective without summands. One gradient each."""
-        if not self.terms:
-            return {}
-        temp = sharding_lib.host_to_global(np.float32(self.temperature), sharding_lib.replicated(self.mesh))
-        with sharding_lib.use_mesh(self.mesh):
-            return self._jitted_terms(state.params, batch, temp)
-
-    @functools.cached_property
-    def _jitted_terms(self):
-        """`gradient_terms`' computation, jitted: each summand through `loss_and_grads` (exact under grad_accum)."""
-        def norms(params, batch, temperature):
-            grads = [self.loss_and_grads(params, batch, temperature, objective=fn)[-1] for fn in self.terms.values()]
-            out = {f"grad_norm_{name}_term": optax.global_norm(g) for name, g in zip(self.terms, grads)}
-            if len(grads) == 2:
-                dot = sum(jnp.vdot(a.astype(jnp.float32), b.astype(jnp.float32))
-                          for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])))
-                out["grad_terms_cosine"] = dot / jnp.maximum(optax.global_norm(grads[0]) * optax.global_norm(grads[1]),
-                                                             jnp.finfo(jnp.float32).tiny)
-            return out
-        replicated = sharding_lib.replicated(self.mesh)
-        return jax.jit(norms, in_shardings=(self.state_shardings.params, self._batch_shardings(), replicated),
-                       out_shardings=replicated)
+    def _term_metrics(self, params, batch: Batch, temperature, grads) -> dict[str, jax.Array]:
+        """Where the step's gradient `grads` comes from: the gradient norm of each summand of the loss
+        ("grad_norm_<term>_term") and, for two, their cosine ("grad_terms_cosine"). Every summand but the last
+        takes one backward (through `loss_and_grads`, so exact under grad_accum); the last is `grads` minus the
+        others, so it should be the one that never vanishes (rlsc_l2's α term) or fp32 cancellation would show."""
+        *direct, last = self.terms
+        parts = [self.loss_and_grads(params, batch, temperature, objective=self.terms[name])[-1]
+                 for name in direct]
+        parts.append(jax.tree.map(lambda g, *others: g - sum(others), grads, *parts))
+        out = {f"grad_norm_{name}_term": optax.global_norm(g) for name, g in zip(self.terms, parts)}
+        if len(parts) == 2:
+            a, b = ([x.astype(jnp.float32) for x in jax.tree.leaves(g)] for g in parts)
+            dot = sum(jnp.vdot(x, y) for x, y in zip(a, b))
+            norms = out[f"grad_norm_{direct[0]}_term"] * out[f"grad_norm_{last}_term"]
+            out["grad_terms_cosine"] = dot / jnp.maximum(norms, jnp.finfo(jnp.float32).tiny)
+        return out
 
 
 @dataclasses.dataclass
@@ -357,8 +363,8 @@ def rlsc_step(trainer: Trainer, state: TrainState, prompts: list[list[int]], sam
     """One step of the method (docs/method.md): N completions per prompt drawn with the state's `sample_key()`
     at the sampling temperature, their final
     answers voted on the host (`vote(tokens, lengths)`), every completion scored at that same temperature, the
-    objective's loss and one AdamW update; each phase timed. `grad_terms` adds `Trainer.gradient_terms` of the
-    step's batch at the parameters the update starts from."""
+    objective's loss and one AdamW update; each phase timed. `grad_terms` adds the gradient-term metrics
+    (`Trainer._term_metrics`; their backward counts in `train_seconds`)."""
     t0 = time.perf_counter()
     samples = sample(trainer.model(state), prompts, num_samples=sampling.num_samples,
                      max_new_tokens=sampling.max_new_tokens, temperature=trainer.temperature, top_k=sampling.top_k,
@@ -368,18 +374,11 @@ def rlsc_step(trainer: Trainer, state: TrainState, prompts: list[list[int]], sam
     votes = vote(tokens, lengths)
     t2 = time.perf_counter()
     batch = trainer.batch(samples, votes)
-    terms, terms_seconds = {}, 0.0
-    if grad_terms:  # before the update, which donates the state
-        t = time.perf_counter()
-        terms = jax.device_get(trainer.gradient_terms(state, batch))
-        terms_seconds = time.perf_counter() - t
-    state, metrics = trainer.step(state, batch)
-    metrics = {**jax.device_get(metrics), **terms}
+    state, metrics = trainer.step(state, batch, grad_terms)
+    metrics = jax.device_get(metrics)
     t3 = time.perf_counter()
     total_tokens = int(samples.prompt_mask.sum() + lengths.sum())
-    metrics.update(sample_seconds=t1 - t0, vote_seconds=t2 - t1, train_seconds=t3 - t2 - terms_seconds,
-                   tokens_per_second=total_tokens / (t3 - t0 - terms_seconds))
-    if grad_terms:
-        metrics["grad_terms_seconds"] = terms_seconds
+    metrics.update(sample_seconds=t1 - t0, vote_seconds=t2 - t1, train_seconds=t3 - t2,
+                   tokens_per_second=total_tokens / (t3 - t0))
     logps = sharding_lib.to_host(jnp.sum(samples.logprobs * samples.completion_mask, axis=1))
     return StepResult(state, metrics, tokens, lengths, votes, logps)

@@ -47,6 +47,7 @@ def validate(cfg: TrainConfig) -> None:
         ("data.num_questions", cfg.data.num_questions >= 0, ">= 0 (0 = all)"),
         ("eval.num_questions", e.num_questions >= 0, ">= 0 (0 = skip)"),
         ("eval.offset", e.offset >= 0, ">= 0"),
+        ("eval.every", e.every >= 0, ">= 0 (0 = only before and after)"),
         ("eval.num_samples", e.num_samples >= 1, ">= 1"),
         ("eval.batch_size", e.batch_size >= 1, ">= 1"),
         ("eval.temperature", finite(e.temperature) and e.temperature >= 0, "finite and >= 0"),

@@ -184,8 +184,9 @@ def test_token_budget_caps_at_the_models_positions() -> None:
     assert token_budget(2048, {"a": 100, "b": 300}, 4096) == (2048, None)
     budget, note = token_budget(32768, {"a": 100, "b": 300}, 4096)
     assert budget == 3796 and note.startswith("note: max_new_tokens 32768 capped to 3796") and "\n" not in note
-    with pytest.raises(ValueError, match="problem 'b': its prompt of 300 tokens fills the model's 300 positions"):
-        token_budget(16, {"a": 100, "b": 300}, 300)
+    with pytest.raises(ValueError, match="2 of 3 prompts leave no room for a new token in the model's 300 positions "
+                                         r"\(the first, problem 'b', has 300 tokens\)"):
+        token_budget(16, {"a": 100, "b": 300, "c": 301}, 300)
 
 
 def test_truncation_warning_above_five_percent() -> None:
@@ -224,7 +225,7 @@ def test_protocols_are_recorded_and_budgets_capped(tiny_model: Path, benchmark_d
     assert results["config"]["template"] == "rlsc-paper" and results["config"]["temperature"] == 0.7
     assert [k for k in summary if k.startswith(("maj@", "pass@"))] == ["maj@1", "maj@2", "maj@4", "pass@1", "pass@2",
                                                                        "pass@4"]
-    assert "mean@4_stderr" in summary and "| mean@4 | ± se | maj@4 |" in out
+    assert "mean@4_stderr" in summary and "| mean@4 | ± se | maj@4 | pass@2 | pass@4 |" in out  # pass@1 = mean@4
     assert "no longer the protocol as published" in out
     assert summary["truncated_frac"] > 0.05 and "warning: gsm8k:" in out and "lower bound" in out
     assert (tmp_path / "paper" / "pass_at_k.png").stat().st_size > 0
@@ -296,3 +297,37 @@ def test_a_second_eval_on_a_held_output_dir_fails_at_once(tiny_model: Path, benc
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --output-dir=") and "in use by another run" in err and "\n" not in err, err
     assert [p.name for p in out.iterdir()] == [".lock"]
+
+
+def test_a_prompt_too_long_for_the_model_fails_before_anything_is_written(tiny_model: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """A question whose prompt fills the model's 1024 positions: one line naming the benchmark, the problem, how
+    many and the limit, before the model is loaded or the output dir made."""
+    rows = [{"question": "What is 1+1?", "answer": "2"}, {"question": "How many apples? " * 400, "answer": "3"}]
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["--model", str(tiny_model), "--jsonl", str(tmp_path / "long.jsonl"),
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    assert err.startswith("error: long: 1 of 2 prompts leave no room for a new token in the model's 1024 positions "
+                          "(the first, problem '2', has "), err
+
+
+def test_a_failed_eval_leaves_no_settings_and_the_retry_may_change_them(
+        tiny_model: Path, benchmark_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An eval that fails before its first record writes no settings.json and no records file, so a retry with
+    other settings runs; a settings.json without records (as older versions left) binds nothing either."""
+    out = tmp_path / "out"
+
+    def broken(*args, **kwargs):
+        raise ValueError("the sampler failed")
+    monkeypatch.setattr("rlsc_jax.evaluation.sample", broken)
+    assert _main(tiny_model, benchmark_dir, out, "max_new_tokens=8") == 2
+    assert "the sampler failed" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    (out / "settings.json").write_text(json.dumps({"model": "elsewhere", "max_new_tokens": 8, "weights": {}}))
+    monkeypatch.undo()
+    assert _main(tiny_model, benchmark_dir, out, "max_new_tokens=4") == 0
+    assert json.loads((out / "settings.json").read_text())["max_new_tokens"] == 4
+    assert len((out / "gsm8k.jsonl").read_text().splitlines()) == 2

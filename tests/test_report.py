@@ -21,14 +21,19 @@ def _figure(monkeypatch, draw):
 
 
 def test_run_curves_label_axes_and_draw_fractions_in_percent(tmp_path, monkeypatch):
-    rows = [{"step": 1, "loss": 1.0, "seq_logp_mean": -5.0, "mean_token_entropy": 0.3, "majority_share": 0.5,
-             "completion_length": 9.0}]
-    result = {"before": {"num_samples": 4, "greedy_accuracy": 0.25, "mean@4": 0.5},
+    step = {"loss": 1.0, "seq_logp_mean": -5.0, "mean_token_entropy": 0.3, "majority_share": 0.5,
+            "completion_length": 9.0}
+    rows = [{"step": 1, **step}, {"step": 2, **step, "eval/greedy_accuracy": 0.375, "eval/mean@4": 0.625},
+            {"step": 3, **step}]
+    result = {"steps": 3, "before": {"num_samples": 4, "greedy_accuracy": 0.25, "mean@4": 0.5},
               "after": {"num_samples": 4, "greedy_accuracy": 0.5, "mean@4": 0.75}}
     fig = _figure(monkeypatch, lambda: plotting.plot_run(rows, result, tmp_path / "curves.png"))
     assert all(ax.get_ylabel() for ax in fig.axes)
     assert fig.axes[3].lines[0].get_ydata()[0] == 50  # majority share, in %
-    assert [p.get_height() for p in fig.axes[-1].patches] == [25, 50, 50, 75]
+    held_out = fig.axes[-1]  # before (step 0), during (step 2), after (step 3), in %
+    assert [(list(line.get_xdata()), list(line.get_ydata())) for line in held_out.lines] == [
+        ([0, 2, 3], [25, 37.5, 50]), ([0, 2, 3], [50, 62.5, 75])]
+    assert [t.get_text() for t in held_out.get_legend().get_texts()] == ["greedy_accuracy", "mean@4"]
 
 
 def test_pass_at_k_of_one_sample_is_one_point_with_one_legend_entry(tmp_path, monkeypatch):

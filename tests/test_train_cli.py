@@ -47,14 +47,30 @@ def _env():
                 XLA_FLAGS="--xla_force_host_platform_device_count=8")
 
 
-def test_end_to_end_outputs(chat_model, tmp_path, capsys):
-    out = tmp_path / "run"
+def test_end_to_end_outputs(chat_model, tmp_path, capsys, monkeypatch):
+    """Every output, the metrics mirrored to W&B (offline) and MLflow (a local file store) as in metrics.jsonl."""
+    out, store = tmp_path / "run", (tmp_path / "mlruns").as_uri()
+    for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "MLFLOW_TRACKING_URI": store,
+                       "MLFLOW_ALLOW_FILE_STORE": "true"}.items():
+        monkeypatch.setenv(key, value)
     code = train.main([f"model={chat_model}", f"output_dir={out}", "steps=3", "checkpoint_every=2",
-                       "grad_terms_every=2", "eval.num_questions=4", "eval.num_samples=4", *FAST])
+                       "grad_terms_every=2", "eval.num_questions=4", "eval.num_samples=4", "eval.every=2",
+                       "trackers=[tensorboard,wandb,mlflow]", *FAST])
     assert code == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    terms = ("grad_norm_alpha_term", "grad_norm_p_old_term", "grad_terms_cosine", "grad_terms_seconds")
+    during = [sorted(k for k in r if k.startswith("eval")) for r in rows]  # held-out at step 2; 3 is eval_after
+    assert during[0] == during[2] == [] and {"eval/greedy_accuracy", "eval/mean@4", "eval_seconds"} <= set(during[1])
+    import mlflow
+    run_id = json.loads((out / "trackers.json").read_text())["mlflow"]
+    history = mlflow.MlflowClient(store).get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(r["step"], r["loss"]) for r in rows]
+    after = json.loads((out / "eval_after.json").read_text())["metrics"]
+    assert mlflow.MlflowClient(store).get_run(run_id).data.metrics["eval/mean_at_4"] == after["mean@4"]
+    held_out = mlflow.MlflowClient(store).get_metric_history(run_id, "eval/mean_at_4")
+    assert [m.step for m in held_out] == [0, 2, 3] and held_out[1].value == rows[1]["eval/mean@4"]
+    assert list((out / "wandb").glob("offline-run-*/*.wandb"))
+    terms = ("grad_norm_alpha_term", "grad_norm_p_old_term", "grad_terms_cosine")
     assert [all(k in r for k in terms) for r in rows] == [True, True, False]  # step 1, then every 2 steps
     for key in ("loss", "seq_logp_mean", "seq_logp_min", "p_old_underflow_frac", "mean_token_entropy",
                 "mean_self_certainty", "truncated_frac", "completion_length", "distinct_answers", "majority_share",
@@ -331,6 +347,7 @@ BAD_CONFIG_JSON = {"LISTJSON": [1, 2], "ROPESTRING": {"rope_scaling": "linear"},
     (["mesh.rules.mlp=[fsdpp]"], "mesh.rules.mlp=['fsdpp']: unknown mesh axis 'fsdpp'"),
     (["objective=self_certainty", "sampling.num_samples=1"], "sampling.num_samples >= 2"),
     ([f"seed={2**70}"], f"seed={2**70}: must be a 64-bit integer"),
+    (["trackers=[tensorboard,neptune]"], "trackers: unknown tracker 'neptune'; known: tensorboard, wandb, mlflow"),
 ])
 def test_bad_input_is_one_line_error(chat_model, tmp_path, capsys, args, needle):
     """Each is rejected with one line and exit 2 before any weight is loaded or any file written."""
