@@ -51,6 +51,7 @@ class DataConfig:
     data_dir: str = str(BENCHMARK_DIR)  # the six benchmarks shipped in rlsc_jax/data/benchmarks
     question_field: str = "question"
     num_questions: int = 100  # 0 = all (synthetic: 256)
+    offset: int = 0  # skip the first questions: train on a benchmark's tail while eval.* scores its head
     template: str = "plain"
     shuffle: bool = True
 
@@ -93,6 +94,7 @@ class EvalConfig:
     temperature: float = 0.5
     batch_size: int = 16
     protocol: str = "qwen-math"  # benchmark / JSONL sources: this named protocol (rlsc_jax/protocols.py) instead
+    max_new_tokens: int = 0  # evaluation budget; 0 = the protocol's (benchmarks, JSONL) or sampling.max_new_tokens
 
 
 @dataclasses.dataclass
@@ -268,10 +270,12 @@ def validate(cfg: TrainConfig) -> None:
         ("optim.warmup_steps", o.warmup_steps >= 0, ">= 0"),
         ("optim.schedule", o.schedule in ("constant", "cosine"), "'constant' or 'cosine'"),
         ("data.num_questions", cfg.data.num_questions >= 0, ">= 0 (0 = all)"),
+        ("data.offset", cfg.data.offset >= 0, ">= 0"),
         ("eval.num_questions", e.num_questions >= 0, ">= 0 (0 = skip)"),
         ("eval.offset", e.offset >= 0, ">= 0"),
         ("eval.num_samples", e.num_samples >= 1, ">= 1"),
         ("eval.batch_size", e.batch_size >= 1, ">= 1"),
+        ("eval.max_new_tokens", e.max_new_tokens >= 0, ">= 0 (0 = the protocol's or sampling.max_new_tokens)"),
         ("eval.temperature", finite(e.temperature) and e.temperature >= 0, "finite and >= 0"),
         ("dtype", cfg.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
         ("compute_dtype", cfg.compute_dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
