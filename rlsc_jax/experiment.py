@@ -250,7 +250,8 @@ def plot(output: Path, runs: dict[str, dict[int, str]]) -> None:
                         label=ARMS[name][0] if i == 0 else None)
                 ax.set_title(key)
                 ax.set_xlabel("step")
-    axes[0].legend(fontsize=8)
+    if runs:  # none yet while only the base model is in
+        axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(output / "curves.png", dpi=90)
     plt.close(fig)
@@ -278,7 +279,8 @@ def plot_accuracy(output: Path, base: dict[int, dict], runs: dict[str, dict[int,
     axes[0][-1].set_title("training samples answered right (%)")
     for ax in axes[0]:
         ax.set_xlabel("step")
-    axes[0][0].legend(fontsize=7)
+    if by_step:
+        axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(output / "accuracy_vs_steps.png", dpi=90)
     plt.close(fig)
