@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import math
 from pathlib import Path
+from typing import Union
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -13,7 +14,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from rlsc_jax.benchmarks import BENCHMARK_DIR
 from rlsc_jax.hf import DTYPES
-from rlsc_jax.models.decoder import REMAT_POLICIES
+from rlsc_jax.models.decoder import ATTENTION, REMAT_POLICIES
 from rlsc_jax.objectives import HPARAMS, bind_checked
 from rlsc_jax.protocols import get_protocol
 from rlsc_jax.sharding import MESH_AXES, axis_rules
@@ -123,8 +124,11 @@ class TrainConfig:
     objective_args: ObjectiveArgs = dataclasses.field(default_factory=ObjectiveArgs)
     questions_per_step: int = 16
     grad_accum: int = 1
-    remat: bool = False
+    # recompute each layer in the backward pass (true: keeping `remat_policy`'s), or "auto": the cheapest of no
+    # remat, "dots", "nothing" (then a larger grad_accum) whose compiled step fits the device (rlsc_jax.fit)
+    remat: Union[bool, str] = False
     remat_policy: str = "nothing"  # what a rematerialised layer keeps: "nothing" or "dots" (matmul outputs)
+    attention: str = "xla"  # full-sequence attention: "xla" (this project's) or "cudnn" (fused; NVIDIA GPUs)
     logprob_chunk: int = 1024  # tokens per device in each chunk of the fused log-likelihood
     checkpoint_every: int = 10
     grad_terms_every: int = 0  # at step 1 and every K steps, each loss summand's gradient norm (rlsc_l2); 0 = never
@@ -280,7 +284,11 @@ def validate(cfg: TrainConfig) -> None:
         ("dtype", cfg.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
         ("compute_dtype", cfg.compute_dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
         ("export_dtype", cfg.export_dtype in ("", *DTYPES), f"'' or one of {', '.join(DTYPES)}"),
+        ("remat", cfg.remat is True or cfg.remat is False or cfg.remat == "auto", "true, false or auto"),
         ("remat_policy", cfg.remat_policy in REMAT_POLICIES, f"one of {', '.join(REMAT_POLICIES)}"),
+        ("attention", cfg.attention in ATTENTION, f"one of {', '.join(ATTENTION)}"),
+        ("compute_dtype", cfg.attention != "cudnn" or cfg.compute_dtype in ("bfloat16", "float16"),
+         "bfloat16 or float16 with attention=cudnn (the fused kernel has no float32)"),
         *((f"objective_args.{key}", finite(value) and HPARAMS[key][0](value), f"finite and {HPARAMS[key][1]}")
           for key, value in dataclasses.asdict(cfg.objective_args).items()),
         *((f"mesh.{axis}", getattr(cfg.mesh, axis) >= 1 or getattr(cfg.mesh, axis) == -1, ">= 1 or -1")

@@ -36,6 +36,9 @@ HARDWARE = {h.name: h for h in (
     Hardware("h100-80gb", 80 * GiB, 989e12, 67e12, 3350 * GB, 900 * GB,
              "NVIDIA H100 Tensor Core GPU datasheet (SXM5: 989 TFLOPS bf16 dense, 67 TFLOPS fp32, "
              "3.35 TB/s HBM3, 900 GB/s NVLink)"),
+    Hardware("h200", 141 * GB, 989e12, 67e12, 4800 * GB, 900 * GB,
+             "NVIDIA H200 Tensor Core GPU datasheet (SXM: 141 GB HBM3e, 4.8 TB/s, 989 TFLOPS bf16 dense, "
+             "67 TFLOPS fp32, 900 GB/s NVLink)"),
     Hardware("tpu-v5e", 16 * GiB, 197e12, None, 819 * GB, 200 * GB,
              "Google Cloud TPU v5e documentation (per chip: 197 TFLOPS bf16, 16 GB HBM2, 819 GB/s, "
              "ICI 1,600 Gbps)"),

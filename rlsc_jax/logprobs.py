@@ -159,8 +159,8 @@ def token_logprobs(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array
 
 
 def sequence_logprobs(model: Decoder, input_ids: jax.Array, attention_mask: jax.Array, loss_mask: jax.Array,
-                      temperature: float, *, remat: str | None = None,
-                      chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[jax.Array, dict[str, jax.Array]]:
+                      temperature: float, *, remat: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                      fused_attention: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Per-sequence Σ_t loss_mask[t] · log p(input_ids[t] | input_ids[:t]) at `temperature`, fp32 [B].
 
     input_ids [B, T] is the left-padded prompt followed by the completion; attention_mask marks real
@@ -171,8 +171,10 @@ def sequence_logprobs(model: Decoder, input_ids: jax.Array, attention_mask: jax.
     tokens of H(p) and KL(U ‖ p) (differentiable), "lengths" [B] (masked tokens per sequence, fp32),
     "token_logp" [B, T] (0 where unmasked, aligned with input_ids), "mean_entropy" over the masked
     tokens and "num_tokens" (their count). Supervised NLL is -seq_logp.sum() / num_tokens at temperature 1.
+    `remat` and `fused_attention` are `Decoder.hidden_states`'.
     """
-    hidden, _ = model.hidden_states(input_ids, attention_mask=attention_mask, remat=remat)
+    hidden, _ = model.hidden_states(input_ids, attention_mask=attention_mask, remat=remat,
+                                    fused_attention=fused_attention)
     logp, entropy, certainty = token_logprobs(hidden[:, :-1], model.head_weight(), input_ids[:, 1:], temperature,
                                               chunk_size, model.compute_dtype, model.rules)
     mask = loss_mask[:, 1:].astype(bool)

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from rlsc_jax import hf, sharding as sharding_lib
+from rlsc_jax import fit, hf, sharding as sharding_lib
 from rlsc_jax.benchmarks import build_messages
 from rlsc_jax.checkpoints import Checkpointer, preemption_notice, saved_steps
 from rlsc_jax.cli import Preempted
@@ -28,6 +28,7 @@ from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir
 from rlsc_jax.metrics import MetricsLog, SamplesLog, read_metrics
 from rlsc_jax.protocols import get_protocol
 from rlsc_jax.run_record import check_resume, write_record
+from rlsc_jax.sampling import bucket_length
 from rlsc_jax.rollouts import answer_ids, answer_stats, sample_rows, sample_summary, truncated
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
 from rlsc_jax.training import Trainer, rlsc_step
@@ -93,6 +94,12 @@ def _profiled(cfg: TrainConfig, step: int):
     return contextlib.nullcontext()
 
 
+def _prompt_ids(cfg: TrainConfig, tokenizer, question: str) -> list[int]:
+    """A training question as the chat prompt the sampler continues."""
+    system, user = build_messages(cfg.data.template, question)
+    return chat_prompt_ids(tokenizer, user, system)
+
+
 def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, questions, tokenizer, eos,
            ckpt: Checkpointer, log: MetricsLog, samples_log: SamplesLog, writer: bool, preempted) -> dict:
     """Steps `start` .. `cfg.steps`: sample, score, update, log (metrics and samples), checkpoint. Returns the
@@ -104,8 +111,7 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, que
         batch_questions = questions_for_step(questions, step, cfg.questions_per_step, cfg.seed, cfg.data.shuffle)
         for q in batch_questions:
             if q.id not in prompts:
-                system, user = build_messages(cfg.data.template, q.question)
-                prompts[q.id] = chat_prompt_ids(tokenizer, user, system)
+                prompts[q.id] = _prompt_ids(cfg, tokenizer, q.question)
         s = cfg.sampling
         every = cfg.grad_terms_every
         with _profiled(cfg, step + 1):
@@ -199,6 +205,16 @@ def run(cfg: TrainConfig, before: dict | None = None) -> dict:
         return _run(cfg, before, *checked)
 
 
+def _fit_memory(cfg: TrainConfig, trainer: Trainer, state: dict, questions, tokenizer) -> Trainer:
+    """`remat: auto` resolved for the longest batch these questions make (`rlsc_jax.fit`), and said."""
+    longest = max(len(_prompt_ids(cfg, tokenizer, q.question)) for q in questions)
+    memory = fit.device_memory_bytes()
+    trainer, tried = fit.fit(trainer, state, cfg.questions_per_step * cfg.sampling.num_samples,
+                             bucket_length(longest), cfg.sampling.max_new_tokens, memory)
+    print(fit.report(trainer, tried, memory))
+    return trainer
+
+
 def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, mesh: jax.sharding.Mesh) -> dict:
     """`run` once `prepare` has checked the input and process 0 holds the output dir: resuming, the output
     dir's run must have had the same settings."""
@@ -213,6 +229,8 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
     tokenizer = load_tokenizer(cfg.model)
     eos = eos_ids(tokenizer, generation_eos(cfg.model))
     trainer, state = Trainer.create(model, cfg, mesh)
+    if cfg.remat == "auto":
+        trainer = _fit_memory(cfg, trainer, state, questions, tokenizer)
     if heldout:
         if before is None and resuming:
             before = _saved_before(out, cfg)

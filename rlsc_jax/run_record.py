@@ -21,7 +21,7 @@ from rlsc_jax.models import ModelConfig
 RECORD = "run.json"
 MUTABLE = ("model", "output_dir", "steps", "checkpoint_every", "grad_terms_every", "show_samples_every",
            "profile_steps", "keep_checkpoints", "max_skipped_steps", "export_final", "export_dtype", "plot",
-           "grad_accum", "remat", "remat_policy", "logprob_chunk", "data.data_dir", "mesh.", "eval.")
+           "grad_accum", "remat", "remat_policy", "attention", "logprob_chunk", "data.data_dir", "mesh.", "eval.")
 MUTABLE_SHOWN = tuple(k + "*" if k.endswith(".") else k for k in MUTABLE)
 MODEL_FILES = ("*.safetensors", "*.json", "*.txt", "*.model", "*.jinja")  # weights, config, tokenizer
 

@@ -105,12 +105,20 @@ def _token_logp(logits, token):
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
+# How top-k finds each row's k-th largest logit: None = by bisection on CPU, by `lax.top_k` elsewhere.
+TOP_K_BISECTION: bool | None = None
+
+
 def _kth_largest(x, k: int):
     """Each row's k-th largest value of x [rows, V] (ties counted), as [rows, 1].
 
-    A bisection over float32's bit patterns ordered as integers: at most 32 compare-and-count passes over the
-    row. `lax.top_k` sorts, and at V = 152k on CPU it cost 300 ms a decode step, more than the whole model.
+    On CPU, a bisection over float32's bit patterns ordered as integers: at most 32 compare-and-count passes
+    over the row. `lax.top_k` sorts, and at V = 152k on CPU it cost 300 ms a decode step, more than the whole
+    model. On a GPU the sort is cheap and each pass of the bisection's data-dependent loop a round trip to the
+    host, so there `lax.top_k` it is.
     """
+    if not (jax.default_backend() == "cpu" if TOP_K_BISECTION is None else TOP_K_BISECTION):
+        return jax.lax.top_k(x, k)[0][:, -1:]
     bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
     keys = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))  # increasing in x
     lo, hi = keys.min(axis=-1), keys.max(axis=-1)  # invariant: count(keys >= lo) >= k

@@ -24,6 +24,7 @@ from flax import nnx, struct
 from rlsc_jax import sharding as sharding_lib
 from rlsc_jax.config import OptimConfig, SamplingConfig, TrainConfig
 from rlsc_jax.logprobs import sequence_logprobs
+from rlsc_jax.models.decoder import ATTENTION
 from rlsc_jax.objectives import DIFFERENTIABLE, SequenceStats, bind_checked, bind_terms
 from rlsc_jax.sampling import Samples, sample
 
@@ -114,6 +115,7 @@ class Trainer:
     temperature: float  # the sampling temperature, at which every step scores its completions
     rules: sharding_lib.Rules  # the model's logical-axis rules: its parameters', the batch's and the step's shardings
     terms: dict[str, Callable] = dataclasses.field(default_factory=dict)  # the objective's summands, by name
+    attention: str | None = None  # `jax.nn.dot_product_attention`'s implementation for the step (None: the model's own)
 
     @classmethod
     def create(cls, model: nnx.Module, cfg: TrainConfig, mesh: jax.sharding.Mesh) -> tuple["Trainer", dict]:
@@ -137,10 +139,13 @@ class Trainer:
         else:
             params = jax.device_put(params, param_sh)
             state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params)}
+        if cfg.attention == "cudnn" and mesh.devices.flat[0].platform != "gpu":
+            raise ValueError(f"attention=cudnn needs NVIDIA GPUs; the mesh's devices are "
+                             f"{mesh.devices.flat[0].platform} (use attention=xla)")
         trainer = cls(graphdef, tx, schedule, mesh, shardings, objective_fn(cfg),
-                      cfg.sampling.num_samples, cfg.grad_accum, cfg.remat_policy if cfg.remat else None,
+                      cfg.sampling.num_samples, cfg.grad_accum, cfg.remat_policy if cfg.remat is True else None,
                       cfg.logprob_chunk * sharding_lib.row_shards(mesh, model.rules), cfg.sampling.temperature,
-                      model.rules, objective_terms(cfg))
+                      model.rules, objective_terms(cfg), ATTENTION[cfg.attention])
         return trainer, state
 
     def model(self, state: dict) -> nnx.Module:
@@ -182,7 +187,7 @@ class Trainer:
         attention = jnp.concatenate([batch.prompt_mask, batch.completion_mask], axis=1)
         loss_mask = jnp.concatenate([jnp.zeros_like(batch.prompt_mask), batch.completion_mask], axis=1)
         logp, aux = sequence_logprobs(model, ids, attention, loss_mask, temperature, remat=self.remat,
-                                      chunk_size=self.chunk_size)
+                                      chunk_size=self.chunk_size, fused_attention=self.attention)
         return SequenceStats(logp, aux["entropy"], aux["certainty"], aux["lengths"], batch.answer_ids)
 
     def loss_and_grads(self, params, batch, temperature):

@@ -162,3 +162,39 @@ def test_blocked_attention_matches_plain_and_transformers(pair, monkeypatch):
     for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads)):
         err = np.abs(np.asarray(g) - np.asarray(p)).max() / max(np.abs(np.asarray(p)).max(), 1e-12)
         assert err < 1e-5, f"blocked vs plain attention gradient: relative error {err}"
+
+
+def test_fused_attention_matches_transformers_and_plain_gradients(pair):
+    """`fused_attention` (here `jax.nn.dot_product_attention`'s XLA implementation, the API the cuDNN kernel sits
+    behind) over rows padded on the left and on the right: transformers' logits on the real tokens and the
+    gradients of this module's own attention."""
+    from flax import nnx
+    ref, model = pair
+    ids = _ids((3, 12), seed=6)
+    mask = np.ones_like(ids)
+    mask[1, :4] = 0  # left padding (a short prompt)
+    mask[2, :2], mask[2, 9:] = 0, 0  # both (a short prompt and a completion that ended early)
+    mask[0, 7:] = 0  # right padding only
+    graphdef, state = nnx.split(model)
+    weights = jnp.asarray(np.random.RandomState(2).normal(size=(3, 12, model.cfg.hidden_size)), jnp.float32)
+
+    def loss(state, fused):
+        hidden, _ = nnx.merge(graphdef, state).hidden_states(jnp.asarray(ids), attention_mask=jnp.asarray(mask),
+                                                             fused_attention=fused)
+        return jnp.sum(jnp.where(jnp.asarray(mask)[..., None] == 1, hidden * weights, 0.0)), hidden
+
+    (_, plain), plain_grads = jax.value_and_grad(loss, has_aux=True)(state, None)
+    (_, fused), grads = jax.value_and_grad(loss, has_aux=True)(state, "xla")
+    with torch.no_grad():
+        positions = torch.tensor(np.maximum(np.cumsum(mask, 1) - 1, 0))
+        out = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=positions,
+                  output_hidden_states=True)
+    real = mask == 1
+    want = out.hidden_states[-1].numpy()
+    err = np.abs(np.asarray(fused)[real] - want[real]).max()
+    assert err < TOL, f"fused attention vs transformers: max abs error {err}"
+    err = np.abs(np.asarray(fused)[real] - np.asarray(plain)[real]).max()
+    assert err < TOL, f"fused vs plain attention: max abs error {err}"
+    for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads)):
+        err = np.abs(np.asarray(g) - np.asarray(p)).max() / max(np.abs(np.asarray(p)).max(), 1e-12)
+        assert err < 1e-5, f"fused vs plain attention gradient: relative error {err}"
