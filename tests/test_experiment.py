@@ -171,6 +171,7 @@ def test_overrides_may_follow_the_list_options(monkeypatch, tmp_path):
     (["--config", "{tmp}/missing.yaml"], "missing.yaml: config file not found"),
     (["--output", "{tmp}/a_file"], "a_file': cannot create the directory"),
     (["--arms", "rlsc_l1", "optim.lr=-1"], "optim.lr=-1.0: must be finite and > 0"),
+    (["--arms", "rlsc_l1", "--eval-steps", "1", "optim.schedule=cosine"], "needs optim.schedule=constant"),
 ])
 def test_bad_input_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatch, args, needle):
     monkeypatch.setattr(experiment, "base_model", lambda *a: pytest.fail("ran despite bad input"))
