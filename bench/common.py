@@ -1,4 +1,4 @@
-"""Helpers shared by the `bench/` scripts: the shared random Qwen2 on both sides, FLOP counts, the
+"""Helpers shared by the `bench/` scripts: the shared random Qwen2 on both sides, the
 machine's matmul peak, an interleaved timing loop, and the markdown table / JSON output.
 
 Every bench script compares this project (JAX) against PyTorch `transformers` on the same machine, in
@@ -157,39 +157,6 @@ def torch_at_its_best() -> None:
 def spread(timing: "Timing") -> str:
     """The median and the range of the timed calls, as text."""
     return f"{timing.median:.3g} s ({min(timing.times):.3g}-{max(timing.times):.3g})"
-
-
-# ---------------------------------------------------------------------------------------------- FLOPs
-
-def matmul_params(cfg) -> dict[str, int]:
-    """Weights that take part in a matmul per token, for an `rlsc_jax` ModelConfig.
-
-    `layers` = every decoder-layer parameter (projections; biases and norms are included, they are
-    <0.1%); `lm_head` = V*E (the tied embedding counts here, as it is the output projection). The input
-    embedding is a gather, not a matmul, so it is excluded.
-    """
-    e, v = cfg.hidden_size, cfg.vocab_size
-    head = e * v
-    embed = v * e
-    layers = cfg.num_params - embed - (0 if cfg.tie_word_embeddings else head) - e  # minus the final norm
-    return {"layers": layers, "lm_head": head}
-
-
-def forward_flops(cfg, batch: int, seq: int, causal: bool = True) -> int:
-    """FLOPs of one full-sequence forward that produces the full [B, T, V] logits.
-
-        2 * (decoder-layer params + LM head params) * B * T          (every weight: one multiply-add per token)
-      + 4 * L * B * H * T^2 * D  (/ 2 when causal)                   (QK^T and PV, 2 * T * T * D each per head)
-
-    Causal attention counts only the useful lower triangle (both implementations here compute the
-    full square and mask, so the count is conservative). Norms, RoPE, softmax and SiLU are ignored.
-    """
-    p = matmul_params(cfg)
-    tokens = batch * seq
-    attn = 4 * cfg.num_layers * batch * cfg.num_heads * seq * seq * cfg.head_dim
-    if causal:
-        attn //= 2
-    return 2 * (p["layers"] + p["lm_head"]) * tokens + attn
 
 
 # ------------------------------------------------------------------------------------------ timing

@@ -28,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench.common import (environment, markdown_table, matmul_params, matmul_peak, memory_bandwidth,  # noqa: E402
+from bench.common import (environment, markdown_table, matmul_peak, memory_bandwidth,  # noqa: E402
                           qwen25_05b_config, weights_label, write_json)
 from rlsc_jax import hf  # noqa: E402
 from rlsc_jax.models import Decoder, ModelConfig  # noqa: E402
@@ -139,8 +139,8 @@ def main(argv=None) -> int:
     accounted = sum(results[n] for n in built if n not in ("LM head matmul",))
     rows.append(["other (norms, RoPE, residuals, fusion boundaries)", (step - accounted) * 1e3,
                  100 * (step - accounted) / step])
-    gflop = 2 * sum(matmul_params(cfg).values()) * args.rows / 1e9
-    weight_gb = 4 * sum(matmul_params(cfg).values()) / 1e9
+    gflop = 2 * sum(cfg.matmul_params.values()) * args.rows / 1e9
+    weight_gb = 4 * sum(cfg.matmul_params.values()) / 1e9
     bandwidth, peak = memory_bandwidth(), max(matmul_peak().values())
     floor = max(weight_gb / bandwidth, gflop / peak)
     results.update(bandwidth_gbps=bandwidth, matmul_peak_gflops=peak, floor_seconds=floor)

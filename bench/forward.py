@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench.common import (add_protocol_args, build_shared_qwen2, check_quiet, environment, forward_flops,  # noqa: E402
-                          jax_blocking, load_note, load_shared, machine_load, markdown_table, matmul_params,
+from bench.common import (add_protocol_args, build_shared_qwen2, check_quiet, environment,  # noqa: E402
+                          jax_blocking, load_note, load_shared, machine_load, markdown_table,
                           matmul_peak, max_abs_diff, qwen25_05b_config, time_calls, torch_at_its_best, weights_label,
                           write_json)
 
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     finally:
         shared.cleanup()
 
-    flops = forward_flops(cfg, args.batch, args.seq)
+    flops = cfg.matmul_flops(args.batch, args.seq, causal=True)
     tokens = args.batch * args.seq
     machine_peak = max(peak.values())  # the machine's fp32 matmul rate: the faster library's 2048^3 matmul
     results = {}
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
             "fraction_of_matmul_peak": gflops / machine_peak,
         }
     ratio = results["jax"]["tokens_per_s"] / results["torch"]["tokens_per_s"]
-    p = matmul_params(cfg)
+    p = cfg.matmul_params
 
     print(f"forward: {weights_label(args)}; {load_note(load_before, machine_load(), args)}")
     print(f"forward: Qwen2.5-0.5B shapes, {cfg.num_layers} layers, fp32, batch {args.batch} x seq {args.seq} "

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     from flax import nnx
 
     from rlsc_jax.config import load_config
-    from rlsc_jax.hf import DTYPES
+    from rlsc_jax.dtypes import DTYPES
     from rlsc_jax.models import Decoder, ModelConfig
 
     cfg = load_config(args.config, args.overrides)
@@ -51,8 +51,7 @@ def main(argv=None) -> int:
 
     def value_and_grad(state, fused):
         def loss(state):
-            hidden, _ = nnx.merge(graphdef, state).hidden_states(ids, attention_mask=jnp.asarray(mask),
-                                                                 fused_attention=fused)
+            hidden = nnx.merge(graphdef, state).forward(ids, attention_mask=jnp.asarray(mask), fused_attention=fused)
             hidden = hidden.astype(jnp.float32)
             return jnp.sum(jnp.where(jnp.asarray(mask)[..., None] == 1, hidden * weights, 0.0)), hidden
         return jax.value_and_grad(loss, has_aux=True)(state)

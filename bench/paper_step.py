@@ -126,7 +126,7 @@ def decode_figures(trainer, state, cfg, model_cfg, prompt_len: int, hbm: float) 
     jax.block_until_ready(samples.tokens)
     seconds = time.perf_counter() - t0
     graphdef, params = nnx.split(model)
-    layers, head = sampling.decode_layout(graphdef, params)
+    layers, head = sampling.Sampler(graphdef, s.num_samples, s.max_new_tokens, (0,), 0).layout(params)
     weights = sum(x.nbytes for x in jax.tree.leaves((layers, head)))
     if head is None:  # tied and uncast: the LM head is the embedding itself
         weights += model.embed[...].nbytes
@@ -154,13 +154,13 @@ def main(argv=None) -> int:
     import jax
     from flax import nnx
 
-    from rlsc_jax.config import load_config, validate
+    from rlsc_jax.config import load_config
+    from rlsc_jax.dtypes import DTYPES
     from rlsc_jax.hardware import get_hardware
-    from rlsc_jax.hf import DTYPES
     from rlsc_jax.models import Decoder, ModelConfig
-    from rlsc_jax.plan import analytic_train_flops
     from rlsc_jax.sharding import make_run_mesh
     from rlsc_jax.training import Trainer
+    from rlsc_jax.validation import validate
 
     hardware = get_hardware(args.hardware)
     cfg = load_config(args.config, [*args.overrides, "remat=false", "attention=xla"])
@@ -173,16 +173,16 @@ def main(argv=None) -> int:
     rows, width = cfg.questions_per_step * cfg.sampling.num_samples, args.prompt_len + cfg.sampling.max_new_tokens
     shape = (rows, args.prompt_len, cfg.sampling.max_new_tokens)
     batch = full_length_batch(trainer, *shape, model_cfg.vocab_size)
-    flops = analytic_train_flops(model_cfg, rows, width)
-    attention = 12 * model_cfg.num_layers * rows * model_cfg.num_heads * width**2 * model_cfg.head_dim
+    flops = model_cfg.matmul_flops(rows, width, train=True)
+    causal = model_cfg.matmul_flops(rows, width, train=True, causal=True)
     peak = hardware.matmul_flops(cfg.compute_dtype)
     report = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "hardware": hardware.name,
               "rows": rows, "prompt_len": args.prompt_len, "completion_len": cfg.sampling.max_new_tokens,
-              "num_params": model_cfg.num_params, "train_flops": flops, "causal_train_flops": flops - attention / 2,
+              "num_params": model_cfg.num_params, "train_flops": flops, "causal_train_flops": causal,
               "settings": []}
     print(f"{report['device']}, jax {jax.__version__}: {model_cfg.num_params / 1e9:.2f} B parameters, "
           f"{rows} rows x ({args.prompt_len} + {cfg.sampling.max_new_tokens}) tokens, {cfg.dtype} masters, "
-          f"{cfg.compute_dtype} compute; {flops / 1e12:.0f} TFLOP per step (causal {(flops - attention / 2) / 1e12:.0f})",
+          f"{cfg.compute_dtype} compute; {flops / 1e12:.0f} TFLOP per step (causal {causal / 1e12:.0f})",
           flush=True)
     print("| attention:remat | chosen | s/step | MFU (full-square attn) | MFU (causal attn) | compiled peak GiB | "
           "allocator peak GiB | compile + 1st step s |\n|---|---|---|---|---|---|---|---|", flush=True)
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
             print(f"| {setting} | failed: {row['error']} |", flush=True)
             report["settings"].append(row)
             continue
-        row["mfu"], row["mfu_causal"] = flops / row["seconds"] / peak, (flops - attention / 2) / row["seconds"] / peak
+        row["mfu"], row["mfu_causal"] = flops / row["seconds"] / peak, causal / row["seconds"] / peak
         report["settings"].append(row)
         print(f"| {setting} | remat {row['remat'] or 'off'}, accum {row['grad_accum']} | {row['seconds']:.3f} | "
               f"{row['mfu']:.1%} | {row['mfu_causal']:.1%} | {row['compiled_peak_bytes'] / GiB:.1f} | "

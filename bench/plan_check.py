@@ -76,8 +76,9 @@ def measure(args) -> dict:
     import numpy as np
     from flax import nnx
 
-    from rlsc_jax.config import load_config, validate
-    from rlsc_jax.hf import DTYPES
+    from rlsc_jax.config import load_config
+    from rlsc_jax.validation import validate
+    from rlsc_jax.dtypes import DTYPES
     from rlsc_jax.models import Decoder, ModelConfig
     from rlsc_jax.sampling import sample
     from rlsc_jax.sharding import make_run_mesh

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import (add_protocol_args, check_quiet, environment, load_note, machine_load,  # noqa: E402
-                          markdown_table, matmul_params, matmul_peak, shared_model, spread, time_calls,
+                          markdown_table, matmul_peak, shared_model, spread, time_calls,
                           torch_at_its_best, torch_device, torch_sync, weights_label, write_json)
 from rlsc_jax import hf  # noqa: E402
 from rlsc_jax.sampling import sample  # noqa: E402
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
             {"jax fp32": shared.jax_model, "torch fp32": torch_model, **({"jax bf16": bf16} if bf16 else {})}
         baseline = "torch bf16" if gpu else "torch fp32"
         peak = max(matmul_peak("bfloat16" if gpu else "float32").values())
-        flops_per_token = 2 * sum(matmul_params(cfg).values())
+        flops_per_token = 2 * sum(cfg.matmul_params.values())
         rng = np.random.default_rng(0)
         rows, results = [], {}
         for num_prompts in args.prompts:

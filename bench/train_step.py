@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     if args.side:
         return child(args)
     from bench.common import (build_shared_qwen2, check_quiet, environment, load_note, machine_load, markdown_table,
-                              matmul_params, matmul_peak, qwen25_05b_config, torch_device, weights_label, write_json)
+                              matmul_peak, qwen25_05b_config, torch_device, weights_label, write_json)
     from rlsc_jax.models import ModelConfig
     load_before = check_quiet(args)
     peak = max(matmul_peak(args.compute_dtype).values())
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
             results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
     tokens = args.rows * (args.prompt_len + args.completion_len)
     seq = args.prompt_len + args.completion_len
-    flops = 6 * sum(matmul_params(cfg).values()) * tokens + 6 * cfg.num_layers * args.rows * cfg.num_heads * seq**2 * cfg.head_dim
+    flops = cfg.matmul_flops(args.rows, seq, train=True, causal=True)
     rows = []
     for side, r in results.items():
         if r.get("killed"):

@@ -156,7 +156,7 @@ PROMPTS: dict[str, PromptTemplate] = {
     # The question alone as the user message (no system prompt); the embedded default model is trained with it.
     "plain": PromptTemplate(None, "{problem}"),
 }
-DEFAULT_PROMPT = "qwen-math"
+DEFAULT_TEMPLATE = "qwen-math"
 
 
 def build_messages(template: str, question: str) -> tuple[str | None, str]:

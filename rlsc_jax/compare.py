@@ -1,7 +1,8 @@
 """Check this project's numerics against PyTorch `transformers` on a checkpoint, before trusting a long run.
 
     python -m rlsc_jax.compare --model DIR [--prompt TEXT | --benchmark NAME [--data-dir DIR]] [--tokens N]
-                               [--dtype float32|bfloat16] [--compute-dtype ...] [--step] [--layers K] [--json FILE]
+                               [--dtype float32|bfloat16|float16] [--compute-dtype ...] [--step] [--layers K]
+                               [--json FILE]
 
 On the chat-templated prompt it compares the forward layer by layer (hidden states, logits, argmax), then
 N greedy tokens from this project's sampler against `generate(do_sample=False)`, and with --step one
@@ -23,12 +24,12 @@ import jax
 
 from rlsc_jax import hf, parity, torch_reference
 from rlsc_jax.benchmarks import BENCHMARK_DIR, build_messages, load_benchmark
-from rlsc_jax.cli import exit_process, run_command
+from rlsc_jax.cli import exit_process, prog, run_command
+from rlsc_jax.dtypes import DTYPES
 from rlsc_jax.files import atomic_write_json, check_writable
 from rlsc_jax.models import ModelConfig
 
-DTYPES = ("float32", "bfloat16")
-DEFAULT_PROMPT = "A farmer has 17 sheep and buys 5 more, then sells 8. How many sheep does the farmer have now?"
+DEFAULT_QUESTION = "A farmer has 17 sheep and buys 5 more, then sells 8. How many sheep does the farmer have now?"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +63,14 @@ TOLERANCES = {
 
 
 def precision(dtype: str, compute_dtype: str) -> str:
-    """The tolerance class: bfloat16 as soon as either side computes or stores in it."""
-    return "bfloat16" if "bfloat16" in (dtype, compute_dtype) else "float32"
+    """The tolerance class: half precision's (named bfloat16) as soon as either side computes or stores in
+    bfloat16 or float16 (float16 keeps 3 more mantissa bits than bfloat16, so its class is loose for it)."""
+    return "bfloat16" if {dtype, compute_dtype} & {"bfloat16", "float16"} else "float32"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m rlsc_jax.compare", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("compare"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="HF checkpoint directory (config, safetensors, tokenizer)")
     source = p.add_mutually_exclusive_group()
@@ -90,7 +92,7 @@ def prompt_text(args: argparse.Namespace) -> str:
     if args.benchmark is None:
         if args.data_dir is not None:
             raise ValueError("--data-dir is for --benchmark; give --benchmark NAME too")
-        return DEFAULT_PROMPT if args.prompt is None else args.prompt
+        return DEFAULT_QUESTION if args.prompt is None else args.prompt
     return load_benchmark(args.benchmark, args.data_dir or BENCHMARK_DIR, limit=1)[0].question
 
 
@@ -259,5 +261,10 @@ def main(argv=None) -> int:
     return 1 if report["failures"] else 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m rlsc_jax.compare`."""
     exit_process(main())
+
+
+if __name__ == "__main__":
+    cli()

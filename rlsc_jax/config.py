@@ -1,10 +1,11 @@
-"""Training configuration: a dataclass schema, YAML files and `key=value` overrides, via OmegaConf."""
+"""Training configuration: a dataclass schema, YAML files and `key=value` overrides, via OmegaConf.
+
+The schema imports nothing of the model, mesh or objectives; `rlsc_jax.validation` checks a config against them."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from pathlib import Path
 from typing import Union
 
@@ -13,11 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from rlsc_jax.benchmarks import BENCHMARK_DIR
-from rlsc_jax.hf import DTYPES
-from rlsc_jax.models.decoder import ATTENTION, REMAT_POLICIES
-from rlsc_jax.objectives import HPARAMS, bind_checked
-from rlsc_jax.protocols import get_protocol
-from rlsc_jax.sharding import MESH_AXES, axis_rules
 
 PACKAGE = Path(__file__).resolve().parent
 DEFAULT_MODEL = str(PACKAGE / "assets" / "default_model")
@@ -30,6 +26,14 @@ def _asset(name: str) -> str:
 
 
 OmegaConf.register_resolver("asset", _asset, replace=True)
+
+MAY_CHANGE = "may_change_on_resume"  # field metadata: see `resumable`
+
+
+def resumable(default=dataclasses.MISSING, *, factory=dataclasses.MISSING):
+    """A field a run may change when it resumes (`run_record`): it decides how long, where, how often or with what
+    memory layout the run goes on, not what it computes. On a section, every key of it."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={MAY_CHANGE: True})
 
 
 @dataclasses.dataclass
@@ -49,7 +53,7 @@ class DataConfig:
     rlsc_jax/synthetic_long.py), a benchmark name, or a JSONL path."""
 
     source: str = "synthetic"
-    data_dir: str = str(BENCHMARK_DIR)  # the six benchmarks shipped in rlsc_jax/data/benchmarks
+    data_dir: str = resumable(str(BENCHMARK_DIR))  # the six benchmarks shipped in rlsc_jax/data/benchmarks
     question_field: str = "question"
     num_questions: int = 100  # 0 = all (synthetic: 256)
     offset: int = 0  # skip the first questions: train on a benchmark's tail while eval.* scores its head
@@ -114,36 +118,40 @@ MOVED = {"alpha": "objective_args.alpha", "advantage_eps": "objective_args.advan
 class TrainConfig:
     """Everything `train.py` reads. `model`, `output_dir`, `steps`, `seed` and `mesh.*` are a stable contract."""
 
-    model: str = DEFAULT_MODEL
-    output_dir: str = "runs/default"
-    steps: int = 30
+    model: str = resumable(DEFAULT_MODEL)  # the weights' content is recorded, not their path
+    output_dir: str = resumable("runs/default")
+    steps: int = resumable(30)  # when the schedule is constant (`run_record.trajectory_settings`)
     seed: int = 0
     dtype: str = "float32"  # storage of parameters and optimizer state (the masters)
     compute_dtype: str = "float32"  # matmuls and attention (bfloat16 on GPU/TPU)
     objective: str = "rlsc_l2"
     objective_args: ObjectiveArgs = dataclasses.field(default_factory=ObjectiveArgs)
     questions_per_step: int = 16
-    grad_accum: int = 1
+    grad_accum: int = resumable(1)
     # recompute each layer in the backward pass (true: keeping `remat_policy`'s), or "auto": the cheapest of no
     # remat, "dots", "nothing" (then a larger grad_accum) whose compiled step fits the device (rlsc_jax.fit)
-    remat: Union[bool, str] = False
-    remat_policy: str = "nothing"  # what a rematerialised layer keeps: "nothing" or "dots" (matmul outputs)
-    attention: str = "xla"  # full-sequence attention: "xla" (this project's) or "cudnn" (fused; NVIDIA GPUs)
-    logprob_chunk: int = 1024  # tokens per device in each chunk of the fused log-likelihood
-    checkpoint_every: int = 10
-    grad_terms_every: int = 0  # at step 1 and every K steps, each loss summand's gradient norm (rlsc_l2); 0 = never
-    show_samples_every: int = 10  # every K steps print one question's most and least likely completion; 0 = never
-    profile_steps: list[int] = dataclasses.field(default_factory=list)  # steps (from 1) traced into output_dir/profile
-    max_skipped_steps: int = 3  # this many non-finite steps in a row stop the run (exit 2, no final/)
-    keep_checkpoints: int = 2
-    export_final: bool = True
-    export_dtype: str = ""  # dtype of the exported final/ checkpoint; "" = the masters' (`dtype`)
-    plot: bool = True
-    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    remat: Union[bool, str] = resumable(False)
+    remat_policy: str = resumable("nothing")  # what a rematerialised layer keeps: "nothing" or "dots" (matmul outputs)
+    attention: str = resumable("xla")  # full-sequence attention: "xla" (this project's) or "cudnn" (fused; NVIDIA GPUs)
+    # tokens per device in each chunk of the fused log-likelihood (whose transient fp32 logits take chunk * V * 4
+    # bytes per device); also `logprobs.DEFAULT_CHUNK_SIZE`
+    logprob_chunk: int = resumable(1024)
+    checkpoint_every: int = resumable(10)
+    # at step 1 and every K steps, each loss summand's gradient norm (rlsc_l2); 0 = never
+    grad_terms_every: int = resumable(0)
+    # every K steps print one question's most and least likely completion; 0 = never
+    show_samples_every: int = resumable(10)
+    profile_steps: list[int] = resumable(factory=list)  # steps (from 1) traced into output_dir/profile
+    max_skipped_steps: int = resumable(3)  # this many non-finite steps in a row stop the run (exit 2, no final/)
+    keep_checkpoints: int = resumable(2)
+    export_final: bool = resumable(True)
+    export_dtype: str = resumable("")  # dtype of the exported final/ checkpoint; "" = the masters' (`dtype`)
+    plot: bool = resumable(True)
+    mesh: MeshConfig = resumable(factory=MeshConfig)  # checkpoints restore onto another mesh
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    eval: EvalConfig = resumable(factory=EvalConfig)
 
 
 def _valid_keys(schema) -> list[str]:
@@ -241,77 +249,6 @@ def check_seed(seed: int, key: str = "seed") -> None:
     """A one-line error naming `key` unless `seed` fits JAX's PRNG key (a 64-bit integer)."""
     if not -2**63 <= seed < 2**63:
         raise ValueError(f"{key}={seed}: must be a 64-bit integer (JAX's PRNG key takes no larger seed)")
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Every value range `train.py` depends on, checked before anything is loaded or written; each failure
-    is a one-line ValueError naming the key."""
-    check_seed(cfg.seed)
-    s, o, e = cfg.sampling, cfg.optim, cfg.eval
-    finite = math.isfinite
-    checks = (
-        ("steps", cfg.steps >= 1, ">= 1"),
-        ("questions_per_step", cfg.questions_per_step >= 1, ">= 1"),
-        ("grad_accum", cfg.grad_accum >= 1, ">= 1"),
-        ("checkpoint_every", cfg.checkpoint_every >= 1, ">= 1"),
-        ("grad_terms_every", cfg.grad_terms_every >= 0, ">= 0 (0 = never)"),
-        ("show_samples_every", cfg.show_samples_every >= 0, ">= 0 (0 = never)"),
-        ("keep_checkpoints", cfg.keep_checkpoints >= 1, ">= 1"),
-        ("profile_steps", all(k >= 1 for k in cfg.profile_steps), "step numbers >= 1"),
-        ("logprob_chunk", cfg.logprob_chunk >= 1, ">= 1"),
-        ("max_skipped_steps", cfg.max_skipped_steps >= 1, ">= 1"),
-        ("sampling.num_samples", s.num_samples >= 1, ">= 1"),
-        ("sampling.max_new_tokens", s.max_new_tokens >= 1, ">= 1"),
-        ("sampling.temperature", finite(s.temperature) and s.temperature > 0, "finite and > 0 for training"),
-        ("sampling.top_k", s.top_k >= 0, ">= 0 (0 = off)"),
-        ("sampling.top_p", 0 < s.top_p <= 1, "in (0, 1]"),
-        ("optim.lr", finite(o.lr) and o.lr > 0, "finite and > 0"),
-        ("optim.eps", finite(o.eps) and o.eps > 0, "finite and > 0"),
-        ("optim.weight_decay", finite(o.weight_decay) and o.weight_decay >= 0, "finite and >= 0"),
-        ("optim.b1", 0 <= o.b1 < 1, "in [0, 1)"),
-        ("optim.b2", 0 <= o.b2 < 1, "in [0, 1)"),
-        ("optim.grad_clip", finite(o.grad_clip) and o.grad_clip >= 0, "finite and >= 0 (0 = off)"),
-        ("optim.warmup_steps", o.warmup_steps >= 0, ">= 0"),
-        ("optim.schedule", o.schedule in ("constant", "cosine"), "'constant' or 'cosine'"),
-        ("data.num_questions", cfg.data.num_questions >= 0, ">= 0 (0 = all)"),
-        ("data.offset", cfg.data.offset >= 0, ">= 0"),
-        ("eval.num_questions", e.num_questions >= 0, ">= 0 (0 = skip)"),
-        ("eval.offset", e.offset >= 0, ">= 0"),
-        ("eval.num_samples", e.num_samples >= 1, ">= 1"),
-        ("eval.batch_size", e.batch_size >= 1, ">= 1"),
-        ("eval.max_new_tokens", e.max_new_tokens >= 0, ">= 0 (0 = the protocol's or sampling.max_new_tokens)"),
-        ("eval.temperature", finite(e.temperature) and e.temperature >= 0, "finite and >= 0"),
-        ("dtype", cfg.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
-        ("compute_dtype", cfg.compute_dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
-        ("export_dtype", cfg.export_dtype in ("", *DTYPES), f"'' or one of {', '.join(DTYPES)}"),
-        ("remat", cfg.remat is True or cfg.remat is False or cfg.remat == "auto", "true, false or auto"),
-        ("remat_policy", cfg.remat_policy in REMAT_POLICIES, f"one of {', '.join(REMAT_POLICIES)}"),
-        ("attention", cfg.attention in ATTENTION, f"one of {', '.join(ATTENTION)}"),
-        ("compute_dtype", cfg.attention != "cudnn" or cfg.compute_dtype in ("bfloat16", "float16"),
-         "bfloat16 or float16 with attention=cudnn (the fused kernel has no float32)"),
-        *((f"objective_args.{key}", finite(value) and HPARAMS[key][0](value), f"finite and {HPARAMS[key][1]}")
-          for key, value in dataclasses.asdict(cfg.objective_args).items()),
-        *((f"mesh.{axis}", getattr(cfg.mesh, axis) >= 1 or getattr(cfg.mesh, axis) == -1, ">= 1 or -1")
-          for axis in MESH_AXES),
-    )
-    for key, ok, expected in checks:
-        if not ok:
-            raise ValueError(f"{key}={_value(cfg, key)!r}: must be {expected}")
-    if [getattr(cfg.mesh, axis) for axis in MESH_AXES].count(-1) > 1:
-        raise ValueError("mesh: at most one axis may be -1")
-    axis_rules(cfg.mesh.rules)
-    rows = cfg.questions_per_step * s.num_samples
-    if rows % cfg.grad_accum:
-        raise ValueError(f"grad_accum={cfg.grad_accum} must divide questions_per_step * sampling.num_samples = {rows}")
-    bind_checked(cfg.objective, s.num_samples, rows, **dataclasses.asdict(cfg.objective_args))
-    get_protocol(cfg.eval.protocol)
-
-
-def _value(cfg, dotted: str):
-    """The value at a dotted key of a nested config dataclass."""
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
 
 
 def to_yaml(cfg) -> str:

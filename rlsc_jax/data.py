@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from rlsc_jax import synthetic
+from rlsc_jax import synthetic_splits
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, load_benchmark, load_jsonl_problems
 
 SYNTHETIC_DEFAULT_SIZE = 256
@@ -26,7 +26,7 @@ def load_questions(source: str, *, data_dir: str | Path = ".", question_field: s
         raise ValueError(f"offset ({offset}) and num_questions ({num_questions}) must be >= 0")
     limit = offset + num_questions if num_questions else None
     if source in SYNTHETIC_SOURCES:
-        problems = synthetic.split_questions(split, offset + (num_questions or SYNTHETIC_DEFAULT_SIZE),
+        problems = synthetic_splits.split_questions(split, offset + (num_questions or SYNTHETIC_DEFAULT_SIZE),
                                              task=SYNTHETIC_SOURCES[source])
     elif source in BENCHMARKS:
         problems = load_benchmark(source, data_dir, limit)

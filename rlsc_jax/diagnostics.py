@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from rlsc_jax import hf, sharding as sharding_lib
 from rlsc_jax.benchmarks import build_messages
-from rlsc_jax.cli import exit_process, run_command
+from rlsc_jax.cli import exit_process, prog, run_command
 from rlsc_jax.config import TrainConfig, load_config
 from rlsc_jax.data import load_questions
 from rlsc_jax.evaluation import evaluate_problems, logprob_profile
@@ -82,7 +82,7 @@ def gradient_statistics(cfg: TrainConfig, num_questions: int, draws: int, progre
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=num_questions, offset=cfg.data.offset)
     trainer, state = Trainer.create(model, cfg, mesh)
-    params, s = state["params"], cfg.sampling
+    params, s = state.params, cfg.sampling
     grad = jax.jit(lambda p, batch: trainer.loss_and_grads(p, batch, trainer.temperature)[-1])  # the train step's gradient
     add, sq_norm = jax.jit(optax.tree.add), jax.jit(lambda t: optax.tree.vdot(t, t))
     policy, unit_sum = trainer.model(state), optax.tree.zeros_like(params)
@@ -126,7 +126,9 @@ def logprob_statistics(cfg: TrainConfig, num_questions: int, threshold: float = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """0; bad input is one `error:` line and 2 before anything loads (the --output path included), Ctrl-C one
+    line and 130."""
+    p = argparse.ArgumentParser(prog=prog("diagnostics"), description=__doc__.splitlines()[0])
     p.add_argument("--config", help="YAML config file (as for train.py)")
     p.add_argument("--questions", type=int, default=8)
     p.add_argument("--draws", type=int, default=32)
@@ -168,5 +170,10 @@ def _logp(args: argparse.Namespace, cfg: TrainConfig) -> None:
         atomic_write_json(args.output, stats)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m rlsc_jax.diagnostics`."""
     exit_process(main())
+
+
+if __name__ == "__main__":
+    cli()

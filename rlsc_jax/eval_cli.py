@@ -20,6 +20,7 @@ from pathlib import Path
 from rlsc_jax import hf
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, load_benchmark, load_jsonl_problems
 from rlsc_jax.config import MeshConfig, check_seed, load_config
+from rlsc_jax.dtypes import DTYPES
 from rlsc_jax.evaluation import check_settings, evaluate_problems, format_table, read_records
 from rlsc_jax.files import atomic_write_json, exclusive_dir, make_dir
 from rlsc_jax.fingerprint import digests, fingerprint
@@ -28,7 +29,6 @@ from rlsc_jax.report import truncation_warning
 from rlsc_jax.sharding import axis_rules, make_mesh
 from rlsc_jax.tokenizer import load_tokenizer
 
-DTYPES = ("float32", "bfloat16", "float16")
 # Settings that change the completions: a resumed run must match them (batch size and mesh do not).
 RESUME_KEYS = (*SETTINGS, "seed", "dtype", "question_field", "answer_field")
 FIXED = ("problems", "num_samples", "max_new_tokens")  # summary entries that are settings, not scores
@@ -258,9 +258,3 @@ def run(args: argparse.Namespace) -> dict:
         plot_pass_at_k(curves, out_dir / "pass_at_k.png")
         print(f"results: {out_dir / 'results.json'}\npass@k plot: {out_dir / 'pass_at_k.png'}")
         return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`eval.py` (rlsc_jax/eval.py parses the command line)."""
-    from rlsc_jax.eval import main
-    return main(argv)

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from rlsc_jax.benchmarks import DEFAULT_PROMPT, PROMPTS, Problem, build_messages
+from rlsc_jax.benchmarks import DEFAULT_TEMPLATE, PROMPTS, Problem, build_messages
 from rlsc_jax.grading import answer_groups, extract_answer, is_equivalent, maj_at_k, majority_answer, pass_at_k
 from rlsc_jax.models import Decoder
 from rlsc_jax.protocols import get_protocol
@@ -130,7 +130,7 @@ def logprob_profile(records: list[dict], threshold: float = -30.0) -> dict[str, 
 
 
 def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *,
-                      template: str = DEFAULT_PROMPT, num_samples: int = 1, temperature: float = 0.0,
+                      template: str = DEFAULT_TEMPLATE, num_samples: int = 1, temperature: float = 0.0,
                       top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 2048, batch_size: int = 8,
                       seed: int = 0, progress: bool = True, done: dict[str, dict] | None = None,
                       on_record: Callable[[dict], Any] | None = None,

@@ -34,23 +34,20 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from rlsc_jax import hf  # noqa: E402
-from rlsc_jax.cli import exit_process, run_command  # noqa: E402
-from rlsc_jax.config import TrainConfig, load_config, validate  # noqa: E402
-from rlsc_jax.data import SYNTHETIC_SOURCES  # noqa: E402
-from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir  # noqa: E402
-from rlsc_jax.fingerprint import digests, fingerprint  # noqa: E402
-from rlsc_jax.grading import is_equivalent  # noqa: E402
-from rlsc_jax.loop import evaluate, heldout_questions, run, sampled_metrics, training_questions  # noqa: E402
-from rlsc_jax.metrics import read_metrics  # noqa: E402
-from rlsc_jax.protocols import get_protocol  # noqa: E402
-from rlsc_jax.run_record import MODEL_FILES, flat_config, with_new_defaults  # noqa: E402
-from rlsc_jax.tokenizer import load_tokenizer  # noqa: E402
+from rlsc_jax import hf
+from rlsc_jax.cli import exit_process, prog, run_command
+from rlsc_jax.config import TrainConfig, load_config
+from rlsc_jax.data import SYNTHETIC_SOURCES
+from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir
+from rlsc_jax.fingerprint import digests, fingerprint
+from rlsc_jax.grading import is_equivalent
+from rlsc_jax.loop import evaluate, heldout_questions, run, sampled_metrics, training_questions
+from rlsc_jax.metrics import read_metrics
+from rlsc_jax.plotting import plot_accuracy, plot_arms
+from rlsc_jax.protocols import get_protocol
+from rlsc_jax.run_record import MODEL_FILES, flat_config, with_new_defaults
+from rlsc_jax.tokenizer import load_tokenizer
+from rlsc_jax.validation import validate
 
 # name -> (label, overrides on top of the default run)
 ARMS = {
@@ -238,54 +235,6 @@ def table(base: dict[int, dict], runs: dict[str, dict[int, dict]], n: int, tempe
     return "\n".join(lines)
 
 
-def plot(output: Path, runs: dict[str, dict[int, str]]) -> None:
-    """Per-step curves of every run, one colour per arm."""
-    keys = ("seq_logp_mean", "mean_token_entropy", "majority_share")
-    fig, axes = plt.subplots(1, len(keys), figsize=(13, 3.6))
-    for colour, (name, dirs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], runs.items()):
-        for i, d in enumerate(dirs.values()):
-            rows = read_metrics(d)
-            for ax, key in zip(axes, keys):
-                ax.plot([r["step"] for r in rows], [r[key] for r in rows], color=colour, alpha=0.7,
-                        label=ARMS[name][0] if i == 0 else None)
-                ax.set_title(key)
-                ax.set_xlabel("step")
-    if runs:  # none yet while only the base model is in
-        axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(output / "curves.png", dpi=90)
-    plt.close(fig)
-
-
-def plot_accuracy(output: Path, base: dict[int, dict], runs: dict[str, dict[int, dict]],
-                  by_step: dict[str, dict[int, dict[int, dict]]], n: int) -> None:
-    """Accuracy against training steps, one colour per arm, one line per seed: held-out greedy accuracy (where
-    measured) and mean@n at step 0 (the seed's base model), at any `--eval-steps` and at the end; and the share
-    of each step's training samples whose answer is right (`step_accuracy`)."""
-    keys = [k for k in ("greedy_accuracy", f"mean@{n}") if all(k in b["before"] for b in base.values())]
-    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(5 * (len(keys) + 1), 3.8), squeeze=False)
-    for colour, (name, seeds) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], by_step.items()):
-        for i, (seed, stages_) in enumerate(sorted(seeds.items())):
-            label = ARMS[name][0] if i == 0 else None
-            steps = [0, *sorted(stages_)]
-            points = [base[seed]["before"], *(stages_[k] for k in sorted(stages_))]
-            for ax, key in zip(axes[0], keys):
-                ax.plot(steps, [100 * p[key] for p in points], "o-", color=colour, alpha=0.7, label=label)
-                ax.set_title(f"held-out {key} (%)")
-            accuracy = runs[name][seed].get("step_accuracy")
-            if accuracy:
-                axes[0][-1].plot(range(1, len(accuracy) + 1), [100 * a for a in accuracy], color=colour, alpha=0.7,
-                                 label=label)
-    axes[0][-1].set_title("training samples answered right (%)")
-    for ax in axes[0]:
-        ax.set_xlabel("step")
-    if by_step:
-        axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(output / "accuracy_vs_steps.png", dpi=90)
-    plt.close(fig)
-
-
 def run_experiment(args: argparse.Namespace) -> str:
     """Checks every arm's config, the model and `--output` first; then, holding `--output`, computes what it
     does not keep yet and writes the results; returns the table."""
@@ -310,8 +259,10 @@ def run_experiment(args: argparse.Namespace) -> str:
             md = table(base, runs, cfg.eval.num_samples, cfg.eval.temperature)
             atomic_write_json(args.output / "results.json", {"base": base, "runs": runs, "by_step": by_step})
             atomic_write_text(args.output / "table.md", md + "\n")
-            plot(args.output, dirs)
-            plot_accuracy(args.output, base, runs, by_step, cfg.eval.num_samples)
+            plot_arms({ARMS[name][0]: [read_metrics(d) for d in seeds.values()] for name, seeds in dirs.items()},
+                      args.output / "curves.png")
+            plot_accuracy(base, runs, by_step, cfg.eval.num_samples, {name: ARMS[name][0] for name in by_step},
+                          args.output / "accuracy_vs_steps.png")
             return md
 
         cfg = config(args.seeds[0])
@@ -346,7 +297,7 @@ def run_experiment(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     """0; bad input (an unknown key, a missing --config, an --output that is a file) is one `error:` line and 2
     before anything runs, Ctrl-C one line and 130."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog("experiment"), description=__doc__.splitlines()[0])
     p.add_argument("--config", help="the task's YAML config, as for train.py (default: the embedded default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
@@ -371,5 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m rlsc_jax.experiment`."""
     exit_process(main())
+
+
+if __name__ == "__main__":
+    cli()

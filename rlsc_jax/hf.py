@@ -31,6 +31,7 @@ from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from rlsc_jax import sharding as sharding_lib
+from rlsc_jax.dtypes import DTYPES
 from rlsc_jax.models import Decoder, ModelConfig
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -41,7 +42,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors header names of the dtypes a weight may have
 DEFAULT_SHARD_BYTES = 4 * 1024**3
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 class Mapping(NamedTuple):

@@ -23,12 +23,12 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
+from rlsc_jax.config import TrainConfig
 from rlsc_jax.models import Decoder
 from rlsc_jax.sharding import Rules, axis_rules, constrain_logical, constrain_rows, gather_fsdp
 
-# Tokens per chunk: the transient fp32 logits of one chunk take chunk_size * V * 4 bytes, split over the
-# batch devices when the tokens are sharded (the trainer passes `logprob_chunk` x those devices).
-DEFAULT_CHUNK_SIZE = 1024
+# Tokens per chunk: the config's `logprob_chunk` default (the trainer passes it x the batch devices).
+DEFAULT_CHUNK_SIZE = TrainConfig.logprob_chunk
 HEAD_AXES = ("embed", "vocab")  # the LM head's logical axes (the tied embedding, transposed, has the same)
 
 
@@ -168,20 +168,16 @@ def sequence_logprobs(model: Decoder, input_ids: jax.Array, attention_mask: jax.
     in input_ids coordinates: the token being predicted, scored from the hidden state one position
     earlier (loss_mask[:, 0] is ignored; nothing predicts the first token). No length normalisation.
     aux, all from the same pass: "entropy" and "certainty" [B], the per-sequence sums over the masked
-    tokens of H(p) and KL(U ‖ p) (differentiable), "lengths" [B] (masked tokens per sequence, fp32),
-    "token_logp" [B, T] (0 where unmasked, aligned with input_ids), "mean_entropy" over the masked
-    tokens and "num_tokens" (their count). Supervised NLL is -seq_logp.sum() / num_tokens at temperature 1.
-    `remat` and `fused_attention` are `Decoder.hidden_states`'.
+    tokens of H(p) and KL(U ‖ p) (differentiable), "lengths" [B] (masked tokens per sequence, fp32) and
+    "num_tokens" (their total). Supervised NLL is -seq_logp.sum() / num_tokens at temperature 1.
+    `remat` and `fused_attention` are `Decoder.forward`'s.
     """
-    hidden, _ = model.hidden_states(input_ids, attention_mask=attention_mask, remat=remat,
-                                    fused_attention=fused_attention)
+    hidden = model.forward(input_ids, attention_mask=attention_mask, remat=remat, fused_attention=fused_attention)
     logp, entropy, certainty = token_logprobs(hidden[:, :-1], model.head_weight(), input_ids[:, 1:], temperature,
                                               chunk_size, model.compute_dtype, model.rules)
     mask = loss_mask[:, 1:].astype(bool)
-    token_logp = jnp.pad(jnp.where(mask, logp, 0.0), ((0, 0), (1, 0)))
-    num_tokens = mask.sum()
-    seq_entropy = jnp.where(mask, entropy, 0.0).sum(axis=-1)
-    aux = {"entropy": seq_entropy, "certainty": jnp.where(mask, certainty, 0.0).sum(axis=-1),
-           "lengths": mask.sum(axis=-1).astype(jnp.float32), "token_logp": token_logp,
-           "mean_entropy": seq_entropy.sum() / jnp.maximum(num_tokens, 1), "num_tokens": num_tokens}
+    token_logp = jnp.pad(jnp.where(mask, logp, 0.0), ((0, 0), (1, 0)))  # per input position; nothing predicts the first
+    aux = {"entropy": jnp.where(mask, entropy, 0.0).sum(axis=-1),
+           "certainty": jnp.where(mask, certainty, 0.0).sum(axis=-1),
+           "lengths": mask.sum(axis=-1).astype(jnp.float32), "num_tokens": mask.sum()}
     return token_logp.sum(axis=-1), aux

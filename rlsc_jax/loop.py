@@ -1,8 +1,9 @@
 """The training run: load, evaluate, then per step sample -> vote -> log-likelihood -> loss -> AdamW, checkpoint,
 export.
 
-Resumable: the newest complete orbax checkpoint restores params, optimizer state and RNG key, and
-the questions of any step follow from (seed, step), so a killed run continues exactly where it stopped.
+Resumable: the newest complete orbax checkpoint restores the train state (params, optimizer state, RNG key; the
+step is the checkpoint's), and the questions and samples of any step follow from (seed, step), so a killed run
+continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ import shutil
 from pathlib import Path
 
 import jax
-import numpy as np
 from tqdm import tqdm
 
 from rlsc_jax import fit, hf, sharding as sharding_lib
 from rlsc_jax.benchmarks import build_messages
 from rlsc_jax.checkpoints import Checkpointer, preemption_notice, saved_steps
 from rlsc_jax.cli import Preempted
-from rlsc_jax.config import TrainConfig, to_yaml, validate
+from rlsc_jax.config import TrainConfig, to_yaml
 from rlsc_jax.data import SYNTHETIC_SOURCES, load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol
 from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir
@@ -31,7 +31,9 @@ from rlsc_jax.run_record import check_resume, write_record
 from rlsc_jax.sampling import bucket_length
 from rlsc_jax.rollouts import answer_ids, answer_stats, sample_rows, sample_summary, truncated
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
+from rlsc_jax.train_state import TrainState
 from rlsc_jax.training import Trainer, rlsc_step
+from rlsc_jax.validation import validate
 
 
 def training_questions(cfg: TrainConfig, answer_field: str | None = None) -> list:
@@ -100,8 +102,8 @@ def _prompt_ids(cfg: TrainConfig, tokenizer, question: str) -> list[int]:
     return chat_prompt_ids(tokenizer, user, system)
 
 
-def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, questions, tokenizer, eos,
-           ckpt: Checkpointer, log: MetricsLog, samples_log: SamplesLog, writer: bool, preempted) -> dict:
+def _train(cfg: TrainConfig, trainer: Trainer, state: TrainState, start: int, questions, tokenizer, eos,
+           ckpt: Checkpointer, log: MetricsLog, samples_log: SamplesLog, writer: bool, preempted) -> TrainState:
     """Steps `start` .. `cfg.steps`: sample, score, update, log (metrics and samples), checkpoint. Returns the
     final state; once `preempted(step)` (`preemption_notice`) says so, it saves the step it is on and raises
     `Preempted`."""
@@ -116,13 +118,12 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, que
         every = cfg.grad_terms_every
         with _profiled(cfg, step + 1):
             result = rlsc_step(trainer, state, [prompts[q.id] for q in batch_questions], s, eos,
-                               jax.random.fold_in(key, step),
                                vote=lambda tokens, lengths: answer_ids(tokenizer, tokens, lengths, s.num_samples),
                                grad_terms=every > 0 and (step == 0 or (step + 1) % every == 0))
         state, metrics = result.state, result.metrics
         cut = truncated(result.tokens, result.lengths, s.max_new_tokens, eos)
         metrics.update(answer_stats(result.votes, s.num_samples), truncated_frac=float(cut.mean()),
-                       completion_length=float(result.lengths.mean()), lr=float(trainer.schedule(step)))
+                       completion_length=float(result.lengths.mean()))
         skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
         if metrics["skipped"]:
             print(f"step {step + 1}: non-finite loss, gradient or update; update skipped")
@@ -143,7 +144,7 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: dict, key, start: int, que
         bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", tok_s=f"{metrics['tokens_per_second']:.0f}")
         stop = preempted(step + 1) and step + 1 < cfg.steps
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
-            ckpt.save(step + 1, {**state, "rng": np.asarray(jax.random.key_data(key))},
+            ckpt.save(step + 1, state.to_checkpoint(),
                       {"questions_seen": (step + 1) * cfg.questions_per_step, "seed": cfg.seed})
         if stop:
             bar.close()
@@ -190,7 +191,11 @@ def prepare(cfg: TrainConfig) -> tuple[list, list, jax.sharding.Mesh]:
     hf.check(cfg.model)
     questions = training_questions(cfg)
     heldout = heldout_questions(cfg)
-    return questions, heldout, sharding_lib.make_run_mesh(cfg)
+    mesh = sharding_lib.make_run_mesh(cfg)
+    platform = mesh.devices.flat[0].platform
+    if cfg.attention == "cudnn" and platform != "gpu":
+        raise ValueError(f"attention=cudnn needs NVIDIA GPUs; this run's devices are {platform} (use attention=xla)")
+    return questions, heldout, mesh
 
 
 def run(cfg: TrainConfig, before: dict | None = None) -> dict:
@@ -239,17 +244,14 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
         if writer:
             atomic_write_json(out / "eval_before.json", {"settings": _eval_settings(cfg), "metrics": before})
     ckpt = Checkpointer(out / "checkpoints", cfg.keep_checkpoints)
-    key = jax.random.key(cfg.seed)
-    start, restored, meta = ckpt.restore_latest({"params": state["params"], "opt_state": state["opt_state"],
-                                                 "rng": np.asarray(jax.random.key_data(key))})
+    start, restored, meta = ckpt.restore_latest(state.to_checkpoint())
     if start:
-        state = {"params": restored["params"], "opt_state": restored["opt_state"]}
-        key = jax.random.wrap_key_data(np.asarray(restored["rng"]))
+        state = state.from_checkpoint(restored, start)
         print(f"resuming from step {start} ({meta['questions_seen']} questions seen)")
     log, samples_log = MetricsLog(out, resume_step=start), SamplesLog(out, resume_step=start)
     try:
         with preemption_notice() as preempted:
-            state = _train(cfg, trainer, state, key, start, questions, tokenizer, eos, ckpt, log, samples_log,
+            state = _train(cfg, trainer, state, start, questions, tokenizer, eos, ckpt, log, samples_log,
                            writer, preempted)
     finally:  # also on an error or Ctrl-C: pending checkpoint writes finish, so the last one is never lost
         log.close()

@@ -1,4 +1,5 @@
-"""Label-free objectives by name: each one decorated function of per-sequence quantities (Tunix style).
+"""Label-free objectives by name, from composable parts: rewards, advantage estimators and policy losses each in
+their own registry (as tunix's function registry), `compose`d into the registered objectives.
 
 Every objective has the signature `fn(seqs, num_samples, **hparams) -> (loss, metrics)`: `seqs` is a
 `SequenceStats` of the step's Q * N completions, the N samples of question q in rows q*N .. q*N+N-1;
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 OBJECTIVES: dict[str, Objective] = {}
+TERMS: dict[str, dict[str, Objective]] = {}  # objective -> its summands by name (`register(..., terms=)`)
 # `objective_args` key (= keyword of the objectives that take it) -> (check, what a valid value is)
 HPARAMS: dict[str, tuple[Callable[[float], bool], str]] = {
     "alpha": (lambda v: v >= 0, ">= 0"),
@@ -59,12 +61,15 @@ class SequenceStats:
 DIFFERENTIABLE = ("logp", "entropy", "certainty")  # the fields a loss may take gradients through
 
 
-def register(name: str) -> Callable[[Objective], Objective]:
-    """Decorator adding an objective to `OBJECTIVES` under `name`."""
+def register(name: str, objective: Objective | None = None, *, terms: dict[str, Objective] | None = None):
+    """Adds `objective` to `OBJECTIVES` under `name`, with its named summands `terms` (their losses add up to
+    its loss, e.g. for the gradient-term diagnostic); without `objective`, a decorator that does so."""
     def add(fn: Objective) -> Objective:
         OBJECTIVES[name] = fn
+        if terms:
+            TERMS[name] = dict(terms)
         return fn
-    return add
+    return add if objective is None else add(objective)
 
 
 def get_objective(name: str) -> Objective:
@@ -135,44 +140,110 @@ def _metrics(logp: jax.Array) -> dict[str, jax.Array]:
     }
 
 
-def _group_advantage(reward: jax.Array, eps: float) -> jax.Array:
+# ---- Parts (as tunix's function registry: rewards, advantage estimators, policy losses), composed by `compose`.
+# reward(seqs, logp) -> [Q, N], per sample (gradient stopped by `compose`); logp is [Q, N].
+# advantage(reward, **hparams) -> ([Q, N] per-sample weights, metrics); its keyword-only hparams are the objective's.
+# policy loss(advantage, logp) -> scalar loss.
+REWARDS: dict[str, Callable] = {}
+ADVANTAGES: dict[str, Callable] = {}
+POLICY_LOSSES: dict[str, Callable] = {}
+
+
+def _adder(table: dict[str, Callable]) -> Callable[[str], Callable]:
+    def named(name: str) -> Callable[[Callable], Callable]:
+        def add(fn: Callable) -> Callable:
+            table[name] = fn
+            return fn
+        return add
+    return named
+
+
+reward, advantage, policy_loss = _adder(REWARDS), _adder(ADVANTAGES), _adder(POLICY_LOSSES)
+
+
+@reward("self_confidence")
+def self_confidence(seqs: SequenceStats, logp: jax.Array) -> jax.Array:
+    """p_old = exp(log p): the model's own probability of the sample (RLSC)."""
+    return _p_old(logp)
+
+
+@reward("group_confidence")
+def group_confidence(seqs: SequenceStats, logp: jax.Array) -> jax.Array:
+    """p_old_i / Σ_j p_old_j within the question, from log p by a softmax, so it never underflows."""
+    return jax.nn.softmax(jax.lax.stop_gradient(logp), axis=1)
+
+
+@reward("majority")
+def majority(seqs: SequenceStats, logp: jax.Array) -> jax.Array:
+    """1 if the sample's final answer is its question's majority answer (`answer_ids` 0), else 0 (no answer: 0)."""
+    return (_by_question(seqs.answer_ids, logp.shape[1]) == 0).astype(jnp.float32)
+
+
+@reward("self_certainty")
+def mean_self_certainty(seqs: SequenceStats, logp: jax.Array) -> jax.Array:
+    """The sample's mean over its tokens of KL(U ‖ p(·|y_<t))."""
+    return _by_question(seqs.certainty / jnp.maximum(seqs.num_tokens, 1.0), logp.shape[1])
+
+
+@advantage("identity")
+def identity(reward: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The reward itself."""
+    return reward, {}
+
+
+@advantage("plus_alpha")
+def plus_alpha(reward: jax.Array, *, alpha: float = 0.1) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """reward + α (RLSC L2's floor on every sample's weight)."""
+    return reward + alpha, {}
+
+
+@advantage("group_normalized")
+def group_normalized(reward: jax.Array, *, advantage_eps: float = 1e-6) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(r − mean) / (std + eps) within each question's N rewards [Q, N], std with Bessel's correction (as
     torch.std in GRPO implementations); a question whose rewards are all equal gets advantage 0."""
     if reward.shape[1] < 2:
         raise ValueError(f"a group-normalised advantage needs sampling.num_samples >= 2 (got {reward.shape[1]})")
     mean = reward.mean(axis=1, keepdims=True)
-    return (reward - mean) / (reward.std(axis=1, ddof=1, keepdims=True) + eps)
-
-
-def _policy_gradient(reward: jax.Array, logp: jax.Array, eps: float) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """−Σ_i A_i log p_i / N per question, mean over questions, A the group-normalised (detached) reward."""
-    reward = jax.lax.stop_gradient(reward)
-    advantage = _group_advantage(reward, eps)
-    loss = -jnp.mean(jnp.sum(advantage * logp, axis=1)) / logp.shape[1]
     flat = jnp.all(reward == reward[:, :1], axis=1)
-    return loss, dict(_metrics(logp), reward_mean=reward.mean(), flat_group_frac=flat.mean())
+    advantage = (reward - mean) / (reward.std(axis=1, ddof=1, keepdims=True) + advantage_eps)
+    return advantage, {"reward_mean": reward.mean(), "flat_group_frac": flat.mean()}
 
 
-@register("rlsc_l1")
-def rlsc_l1(seqs: SequenceStats, num_samples: int) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """RLSC L1 = −Σ_i p_old_i · log p_i over a question's N samples, mean over questions (Li et al. 2025).
-
-    Zero gradient for every sample whose p_old underflowed (log p below ≈ −87 under XLA in fp32).
-    """
-    logp = _logp(seqs, num_samples)
-    loss = -jnp.mean(jnp.sum(_p_old(logp) * logp, axis=1))
-    return loss, _metrics(logp)
+@policy_loss("weighted_likelihood")
+def weighted_likelihood(advantage: jax.Array, logp: jax.Array) -> jax.Array:
+    """−Σ_i A_i · log p_i per question, mean over questions (RLSC's form)."""
+    return -jnp.mean(jnp.sum(advantage * logp, axis=1))
 
 
-@register("rlsc_l2")
-def rlsc_l2(seqs: SequenceStats, num_samples: int, alpha: float = 0.1) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """RLSC L2 = −Σ_i (p_old_i + α) · log p_i over a question's N samples, mean over questions (paper: α = 0.1).
+@policy_loss("policy_gradient")
+def policy_gradient(advantage: jax.Array, logp: jax.Array) -> jax.Array:
+    """−Σ_i A_i log p_i / N per question, mean over questions: one on-policy REINFORCE step, no clipping or KL."""
+    return -jnp.mean(jnp.sum(advantage * logp, axis=1)) / logp.shape[1]
 
-    When every p_old underflows this is α · NLL of the model's own samples (gradient −α/Q per sequence).
-    """
-    logp = _logp(seqs, num_samples)
-    loss = -jnp.mean(jnp.sum((_p_old(logp) + alpha) * logp, axis=1))
-    return loss, _metrics(logp)
+
+def compose(reward_name: str, advantage_name: str, loss_name: str) -> Objective:
+    """The objective `fn(seqs, num_samples, **hparams)`: the reward (detached) of each sample, its advantage
+    (taking the hparams, which the objective's signature lists), the policy loss over log p; metrics: the
+    log p / p_old statistics and the advantage estimator's."""
+    reward_fn, advantage_fn, loss_fn = REWARDS[reward_name], ADVANTAGES[advantage_name], POLICY_LOSSES[loss_name]
+
+    def objective(seqs: SequenceStats, num_samples: int, **hparams: float):
+        logp = _logp(seqs, num_samples)
+        weights, metrics = advantage_fn(jax.lax.stop_gradient(reward_fn(seqs, logp)), **hparams)
+        return loss_fn(weights, logp), {**_metrics(logp), **metrics}
+
+    params = list(inspect.signature(objective).parameters.values())[:2]
+    params += [p for p in inspect.signature(advantage_fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    objective.__signature__ = inspect.Signature(params)
+    objective.__doc__ = f"reward {reward_name!r}, advantage {advantage_name!r}, policy loss {loss_name!r}"
+    return objective
+
+
+# ---- The objectives (formulas and sources: docs/objectives.md)
+
+# RLSC L1 = −Σ_i p_old_i · log p_i over a question's N samples, mean over questions (Li et al. 2025). Zero gradient
+# for every sample whose p_old underflowed (log p below ≈ −87 under XLA in fp32).
+rlsc_l1 = register("rlsc_l1", compose("self_confidence", "identity", "weighted_likelihood"))
 
 
 def rlsc_l2_alpha_term(seqs: SequenceStats, num_samples: int,
@@ -183,20 +254,23 @@ def rlsc_l2_alpha_term(seqs: SequenceStats, num_samples: int,
     return -alpha * jnp.mean(jnp.sum(logp, axis=1)), {}
 
 
-# objective -> its summands, each an objective: L2 = the p_old-weighted term (L1) + the α term
-TERMS: dict[str, dict[str, Objective]] = {"rlsc_l2": {"p_old": rlsc_l1, "alpha": rlsc_l2_alpha_term}}
+# RLSC L2 = −Σ_i (p_old_i + α) · log p_i over a question's N samples, mean over questions (paper: α = 0.1); when
+# every p_old underflows this is α · NLL of the model's own samples (gradient −α/Q per sequence). Its summands:
+# the p_old-weighted term (L1) and the α term.
+rlsc_l2 = register("rlsc_l2", compose("self_confidence", "plus_alpha", "weighted_likelihood"),
+                   terms={"p_old": rlsc_l1, "alpha": rlsc_l2_alpha_term})
 
+# −Σ_i w_i · log p_i, w = softmax over the question's N samples of the detached log p (an ablation of L1): L1's
+# weighting, kept alive for long answers (the most likely sample always weighs at least 1/N).
+rlsc_group = register("rlsc_group", compose("group_confidence", "identity", "weighted_likelihood"))
 
-@register("rlsc_group")
-def rlsc_group(seqs: SequenceStats, num_samples: int) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """−Σ_i w_i · log p_i, w = softmax over the question's N samples of the detached log p (an ablation of L1).
+# TTRL (Zuo et al. 2025, "TTRL: Test-Time Reinforcement Learning") as one on-policy step: the majority reward
+# (from the host's vote), group-normalised, sequence-level log p, no clipping, no KL.
+ttrl = register("ttrl", compose("majority", "group_normalized", "policy_gradient"))
 
-    w_i = p_old_i / Σ_j p_old_j computed from log p, so it never underflows: L1's weighting, kept alive
-    for long answers (the most likely sample always weighs at least 1/N).
-    """
-    logp = _logp(seqs, num_samples)
-    weight = jax.nn.softmax(jax.lax.stop_gradient(logp), axis=1)
-    return -jnp.mean(jnp.sum(weight * logp, axis=1)), _metrics(logp)
+# Intuitor / RLIF (Zhao et al. 2025, "Learning to Reason without External Rewards"): self-certainty as the reward,
+# otherwise as TTRL.
+self_certainty = register("self_certainty", compose("self_certainty", "group_normalized", "policy_gradient"))
 
 
 @register("entropy_min")
@@ -204,37 +278,11 @@ def entropy_min(seqs: SequenceStats, num_samples: int) -> tuple[jax.Array, dict[
     """EM-FT: the mean token entropy Σ_i Σ_t H(p(·|y_i,<t)) / Σ_i |y_i| over all the step's sampled tokens.
 
     Agarwal et al. 2025, "The Unreasonable Effectiveness of Entropy Minimization in LLM Reasoning": the
-    samples are fixed and the gradient flows through the entropy itself, not through log p.
+    samples are fixed and the gradient flows through the entropy itself, not through log p (no reward).
     """
     logp = _logp(seqs, num_samples)
     loss = jnp.sum(seqs.entropy) / jnp.maximum(jnp.sum(seqs.num_tokens), 1.0)
     return loss, _metrics(logp)
-
-
-@register("ttrl")
-def ttrl(seqs: SequenceStats, num_samples: int, advantage_eps: float = 1e-6) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """TTRL: r_i = 1 if sample i's final answer is its question's majority answer, else 0 (no answer: 0);
-    A = (r − mean) / (std + eps) within the question; loss −Σ_i A_i log p_i / N, mean over questions.
-
-    Zuo et al. 2025, "TTRL: Test-Time Reinforcement Learning", as one on-policy step: no clipping, no KL,
-    sequence-level log p. The majority comes from the host's vote (`answer_ids` 0).
-    """
-    logp = _logp(seqs, num_samples)
-    reward = (_by_question(seqs.answer_ids, num_samples) == 0).astype(jnp.float32)
-    return _policy_gradient(reward, logp, advantage_eps)
-
-
-@register("self_certainty")
-def self_certainty(seqs: SequenceStats, num_samples: int,
-                   advantage_eps: float = 1e-6) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Intuitor (RLIF): r_i = the sample's mean over its tokens of KL(U ‖ p(·|y_<t)) (detached); A, loss as TTRL.
-
-    Zhao et al. 2025, "Learning to Reason without External Rewards": self-certainty as the reward,
-    group-normalised, one on-policy step with no clipping or KL.
-    """
-    logp = _logp(seqs, num_samples)
-    reward = _by_question(seqs.certainty / jnp.maximum(seqs.num_tokens, 1.0), num_samples)
-    return _policy_gradient(reward, logp, advantage_eps)
 
 
 @register("nll")

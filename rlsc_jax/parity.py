@@ -42,7 +42,7 @@ def forward(model: Decoder, torch_model, prompt_ids: list[int], layer_threshold:
     """Every hidden state and the logits of the prompt on both sides: differences, the first hidden state whose
     relative difference exceeds `layer_threshold` (None if none does) and the argmax agreement."""
     ids = np.asarray([prompt_ids], np.int32)
-    final, collected = model.hidden_states(jnp.asarray(ids), collect=True)
+    final, collected = model.collect(jnp.asarray(ids))
     ours = [np.asarray(h, np.float32) for h in collected[:-1]] + [np.asarray(final, np.float32)]
     logits = np.asarray(model.logits(final), np.float32)
     ref_hidden, ref_logits = torch_reference.forward(torch_model, ids)

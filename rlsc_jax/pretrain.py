@@ -39,13 +39,13 @@ from transformers import PreTrainedTokenizerBase
 
 from rlsc_jax import hf
 from rlsc_jax.bpe import train_tokenizer
-from rlsc_jax.cli import exit_process, run_command
+from rlsc_jax.cli import exit_process, prog, run_command
 from rlsc_jax.config import DEFAULT_MODEL
 from rlsc_jax.evaluation import evaluate_problems, logprob_profile
 from rlsc_jax.files import check_writable
 from rlsc_jax.logprobs import sequence_logprobs
 from rlsc_jax.models import Decoder, ModelConfig
-from rlsc_jax.synthetic import split_problems, split_questions
+from rlsc_jax.synthetic_splits import split_problems, split_questions
 from rlsc_jax.tokenizer import chat_prompt_ids, load_tokenizer
 
 
@@ -292,7 +292,7 @@ def check_finite(model: Decoder, losses: list[float]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """CLI: pretrain, report on held-out questions, save to --output (which must be absent or empty). Bad input
     is one `error:` line and exit 2 before any work; Ctrl-C exits 130 with one line, saving nothing."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("pretrain"), description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, required=True)
     for field in dataclasses.fields(PretrainConfig):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
@@ -326,5 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m rlsc_jax.pretrain`."""
     exit_process(main())
+
+
+if __name__ == "__main__":
+    cli()

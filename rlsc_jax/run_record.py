@@ -3,8 +3,9 @@
 `run.json` holds the settings that decide which parameters step k produces (model config and a content
 fingerprint of its files, objective, sampling, optimizer, data, seed, dtypes) and is written before the
 first step. Resuming into the same output dir with any of them changed is refused, naming the keys.
-The keys in `MUTABLE` may change on a rerun: they decide how long, where, how often or with what memory
-layout the run goes on, not what it computes (the mesh included: checkpoints restore onto another mesh).
+The keys in `MUTABLE`, the config's fields marked `config.resumable`, may change on a rerun: they decide how
+long, where, how often or with what memory layout the run goes on, not what it computes (the mesh included:
+checkpoints restore onto another mesh).
 """
 
 from __future__ import annotations
@@ -13,15 +14,27 @@ import dataclasses
 import json
 from pathlib import Path
 
-from rlsc_jax.config import MOVED, TrainConfig
+from rlsc_jax.config import MAY_CHANGE, MOVED, TrainConfig
 from rlsc_jax.files import atomic_write_text
 from rlsc_jax.fingerprint import digests, fingerprint
 from rlsc_jax.models import ModelConfig
 
 RECORD = "run.json"
-MUTABLE = ("model", "output_dir", "steps", "checkpoint_every", "grad_terms_every", "show_samples_every",
-           "profile_steps", "keep_checkpoints", "max_skipped_steps", "export_final", "export_dtype", "plot",
-           "grad_accum", "remat", "remat_policy", "attention", "logprob_chunk", "data.data_dir", "mesh.", "eval.")
+
+
+def mutable_keys(schema=TrainConfig, prefix: str = "") -> tuple[str, ...]:
+    """The dotted keys of the fields marked `config.resumable` ("section." for a whole section)."""
+    out = []
+    for f in dataclasses.fields(schema):
+        section = f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
+        if f.metadata.get(MAY_CHANGE):
+            out.append(f"{prefix}{f.name}." if section else f"{prefix}{f.name}")
+        elif section:
+            out += mutable_keys(f.default_factory, f"{prefix}{f.name}.")
+    return tuple(out)
+
+
+MUTABLE = mutable_keys()
 MUTABLE_SHOWN = tuple(k + "*" if k.endswith(".") else k for k in MUTABLE)
 MODEL_FILES = ("*.safetensors", "*.json", "*.txt", "*.model", "*.jinja")  # weights, config, tokenizer
 

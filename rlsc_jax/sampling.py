@@ -1,4 +1,5 @@
-"""Jitted sampler: one prefill per prompt, its KV cache broadcast N ways, then a `lax.while_loop` decode.
+"""Jitted sampler: one prefill per prompt, its KV cache broadcast N ways, then a `lax.while_loop` decode;
+`Sampler` holds the static settings and the three compiled programs, `sample` drives them.
 
 Prompts are left-padded into power-of-two buckets (batch and length) with explicit positions, so
 new prompts of a similar size reuse the compiled programs. The dense cache is donated to the
@@ -18,7 +19,7 @@ import numpy as np
 from flax import nnx, struct
 
 from rlsc_jax import sharding as sharding_lib
-from rlsc_jax.models import Decoder, init_cache
+from rlsc_jax.models import DecodeCache, Decoder, init_cache
 
 
 @dataclasses.dataclass
@@ -50,7 +51,7 @@ class DecodeState:
     """
 
     step: jax.Array
-    cache: list[tuple[jax.Array, jax.Array]]
+    cache: DecodeCache
     done: jax.Array
     lengths: jax.Array
     tokens: jax.Array
@@ -158,50 +159,97 @@ def _inverse_cdf(key, logits, block: int = 1024):
     return chosen[:, 0] * block + index
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def decode_layout(graphdef, state) -> tuple[list[nnx.State], jax.Array | None]:
+DecodeLayout = tuple[list[nnx.State], jax.Array | None]  # per-layer weights, and the [V, E] head (None: the embedding)
+
+
+@struct.dataclass
+class Prefilled:
+    """The prefill's output for rows = prompts x samples: per-layer cache (k, v) [rows, kv_heads, prompt +
+    max_new_tokens, head_dim]; logits [rows, V] at each prompt's last token; key_mask [rows, slots]; the position
+    the first new token takes [rows]."""
+
+    cache: DecodeCache
+    logits: jax.Array
+    key_mask: jax.Array
+    next_position: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """One static sampling configuration and its three compiled programs, driven in order by `sample` (and
+    lowered alone by the plan): `layout` (the weights in the decode layout, once per call), `prefill` (each
+    prompt once, its cache repeated for its samples) and `decode` (the loop). The fields are compile-time
+    constants: another value compiles other programs. The temperature and the top-p threshold are runtime
+    arguments (changing them compiles nothing); `top_p` says only whether the nucleus filter runs at all.
+    """
+
+    graphdef: nnx.GraphDef
+    num_samples: int
+    max_new_tokens: int
+    eos_ids: tuple[int, ...]
+    pad_id: int
+    greedy: bool = False
+    top_k: int = 0
+    top_p: bool = False
+
+    def layout(self, params) -> DecodeLayout:
+        return _layout(self, params)
+
+    def prefill(self, params, layout: DecodeLayout, prompt_ids, prompt_mask) -> Prefilled:
+        return _prefill(self, params, layout, prompt_ids, prompt_mask)
+
+    def decode(self, params, layout: DecodeLayout, prefilled: Prefilled, key_data, temperature, top_p):
+        """(tokens, completion mask, lengths, logprobs, cache); the prefilled cache is donated and returned."""
+        return _decode(self, params, layout, prefilled.cache, prefilled.replace(cache=None), key_data, temperature,
+                       top_p)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _layout(sampler: Sampler, params) -> DecodeLayout:
     """Per-layer weights and the [V, E] head in the compute dtype (`Decoder.unstacked_layers`,
     `Decoder.decode_head`), built once per `sample` call."""
-    model = nnx.merge(graphdef, state)
+    model = nnx.merge(sampler.graphdef, params)
     return model.unstacked_layers(), model.decode_head()
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "num_samples", "cache_len"))
-def prefill(graphdef, state, layout, prompt_ids, prompt_mask, *, num_samples: int, cache_len: int):
+@functools.partial(jax.jit, static_argnums=0)
+def _prefill(sampler: Sampler, params, layout: DecodeLayout, prompt_ids, prompt_mask) -> Prefilled:
     """Runs each prompt once, then repeats its cache and last-position logits for its N samples."""
-    model = nnx.merge(graphdef, state)
+    model = nnx.merge(sampler.graphdef, params)
     batch, length = prompt_ids.shape
+    cache_len = length + sampler.max_new_tokens
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
     key_mask = jnp.pad(prompt_mask, ((0, 0), (0, cache_len - length)), constant_values=1)
-    cache = init_cache(model.cfg, batch, cache_len, model.compute_dtype, per_layer=True)
+    cache = init_cache(model.cfg, batch, cache_len, model.compute_dtype)
     layers, head = layout
-    hidden, cache = model.hidden_states(prompt_ids, positions, key_mask, cache, 0, layers=layers)
+    hidden, cache = model.decode(prompt_ids, positions, key_mask, cache, 0, layers)
     logits = model.logits(hidden[:, -1], head)
-    repeat = lambda x: jnp.repeat(x, num_samples, axis=0)  # noqa: E731
+    repeat = lambda x: jnp.repeat(x, sampler.num_samples, axis=0)  # noqa: E731
     cache, logits, key_mask = jax.tree.map(lambda x: sharding_lib.constrain_rows(x, model.rules),
                                            (jax.tree.map(repeat, cache), repeat(logits), repeat(key_mask)))
-    return cache, logits, key_mask, repeat(positions[:, -1] + 1)
+    return Prefilled(cache, logits, key_mask, repeat(positions[:, -1] + 1))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "top_k", "eos_ids", "pad_id"),
-                   donate_argnames=("cache",))
-def decode(graphdef, state, layout, cache, first_logits, key_mask, next_position, key_data, temperature, top_p, *,
-            max_new_tokens: int, greedy: bool, top_k: int, eos_ids: tuple[int, ...], pad_id: int):
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=3)
+def _decode(sampler: Sampler, params, layout: DecodeLayout, cache, prefilled: Prefilled, key_data, temperature, top_p):
     """The decode loop: sample, append, feed back, until every row hit EOS or the budget is spent.
 
-    The cache is returned so that its donated input buffer is aliased to it and updated in place.
+    The cache (`prefilled`'s, passed apart) is returned so that its donated input buffer is aliased to it and
+    updated in place.
     """
-    model = nnx.merge(graphdef, state)
+    model = nnx.merge(sampler.graphdef, params)
     layers, head = layout
-    rows = first_logits.shape[0]
-    prompt_len = key_mask.shape[1] - max_new_tokens
-    eos = jnp.asarray(eos_ids, jnp.int32)
+    max_new_tokens = sampler.max_new_tokens
+    rows = prefilled.logits.shape[0]
+    prompt_len = prefilled.key_mask.shape[1] - max_new_tokens
+    eos = jnp.asarray(sampler.eos_ids, jnp.int32)
     key = jax.random.wrap_key_data(key_data)
+    top_p = top_p if sampler.top_p else None
 
     def emit(carry: DecodeState, logits, step) -> DecodeState:
         done = carry.done
-        token, lp = _pick(logits, jax.random.fold_in(key, step), temperature, greedy, top_k, top_p)
-        token = jnp.where(done, pad_id, token).astype(jnp.int32)
+        token, lp = _pick(logits, jax.random.fold_in(key, step), temperature, sampler.greedy, sampler.top_k, top_p)
+        token = jnp.where(done, sampler.pad_id, token).astype(jnp.int32)
         lp = jnp.where(done, 0.0, lp)
         tokens = jax.lax.dynamic_update_slice(carry.tokens, token[:, None], (0, step))
         logprobs = jax.lax.dynamic_update_slice(carry.logprobs, lp[:, None], (0, step))
@@ -211,9 +259,8 @@ def decode(graphdef, state, layout, cache, first_logits, key_mask, next_position
     def body(carry: DecodeState) -> DecodeState:
         step = carry.step
         last = jax.lax.dynamic_slice(carry.tokens, (0, step - 1), (rows, 1))
-        positions = (next_position + step - 1)[:, None]
-        hidden, cache = model.hidden_states(last, positions, key_mask, carry.cache, prompt_len + step - 1,
-                                            layers=layers)
+        positions = (prefilled.next_position + step - 1)[:, None]
+        hidden, cache = model.decode(last, positions, prefilled.key_mask, carry.cache, prompt_len + step - 1, layers)
         cache = jax.tree.map(lambda x: sharding_lib.constrain_rows(x, model.rules), cache)
         carry = emit(carry.replace(cache=cache), model.logits(hidden[:, 0], head), step)
         return carry.replace(step=step + 1)
@@ -222,9 +269,10 @@ def decode(graphdef, state, layout, cache, first_logits, key_mask, next_position
         return (carry.step < max_new_tokens) & ~jnp.all(carry.done)
 
     carry = DecodeState(step=jnp.int32(1), cache=cache, done=jnp.zeros(rows, bool),
-                        lengths=jnp.zeros(rows, jnp.int32), tokens=jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
+                        lengths=jnp.zeros(rows, jnp.int32),
+                        tokens=jnp.full((rows, max_new_tokens), sampler.pad_id, jnp.int32),
                         logprobs=jnp.zeros((rows, max_new_tokens), jnp.float32))
-    carry = emit(carry, first_logits, 0)
+    carry = emit(carry, prefilled.logits, 0)
     carry = jax.lax.while_loop(cond, body, carry)
     mask = (jnp.arange(max_new_tokens)[None, :] < carry.lengths[:, None]).astype(jnp.int32)
     return carry.tokens, mask, carry.lengths, carry.logprobs, carry.cache
@@ -275,21 +323,20 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     _check(model, prompts, num_samples, max_new_tokens, temperature, top_k, top_p, eos_ids)
     pad_id = int(eos_ids[0]) if pad_id is None else pad_id
     prompt_ids, prompt_mask = pad_prompts(prompts, pad_id)
-    graphdef, state = nnx.split(model)
-    mesh = mesh_of(state)
+    graphdef, params = nnx.split(model)
+    mesh = mesh_of(params)
     key = jax.random.key(seed) if isinstance(seed, int) else seed
     key_data = np.asarray(jax.random.key_data(key))
     put = (lambda x: sharding_lib.host_to_global(x, sharding_lib.replicated(mesh))) if mesh else jnp.asarray
+    sampler = Sampler(graphdef, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                      eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id, greedy=temperature == 0, top_k=top_k,
+                      top_p=top_p < 1.0)
     with sharding_lib.use_mesh(mesh):  # rows pinned to the batch axes inside the programs
-        layout = decode_layout(graphdef, state)
-        cache, logits, key_mask, next_position = prefill(
-            graphdef, state, layout, put(prompt_ids), put(prompt_mask), num_samples=num_samples,
-            cache_len=prompt_ids.shape[1] + max_new_tokens)
-        tokens, mask, lengths, logprobs, _ = decode(
-            graphdef, state, layout, cache, logits, key_mask, next_position, put(key_data),
-            put(np.float32(max(temperature, 1e-6))), None if top_p >= 1.0 else put(np.float32(top_p)),
-            max_new_tokens=max_new_tokens, greedy=temperature == 0, top_k=top_k,
-            eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id)
+        layout = sampler.layout(params)
+        prefilled = sampler.prefill(params, layout, put(prompt_ids), put(prompt_mask))
+        tokens, mask, lengths, logprobs, _ = sampler.decode(params, layout, prefilled, put(key_data),
+                                                            put(np.float32(max(temperature, 1e-6))),
+                                                            put(np.float32(top_p)))
     rows = len(prompts) * num_samples
     if rows < tokens.shape[0]:
         tokens, mask, lengths, logprobs = (x[:rows] for x in (tokens, mask, lengths, logprobs))

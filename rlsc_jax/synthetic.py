@@ -5,21 +5,15 @@ is a chain of 2-4 integer steps over + - *, every intermediate result in [0, 100
 solution writes one step per sentence and ends with "The answer is \\boxed{N}." `solution_with_slips`
 writes the same chain with occasional arithmetic slips, so a model pretrained on it is right on a
 single sample only part of the time while the majority of many samples is usually right -- the
-regime RLSC needs. Questions are assigned to the splits "pretrain", "train" and "heldout" by a hash of
-their text, so the splits are disjoint by construction whatever their sizes and seeds.
+regime RLSC needs. `rlsc_jax.synthetic_splits` assigns questions to the splits "pretrain", "train" and
+"heldout" by a hash of their text, so the splits are disjoint by construction whatever their sizes and seeds.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
-
-from rlsc_jax.benchmarks import Problem
-from rlsc_jax.files import atomic_write_text
 
 MAX_VALUE = 1000  # every intermediate result lies in [0, MAX_VALUE)
 MAX_COUNT = 120  # item counts stay at most this, so a final per-item value keeps the total < MAX_VALUE
@@ -52,8 +46,6 @@ VALUE_CLOSERS = (
     "Each {sg} weighs {o} grams. What is the total weight in grams?",
     "Each {sg} is worth {o} points. How many points does {N} get?",
 )
-
-SPLIT_BUCKETS = {"heldout": range(0, 2), "train": range(2, 4), "pretrain": range(4, 10)}  # of 10
 
 
 @dataclass(frozen=True)
@@ -191,49 +183,3 @@ def solution_with_slips(problem: SyntheticProblem, rng: random.Random, slip_prob
     """The problem's solution where each step, with probability `slip_prob`, writes a wrong result
     (`steps_with_slips`): the final answer is wrong exactly when at least one step slipped."""
     return render_solution(steps_with_slips(problem.steps, rng, slip_prob))
-
-
-def split_of(question: str) -> str:
-    """The split a question text belongs to, from a hash of the text (so splits never overlap)."""
-    bucket = hashlib.sha256(question.encode()).digest()[0] % 10
-    return next(name for name, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
-
-
-def _generator(task: str):
-    """(RNG namespace, problem maker) of a task: "short" (this module) or "long" (`rlsc_jax.synthetic_long`)."""
-    if task == "short":
-        return "rlsc_jax.synthetic", make_problem
-    if task == "long":
-        from rlsc_jax import synthetic_long
-
-        return "rlsc_jax.synthetic_long", synthetic_long.make_problem
-    raise ValueError(f"unknown synthetic task {task!r}; expected 'short' or 'long'")
-
-
-def split_problems(split: str, n: int, seed: int = 0, task: str = "short") -> list:
-    """The first `n` distinct problems of `split` ("pretrain", "train" or "heldout") of `task` for `seed`."""
-    if split not in SPLIT_BUCKETS:
-        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_BUCKETS)}")
-    namespace, make = _generator(task)
-    rng = random.Random(f"{namespace}:{split}:{seed}")
-    seen: set[str] = set()
-    problems = []
-    while len(problems) < n:
-        problem = make(rng)
-        if split_of(problem.question) == split and problem.question not in seen:
-            seen.add(problem.question)
-            problems.append(problem)
-    return problems
-
-
-def split_questions(split: str, n: int, seed: int = 0, task: str = "short") -> list[Problem]:
-    """The first `n` problems of `split` as benchmark records (id, question, gold answer); ids name the task
-    ("synthetic-heldout-0", "synthetic_long-heldout-0")."""
-    prefix = "synthetic" if task == "short" else f"synthetic_{task}"
-    return [Problem(f"{prefix}-{split}-{i}", p.question, p.answer)
-            for i, p in enumerate(split_problems(split, n, seed, task))]
-
-
-def write_jsonl(problems: Iterable[Problem], path: str | Path) -> None:
-    """Writes {"question", "answer"} lines for the generic JSONL loader, atomically (no partial file)."""
-    atomic_write_text(path, "".join(json.dumps({"question": p.question, "answer": p.gold}) + "\n" for p in problems))

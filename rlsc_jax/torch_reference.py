@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-TORCH_DTYPES = ("float32", "bfloat16", "float16")
+from rlsc_jax.dtypes import DTYPES
+
 
 
 def require_torch():
@@ -32,8 +33,8 @@ def load_model(path: str | Path, dtype: str = "float32", num_layers: int | None 
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    if dtype not in TORCH_DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(TORCH_DTYPES)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     extra = {} if num_layers is None else {"num_hidden_layers": num_layers}
     verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # a truncated load reports every skipped tensor otherwise

@@ -27,6 +27,7 @@ from rlsc_jax.logprobs import sequence_logprobs
 from rlsc_jax.models.decoder import ATTENTION
 from rlsc_jax.objectives import DIFFERENTIABLE, SequenceStats, bind_checked, bind_terms
 from rlsc_jax.sampling import Samples, sample
+from rlsc_jax.train_state import TrainState
 
 
 @struct.dataclass
@@ -98,15 +99,16 @@ def objective_terms(cfg: TrainConfig) -> dict[str, Callable]:
     return bind_terms(cfg.objective, **dataclasses.asdict(cfg.objective_args))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class Trainer:
-    """Holds the static pieces (graph, optimizer, shardings) and the jitted step over a mesh."""
+    """Holds the static pieces (graph, optimizer, shardings) and the jitted step over a mesh; the state it steps
+    is a `TrainState`."""
 
     graphdef: Any
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     mesh: jax.sharding.Mesh
-    state_shardings: Any
+    state_shardings: TrainState  # of shardings
     objective: Callable
     num_samples: int
     grad_accum: int
@@ -118,9 +120,10 @@ class Trainer:
     attention: str | None = None  # `jax.nn.dot_product_attention`'s implementation for the step (None: the model's own)
 
     @classmethod
-    def create(cls, model: nnx.Module, cfg: TrainConfig, mesh: jax.sharding.Mesh) -> tuple["Trainer", dict]:
-        """Builds the trainer and its initial state {params, opt_state} placed on the mesh by the model's
-        logical-axis rules (`Decoder.rules`); the step keeps that placement.
+    def create(cls, model: nnx.Module, cfg: TrainConfig, mesh: jax.sharding.Mesh) -> tuple[Trainer, TrainState]:
+        """Builds the trainer and its initial state (step 0, the model's parameters, fresh optimizer state, the
+        key of `cfg.seed`) placed on the mesh by the model's logical-axis rules (`Decoder.rules`); the step keeps
+        that placement.
 
         For an abstract model (`nnx.eval_shape`) the state is abstract too: `jax.ShapeDtypeStruct`s that
         carry their shardings, enough to lower and compile the step without allocating anything.
@@ -132,25 +135,29 @@ class Trainer:
             tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_sh,
             transform_non_params=lambda _: sharding_lib.replicated(mesh),
             is_leaf=lambda x: isinstance(x, nnx.Variable))
-        shardings = {"params": param_sh, "opt_state": opt_sh}
+        replicated = sharding_lib.replicated(mesh)
+        shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
+        key = jax.random.key(cfg.seed)
         if isinstance(jax.tree.leaves(params)[0], jax.ShapeDtypeStruct):
-            state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                 {"params": params, "opt_state": jax.eval_shape(tx.init, params)}, shardings)
+            shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                                opt_state=jax.eval_shape(tx.init, params), rng=jax.eval_shape(lambda: key))
+            state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
         else:
             params = jax.device_put(params, param_sh)
-            state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params)}
-        if cfg.attention == "cudnn" and mesh.devices.flat[0].platform != "gpu":
-            raise ValueError(f"attention=cudnn needs NVIDIA GPUs; the mesh's devices are "
-                             f"{mesh.devices.flat[0].platform} (use attention=xla)")
-        trainer = cls(graphdef, tx, schedule, mesh, shardings, objective_fn(cfg),
-                      cfg.sampling.num_samples, cfg.grad_accum, cfg.remat_policy if cfg.remat is True else None,
-                      cfg.logprob_chunk * sharding_lib.row_shards(mesh, model.rules), cfg.sampling.temperature,
-                      model.rules, objective_terms(cfg), ATTENTION[cfg.attention])
+            state = TrainState(step=jax.device_put(np.int32(0), replicated), params=params,
+                               opt_state=jax.jit(tx.init, out_shardings=opt_sh)(params),
+                               rng=jax.device_put(key, replicated))
+        trainer = cls(graphdef=graphdef, tx=tx, schedule=schedule, mesh=mesh, state_shardings=shardings,
+                      objective=objective_fn(cfg), num_samples=cfg.sampling.num_samples, grad_accum=cfg.grad_accum,
+                      remat=cfg.remat_policy if cfg.remat is True else None,
+                      chunk_size=cfg.logprob_chunk * sharding_lib.row_shards(mesh, model.rules),
+                      temperature=cfg.sampling.temperature, rules=model.rules, terms=objective_terms(cfg),
+                      attention=ATTENTION[cfg.attention])
         return trainer, state
 
-    def model(self, state: dict) -> nnx.Module:
+    def model(self, state: TrainState) -> nnx.Module:
         """A module view of the current parameters (no copy), for sampling and export."""
-        return nnx.merge(self.graphdef, state["params"])
+        return nnx.merge(self.graphdef, state.params)
 
     def batch(self, samples: Samples, answer_ids: np.ndarray | None = None) -> Batch:
         """Training inputs from samples as global arrays sharded over rows (prompt parts come from the host).
@@ -190,18 +197,20 @@ class Trainer:
                                       chunk_size=self.chunk_size, fused_attention=self.attention)
         return SequenceStats(logp, aux["entropy"], aux["certainty"], aux["lengths"], batch.answer_ids)
 
-    def loss_and_grads(self, params, batch, temperature):
-        """Loss, metrics, the per-sequence stats and gradients; with grad_accum > 1, exact accumulation over
-        row micro-batches.
+    def loss_and_grads(self, params, batch, temperature, objective: Callable | None = None):
+        """Loss, metrics, the per-sequence stats and gradients of `objective` (default: the trainer's); with
+        grad_accum > 1, exact accumulation over row micro-batches.
 
         Accumulation first scores every row without gradients and evaluates the objective on the whole
         batch (so group statistics span each question's N samples whichever micro-batch holds them), takes
         dL/dx_i for each differentiable per-sequence x (log p, entropy, self-certainty), then
         back-propagates Σ_i Σ_x (dL/dx_i) x_i one micro-batch at a time: exact for any objective.
         """
+        objective_of = objective or self.objective
+
         def loss_fn(p):
             stats = self._stats(p, batch, temperature)
-            loss, metrics = self.objective(stats, self.num_samples)
+            loss, metrics = objective_of(stats, self.num_samples)
             return loss, (metrics, stats)
 
         if self.grad_accum == 1:
@@ -215,9 +224,9 @@ class Trainer:
         rows_order = lambda x: x.swapaxes(0, 1).reshape(-1)  # noqa: E731  [G, R/G] -> the batch's row order
         stats = jax.tree.map(rows_order, jax.lax.map(lambda mb: self._stats(params, mb, temperature), micro))
 
-        def objective(diff):
-            return self.objective(dataclasses.replace(stats, **diff), self.num_samples)
-        (loss, metrics), coef = jax.value_and_grad(objective, has_aux=True)(
+        def batch_objective(diff):
+            return objective_of(dataclasses.replace(stats, **diff), self.num_samples)
+        (loss, metrics), coef = jax.value_and_grad(batch_objective, has_aux=True)(
             {k: getattr(stats, k) for k in DIFFERENTIABLE})
 
         def accumulate(acc, xs):
@@ -246,16 +255,18 @@ class Trainer:
         overflow in the update or in Adam's second moment) is only reported: the run stops before
         checkpointing it. Reading the output for the check costs no memory.
         """
-        params, opt_state = state["params"], state["opt_state"]
+        params, opt_state = state.params, state.opt_state
         loss, metrics, stats, grads = self.loss_and_grads(params, batch, temperature)
         grad_norm = optax.global_norm(grads)
         updates, new_opt = self.tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(self.schedule(_step_count(opt_state)))
+        lr = self.schedule(_step_count(opt_state))  # the rate this update applies: updates so far, not steps
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(lr)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        state = {"params": keep(new_params, params), "opt_state": keep(new_opt, opt_state)}
+        state = TrainState(step=state.step + 1, params=keep(new_params, params), opt_state=keep(new_opt, opt_state),
+                           rng=state.rng)
         tokens = stats.num_tokens.sum()
-        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, num_tokens=tokens,
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=lr, num_tokens=tokens,
                        mean_token_entropy=stats.entropy.sum() / jnp.maximum(tokens, 1.0),
                        mean_self_certainty=stats.certainty.sum() / jnp.maximum(tokens, 1.0),
                        skipped=(~finite).astype(jnp.int32), state_finite=all_finite(state).astype(jnp.int32))
@@ -275,7 +286,8 @@ class Trainer:
                        in_shardings=(self.state_shardings, self._batch_shardings(), replicated),
                        out_shardings=(self.state_shardings, replicated))
 
-    def compile_step(self, state: dict, rows: int, prompt_width: int, completion_width: int) -> jax.stages.Compiled:
+    def compile_step(self, state: TrainState, rows: int, prompt_width: int,
+                     completion_width: int) -> jax.stages.Compiled:
         """The step compiled for a batch of `rows` x (prompt + completion) tokens, without running it.
 
         `state` may be abstract (see `create`); `memory_analysis()` and `cost_analysis()` of the result
@@ -283,7 +295,7 @@ class Trainer:
         """
         return self.lower_step(state, rows, prompt_width, completion_width).compile()
 
-    def lower_step(self, state: dict, rows: int, prompt_width: int, completion_width: int) -> jax.stages.Lowered:
+    def lower_step(self, state: TrainState, rows: int, prompt_width: int, completion_width: int) -> jax.stages.Lowered:
         """The step lowered for that batch shape: its StableHLO (`as_text()`) carries every sharding it sets."""
         shapes = Batch(prompt_ids=(rows, prompt_width), prompt_mask=(rows, prompt_width),
                        tokens=(rows, completion_width), completion_mask=(rows, completion_width), answer_ids=(rows,))
@@ -293,27 +305,26 @@ class Trainer:
         with sharding_lib.use_mesh(self.mesh):
             return self._jitted_step.lower(state, batch, temperature)
 
-    def step(self, state: dict, batch: Batch) -> tuple[dict, dict]:
+    def step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         """One jitted, sharded, donated step (compiled once per batch shape), scoring at the sampling temperature."""
         temp = sharding_lib.host_to_global(np.float32(self.temperature), sharding_lib.replicated(self.mesh))
         with sharding_lib.use_mesh(self.mesh):
             return self._jitted_step(state, batch, temp)
 
-    def gradient_terms(self, state: dict, batch: Batch) -> dict[str, jax.Array]:
+    def gradient_terms(self, state: TrainState, batch: Batch) -> dict[str, jax.Array]:
         """The gradient norm of each summand of the loss ("grad_norm_<term>_term") and, for two, their cosine
         ("grad_terms_cosine"), at `state` on `batch`; {} for an objective without summands. One gradient each."""
         if not self.terms:
             return {}
         temp = sharding_lib.host_to_global(np.float32(self.temperature), sharding_lib.replicated(self.mesh))
         with sharding_lib.use_mesh(self.mesh):
-            return self._jitted_terms(state["params"], batch, temp)
+            return self._jitted_terms(state.params, batch, temp)
 
     @functools.cached_property
     def _jitted_terms(self):
         """`gradient_terms`' computation, jitted: each summand through `loss_and_grads` (exact under grad_accum)."""
         def norms(params, batch, temperature):
-            grads = [dataclasses.replace(self, objective=fn).loss_and_grads(params, batch, temperature)[-1]
-                     for fn in self.terms.values()]
+            grads = [self.loss_and_grads(params, batch, temperature, objective=fn)[-1] for fn in self.terms.values()]
             out = {f"grad_norm_{name}_term": optax.global_norm(g) for name, g in zip(self.terms, grads)}
             if len(grads) == 2:
                 dot = sum(jnp.vdot(a.astype(jnp.float32), b.astype(jnp.float32))
@@ -322,7 +333,7 @@ class Trainer:
                                                              jnp.finfo(jnp.float32).tiny)
             return out
         replicated = sharding_lib.replicated(self.mesh)
-        return jax.jit(norms, in_shardings=(self.state_shardings["params"], self._batch_shardings(), replicated),
+        return jax.jit(norms, in_shardings=(self.state_shardings.params, self._batch_shardings(), replicated),
                        out_shardings=replicated)
 
 
@@ -332,7 +343,7 @@ class StepResult:
     completions ([rows, max_new_tokens] int32 tokens, [rows] lengths), their answer votes ([rows] int32) and
     log p at the sampling temperature as drawn ([rows] float32)."""
 
-    state: dict
+    state: TrainState
     metrics: dict
     tokens: np.ndarray
     lengths: np.ndarray
@@ -340,17 +351,18 @@ class StepResult:
     logps: np.ndarray
 
 
-def rlsc_step(trainer: Trainer, state: dict, prompts: list[list[int]], sampling: SamplingConfig,
-              eos_ids: list[int], key: jax.Array, vote: Callable[[np.ndarray, np.ndarray], np.ndarray],
+def rlsc_step(trainer: Trainer, state: TrainState, prompts: list[list[int]], sampling: SamplingConfig,
+              eos_ids: list[int], vote: Callable[[np.ndarray, np.ndarray], np.ndarray],
               grad_terms: bool = False) -> StepResult:
-    """One step of the method (docs/method.md): N completions per prompt at the sampling temperature, their final
+    """One step of the method (docs/method.md): N completions per prompt drawn with the state's `sample_key()`
+    at the sampling temperature, their final
     answers voted on the host (`vote(tokens, lengths)`), every completion scored at that same temperature, the
     objective's loss and one AdamW update; each phase timed. `grad_terms` adds `Trainer.gradient_terms` of the
     step's batch at the parameters the update starts from."""
     t0 = time.perf_counter()
     samples = sample(trainer.model(state), prompts, num_samples=sampling.num_samples,
                      max_new_tokens=sampling.max_new_tokens, temperature=trainer.temperature, top_k=sampling.top_k,
-                     top_p=sampling.top_p, eos_ids=eos_ids, seed=key)
+                     top_p=sampling.top_p, eos_ids=eos_ids, seed=state.sample_key())
     tokens, lengths = sharding_lib.to_host(samples.tokens), sharding_lib.to_host(samples.lengths)
     t1 = time.perf_counter()
     votes = vote(tokens, lengths)

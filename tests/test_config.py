@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from rlsc_jax.config import TrainConfig, load_config
+from rlsc_jax.config import OptimConfig, TrainConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -73,3 +73,14 @@ def test_a_non_utf8_config_is_one_line_naming_the_file(tmp_path):
     path.write_bytes("steps: 3\nname: café\n".encode("latin-1"))
     with pytest.raises(ValueError, match=f"^{path}: not UTF-8 text \\(byte 0xe9 at offset 18\\)$"):
         load_config(path)
+
+
+def test_resumable_fields_are_left_out_of_a_runs_record():
+    """Fields marked `resumable` (whole sections too) may change on resume; every other key is recorded."""
+    from rlsc_jax.run_record import trajectory_settings
+    keys = trajectory_settings(TrainConfig())
+    assert not {"output_dir", "steps", "logprob_chunk", "data.data_dir", "mesh.fsdp", "mesh.rules",
+                "eval.offset"} & keys.keys()
+    assert {"seed", "dtype", "sampling.temperature", "optim.lr", "data.source", "objective_args.alpha"} <= keys.keys()
+    cosine = TrainConfig(optim=OptimConfig(schedule="cosine"))
+    assert trajectory_settings(cosine)["steps"] == 30  # a decaying schedule's length changes the trajectory

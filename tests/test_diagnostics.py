@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from rlsc_jax import diagnostics, synthetic
+from rlsc_jax import diagnostics, synthetic_splits
 from tests.hf_models import make_chat_model_dir
 
 
@@ -27,7 +27,7 @@ def test_streamed_statistics_equal_the_direct_computation():
 
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
-    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 200)]
+    texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 200)]
     return make_chat_model_dir(tmp_path_factory.mktemp("chat"), texts)
 
 

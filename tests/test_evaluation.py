@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, build_messages, load_benchmark
 from rlsc_jax.bpe import train_tokenizer
-from rlsc_jax.eval_cli import main
+from rlsc_jax.eval import main
 from rlsc_jax.files import exclusive_dir
 from rlsc_jax.evaluation import logprob_profile, make_record, read_records, summarize, token_budget
 from rlsc_jax.report import truncation_warning

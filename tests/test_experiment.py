@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rlsc_jax import experiment, synthetic
+from rlsc_jax import experiment, synthetic_splits
 from rlsc_jax.config import load_config
 from tests.hf_models import make_chat_model_dir
 
@@ -20,7 +20,7 @@ TINY = ["steps=2", "questions_per_step=2", "sampling.num_samples=8", "sampling.m
 
 
 def test_experiment_pairs_every_arm_with_its_seeds_base(tmp_path):
-    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 200)]
+    texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 200)]
     model = make_chat_model_dir(tmp_path / "model", texts)
     out = tmp_path / "exp"
     code = experiment.main(["--seeds", "0", "1", "--arms", "rlsc_l2", "paper_batch", "--baseline-temperatures", "0.2",
@@ -55,10 +55,11 @@ def test_experiment_pairs_every_arm_with_its_seeds_base(tmp_path):
 def test_a_benchmark_source_in_stages_on_disjoint_slices(tmp_path, capsys):
     """One JSONL file, training on its tail and scored on its head; the greedy protocol beside the sampled
     metrics; each arm scored after step 1 and 2; seed by seed; checkpoints pruned once a result is kept."""
-    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 200)]
+    texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 200)]
     model = make_chat_model_dir(tmp_path / "model", texts)
     data = tmp_path / "q.jsonl"
-    synthetic.write_jsonl(synthetic.split_questions("heldout", 12), data)
+    data.write_text("".join(json.dumps({"question": p.question, "answer": p.gold}) + "\n"
+                            for p in synthetic_splits.split_questions("heldout", 12)))
     out = tmp_path / "exp"
     args = ["--seeds", "0", "1", "--arms", "ttrl", "--baseline-temperatures", "0.2", "--output", str(out),
             "--eval-steps", "1", "--no-train-scores", "--prune-checkpoints", f"model={model}", *TINY,
@@ -114,7 +115,7 @@ def test_step_accuracy_grades_each_steps_samples_against_the_gold(tmp_path):
 
 
 def test_a_rerun_reuses_finished_results_and_recomputes_when_the_config_changes(tmp_path, monkeypatch):
-    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 200)]
+    texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 200)]
     model = make_chat_model_dir(tmp_path / "model", texts)
     out = tmp_path / "exp"
     args = ["--seeds", "0", "--arms", "rlsc_l2", "--baseline-temperatures", "0.2", "--output", str(out),

@@ -149,7 +149,7 @@ def _batch(vocab):
 
 
 def _torch_reference(ref, ids, attention, loss, temperature, weights):
-    """Per-sequence Σ masked log_softmax(logits / T)[next token], per-token values, per-sequence sums of token
+    """Per-sequence Σ masked log_softmax(logits / T)[next token], per-sequence sums of token
     entropy and KL(uniform ‖ p), and the parameter gradients of Σ_b w_b · (seq_logp_b, entropy_b, KL_b) for the
     three rows of `weights`, all by PyTorch autograd."""
     ref.zero_grad()
@@ -166,7 +166,7 @@ def _torch_reference(ref, ids, attention, loss, temperature, weights):
     (w[0] * seq + w[1] * entropy + w[2] * certainty).sum().backward()
     grads = {name: p.grad.numpy().copy() for name, p in ref.named_parameters()}
     sums = [x.detach().numpy() for x in (seq, entropy, certainty)]
-    return sums, tok.detach().numpy(), grads
+    return sums, grads
 
 
 def test_sequence_logprobs_and_grads_match_pytorch(qwen2):
@@ -186,16 +186,13 @@ def test_sequence_logprobs_and_grads_match_pytorch(qwen2):
     run = jax.jit(run)  # temperature is traced: one compile serves both values
     for temperature in (1.0, 0.5):
         grads, (seq, aux) = run(state, temperature)
-        ref_sums, ref_tok, ref_grads = _torch_reference(ref, ids, attention, loss, temperature, weights)
+        ref_sums, ref_grads = _torch_reference(ref, ids, attention, loss, temperature, weights)
         assert seq.shape == aux["entropy"].shape == aux["certainty"].shape == (3,) and seq.dtype == jnp.float32
         for name, got, want in zip(("seq log p", "entropy", "KL(U | p)"), (seq, aux["entropy"], aux["certainty"]),
                                    ref_sums):
             assert _max_err(got, want) < 1e-4, f"T={temperature} {name} vs PyTorch: {_max_err(got, want)}"
-        assert _max_err(aux["token_logp"][:, 1:], ref_tok) < 1e-4
-        assert not np.any(np.asarray(aux["token_logp"])[loss == 0])
         assert int(aux["num_tokens"]) == loss[:, 1:].sum() == 11
         np.testing.assert_array_equal(aux["lengths"], [5, 2, 4])
-        assert abs(float(aux["mean_entropy"]) - ref_sums[1].sum() / 11) < 1e-5
         for m, got in hf.hf_tensors(nnx.merge(graphdef, grads)):
             want = ref_grads[m.hf_name]
             err = _max_err(got, want) / max(1.0, float(np.abs(want).max()))

@@ -31,7 +31,7 @@ def test_layer_by_layer_then_logits(pair):
     ids = _ids((2, 12))
     with torch.no_grad():
         out = ref(torch.tensor(ids), output_hidden_states=True)
-    final, collected = model.hidden_states(jnp.asarray(ids), collect=True)
+    final, collected = model.collect(jnp.asarray(ids))
     n = model.cfg.num_layers
     for i in range(n):
         err = np.abs(np.asarray(collected[i]) - out.hidden_states[i].numpy()).max()
@@ -67,12 +67,12 @@ def test_kv_cache_decode_matches_full_forward(pair):
     mask[0, :3] = 0  # first row left-padded by 3
     full = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
     positions = jnp.asarray(np.maximum(np.cumsum(mask, 1) - 1, 0))
-    cache = init_cache(model.cfg, 2, prompt + steps)
+    cache, layers = init_cache(model.cfg, 2, prompt + steps), model.unstacked_layers()
     key_mask = jnp.asarray(mask)
-    h, cache = model.hidden_states(jnp.asarray(ids[:, :prompt]), positions[:, :prompt], key_mask, cache, 0)
+    h, cache = model.decode(jnp.asarray(ids[:, :prompt]), positions[:, :prompt], key_mask, cache, 0, layers)
     got = [np.asarray(model.logits(h))]
     for t in range(prompt, prompt + steps):
-        h, cache = model.hidden_states(jnp.asarray(ids[:, t:t + 1]), positions[:, t:t + 1], key_mask, cache, t)
+        h, cache = model.decode(jnp.asarray(ids[:, t:t + 1]), positions[:, t:t + 1], key_mask, cache, t, layers)
         got.append(np.asarray(model.logits(h)))
     got = np.concatenate(got, axis=1)
     err = np.abs(got[1] - full[1]).max()
@@ -91,12 +91,12 @@ def test_kv_cache_decode_across_cache_windows_matches_full_forward(tmp_path):
     mask[0, :5] = 0
     full = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask[:, :prompt + steps])))
     positions = jnp.asarray(np.maximum(np.cumsum(mask, 1) - 1, 0))
-    cache = init_cache(model.cfg, 2, slots)
-    step = jax.jit(model.hidden_states)
-    h, cache = step(jnp.asarray(ids[:, :prompt]), positions[:, :prompt], jnp.asarray(mask), cache, 0)
+    cache, layers = init_cache(model.cfg, 2, slots), model.unstacked_layers()
+    step = jax.jit(model.decode)
+    h, cache = step(jnp.asarray(ids[:, :prompt]), positions[:, :prompt], jnp.asarray(mask), cache, 0, layers)
     got = [np.asarray(model.logits(h))]
     for t in range(prompt, prompt + steps):
-        h, cache = step(jnp.asarray(ids[:, t:t + 1]), positions[:, t:t + 1], jnp.asarray(mask), cache, t)
+        h, cache = step(jnp.asarray(ids[:, t:t + 1]), positions[:, t:t + 1], jnp.asarray(mask), cache, t, layers)
         got.append(np.asarray(model.logits(h)))
     got = np.concatenate(got, axis=1)
     assert np.abs(got[1] - full[1]).max() < TOL
@@ -179,8 +179,8 @@ def test_fused_attention_matches_transformers_and_plain_gradients(pair):
     weights = jnp.asarray(np.random.RandomState(2).normal(size=(3, 12, model.cfg.hidden_size)), jnp.float32)
 
     def loss(state, fused):
-        hidden, _ = nnx.merge(graphdef, state).hidden_states(jnp.asarray(ids), attention_mask=jnp.asarray(mask),
-                                                             fused_attention=fused)
+        hidden = nnx.merge(graphdef, state).forward(jnp.asarray(ids), attention_mask=jnp.asarray(mask),
+                                                    fused_attention=fused)
         return jnp.sum(jnp.where(jnp.asarray(mask)[..., None] == 1, hidden * weights, 0.0)), hidden
 
     (_, plain), plain_grads = jax.value_and_grad(loss, has_aux=True)(state, None)

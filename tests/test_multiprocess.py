@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from rlsc_jax import synthetic
+from rlsc_jax import synthetic_splits
 from tests.hf_models import make_chat_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def _env(devices: int) -> dict:
 
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
-    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 300)]
+    texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 300)]
     model = make_chat_model_dir(tmp_path / "model", texts)
     train = [sys.executable, str(REPO / "train.py"), f"model={model}", *COMMON]
     subprocess.run(train + [f"output_dir={tmp_path / 'one'}"], env=_env(8), check=True, capture_output=True)

@@ -117,3 +117,12 @@ def test_bad_arguments_fail_before_compiling(config_only, tmp_path, capsys, monk
     assert plan.main([f"model={config_only}", *SMALL, *args]) == 2
     assert needle in _error(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_topology_without_libtpu_is_one_clear_error(monkeypatch, capsys):
+    """--topology compiles with the TPU compiler ahead of time; without libtpu installed that is one line, exit 2."""
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else find_spec(name, *a))
+    assert plan.main(["--topology", "v5e:2x2"]) == 2
+    assert "--topology v5e:2x2: needs libtpu to compile for TPUs" in _error(capsys)

@@ -10,7 +10,7 @@ import pytest
 from rlsc_jax import hf, pretrain
 from rlsc_jax.config import DEFAULT_MODEL, LONG_MODEL
 from rlsc_jax.evaluation import evaluate_problems, logprob_profile
-from rlsc_jax.synthetic import split_questions
+from rlsc_jax.synthetic_splits import split_questions
 from rlsc_jax.tokenizer import load_tokenizer
 
 TINY = ["--steps", "3", "--batch-size", "4", "--peak-lr", "0.01", "--tokenizer-problems", "200", "--vocab-size", "300",

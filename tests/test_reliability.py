@@ -18,7 +18,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import train
-from rlsc_jax import synthetic, training
+from rlsc_jax import synthetic_splits, training
 from rlsc_jax.checkpoints import Checkpointer
 from rlsc_jax.config import load_config
 from rlsc_jax.files import exclusive_dir
@@ -32,7 +32,7 @@ FAST = ["sampling.num_samples=4", "sampling.max_new_tokens=8", "data.num_questio
 
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
-    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 300)]
+    texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 300)]
     return make_chat_model_dir(tmp_path_factory.mktemp("chat"), texts)
 
 
@@ -181,11 +181,11 @@ def test_a_non_finite_state_stops_the_run_before_it_is_saved(chat_model, tmp_pat
     step = training.Trainer._step
 
     def poisoned(self, state, batch, temperature):
-        adam = state["opt_state"][0]
+        adam = state.opt_state[0]
         leaves, tree = jax.tree.flatten(adam.nu)
-        leaves[0] = jnp.where(training._step_count(state["opt_state"]) == 1, jnp.inf, leaves[0])
-        opt = (adam._replace(nu=jax.tree.unflatten(tree, leaves)), *state["opt_state"][1:])
-        return step(self, {"params": state["params"], "opt_state": opt}, batch, temperature)
+        leaves[0] = jnp.where(training._step_count(state.opt_state) == 1, jnp.inf, leaves[0])
+        opt = (adam._replace(nu=jax.tree.unflatten(tree, leaves)), *state.opt_state[1:])
+        return step(self, state.replace(opt_state=opt), batch, temperature)
 
     monkeypatch.setattr(training.Trainer, "_step", poisoned)
     out = tmp_path / "run"

@@ -141,9 +141,19 @@ def test_second_call_of_similar_size_compiles_nothing(pair):
     _, model, _ = pair
     kw = dict(num_samples=2, max_new_tokens=8, temperature=1.0, eos_ids=[EOS])
     sample(model, _prompts([5, 9, 3]), seed=0, **kw)
-    before = (sampling.prefill._cache_size(), sampling.decode._cache_size())
+    before = (sampling._prefill._cache_size(), sampling._decode._cache_size())
     sample(model, _prompts([7, 12, 10, 2], seed=1), seed=1, **kw)
-    assert (sampling.prefill._cache_size(), sampling.decode._cache_size()) == before
+    assert (sampling._prefill._cache_size(), sampling._decode._cache_size()) == before
+
+
+def test_temperature_and_top_p_values_compile_nothing(pair):
+    """The temperature and the top-p threshold are runtime values of one compiled decode loop."""
+    _, model, _ = pair
+    kw = dict(num_samples=2, max_new_tokens=8, eos_ids=[EOS], seed=0)
+    sample(model, _prompts([5, 9]), temperature=1.0, top_p=0.9, **kw)
+    before = sampling._decode._cache_size()
+    sample(model, _prompts([5, 9]), temperature=0.5, top_p=0.7, **kw)
+    assert sampling._decode._cache_size() == before
 
 
 @pytest.mark.parametrize("mesh_shape", [(1, 8, 1), (2, 2, 2)])
@@ -184,7 +194,7 @@ def test_axis_rule_overrides_reach_the_sampler(pair):
 def test_bad_requests_fail_before_compiling(pair, prompts, kw, needle):
     _, model, _ = pair
     args = dict(num_samples=2, max_new_tokens=8, temperature=1.0, eos_ids=[EOS], seed=0) | kw
-    before = sampling.decode._cache_size()
+    before = sampling._decode._cache_size()
     with pytest.raises(ValueError, match=needle):
         sample(model, prompts, **args)
-    assert sampling.decode._cache_size() == before
+    assert sampling._decode._cache_size() == before

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import train
-from rlsc_jax import synthetic
+from rlsc_jax import synthetic_splits
 from tests.hf_models import make_chat_model_dir
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -14,7 +14,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
-    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 300)]
+    texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 300)]
     return make_chat_model_dir(tmp_path_factory.mktemp("chat"), texts, max_position_embeddings=2048)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -16,11 +15,8 @@ from rlsc_jax.synthetic import (
     SyntheticProblem,
     make_problem,
     solution_with_slips,
-    split_of,
-    split_problems,
-    split_questions,
-    write_jsonl,
 )
+from rlsc_jax.synthetic_splits import split_of, split_problems, split_questions
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
 
 STEP = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")
@@ -125,15 +121,6 @@ def test_slip_rate_matches_theory(problems):
         q = 1 - (1 - slip_prob) ** len(p.steps)
         mean, var = mean + q, var + q * (1 - q)
     assert abs(wrong - mean) < 5 * math.sqrt(var), (wrong, mean, var)
-
-
-def test_write_jsonl(tmp_path):
-    problems = split_questions("heldout", 5)
-    path = tmp_path / "synthetic.jsonl"
-    write_jsonl(problems, path)
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert rows == [{"question": p.question, "answer": p.gold} for p in problems]
-    assert [f.name for f in tmp_path.iterdir()] == ["synthetic.jsonl"]
 
 
 # ---- tokenizer ----

@@ -13,7 +13,7 @@ import pytest
 from rlsc_jax import synthetic_long as long_task
 from rlsc_jax.data import load_questions
 from rlsc_jax.grading import extract_answer
-from rlsc_jax.synthetic import split_of, split_problems, split_questions
+from rlsc_jax.synthetic_splits import split_of, split_problems, split_questions
 from tests.test_synthetic import OPS, parse_solution as parse
 
 STEP_NUMBERS = re.compile(r"[Ss]tep (\d+)(?:[:,]| is next:)")

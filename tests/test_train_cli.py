@@ -16,8 +16,9 @@ from jax.sharding import PartitionSpec
 from safetensors.numpy import load_file
 
 import train
-from rlsc_jax import hf, loop, synthetic, training
-from rlsc_jax.config import LONG_MODEL, load_config, validate
+from rlsc_jax import hf, loop, synthetic_splits, training
+from rlsc_jax.config import LONG_MODEL, load_config
+from rlsc_jax.validation import validate
 from rlsc_jax.data import load_questions
 from rlsc_jax.files import LOCK
 from rlsc_jax.loop import heldout_questions
@@ -33,7 +34,7 @@ FAST = ["sampling.num_samples=8", "sampling.max_new_tokens=12", "data.num_questi
 
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
-    texts = [p.question + " " + p.solution for p in synthetic.split_problems("pretrain", 300)]
+    texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 300)]
     return make_chat_model_dir(tmp_path_factory.mktemp("chat"), texts)
 
 
@@ -105,6 +106,15 @@ def test_profile_steps_write_a_trace(chat_model, tmp_path):
     assert list((out / "profile").rglob("*.xplane.pb"))
 
 
+def test_remat_auto_says_what_it_chose(chat_model, tmp_path, capsys):
+    """remat=auto compiles the step before training and reports the setting it trains with (on a CPU host with
+    gigabytes free, the tiny model needs no recomputation)."""
+    assert train.main([f"model={chat_model}", f"output_dir={tmp_path / 'run'}", "steps=1", "remat=auto",
+                       "eval.num_questions=0", "plot=false", "export_final=false", *FAST]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("remat=auto"))
+    assert line.startswith("remat=auto: remat off, grad_accum 1 (the cheapest that fits"), line
+
+
 def test_default_run_smoke(tmp_path, capsys):
     """`python train.py` as shipped (model, batch, sampling), cut to 2 steps and a few held-out questions."""
     out = tmp_path / "default"
@@ -168,7 +178,7 @@ def test_mesh_rules_in_the_config_reach_load_sampler_and_step(tmp_path, monkeypa
         return samples
 
     def spy_step(trainer, state, *args, **kwargs):
-        seen.append({"rules": trainer.rules, "embed": state["params"]["embed"].get_value().sharding.spec})
+        seen.append({"rules": trainer.rules, "embed": state.params["embed"].get_value().sharding.spec})
         return real_step(trainer, state, *args, **kwargs)
     real_sample, real_step = training.sample, loop.rlsc_step
     monkeypatch.setattr(training, "sample", spy_sample)
@@ -299,6 +309,10 @@ BAD_CONFIG_JSON = {"LISTJSON": [1, 2], "ROPESTRING": {"rope_scaling": "linear"},
     (["compute_dtype=fp16"], "compute_dtype='fp16'"),
     (["export_dtype=int8"], "export_dtype='int8'"),
     (["remat_policy=everything"], "remat_policy='everything'"),
+    (["remat=sometimes"], "remat='sometimes': must be true, false or auto"),
+    (["attention=flash"], "attention='flash': must be one of xla, cudnn"),
+    (["attention=cudnn"], "bfloat16 or float16 with attention=cudnn"),
+    (["attention=cudnn", "compute_dtype=bfloat16"], "attention=cudnn needs NVIDIA GPUs; this run's devices are cpu"),
     (["optim.lr=nan"], "optim.lr=nan"),
     (["optim.lr=-1"], "optim.lr=-1"),
     (["sampling.temperature=0"], "sampling.temperature=0"),
@@ -361,7 +375,7 @@ def test_consecutive_skipped_steps_stop_the_run_without_final(chat_model, tmp_pa
     from rlsc_jax.training import Trainer
     trainer, state = Trainer.create(hf.load(chat_model), load(None, FAST), make_mesh())
     ckpt = Checkpointer(out / "checkpoints", 2)
-    restored, _ = ckpt.restore(ckpt.latest_step(), {**state, "rng": np.zeros(2, np.uint32)})
+    restored, _ = ckpt.restore(ckpt.latest_step(), state.to_checkpoint())
     ckpt.close()
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["params"]))
 

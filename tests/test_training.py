@@ -5,6 +5,7 @@ import copy
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -104,9 +105,9 @@ def test_one_step_matches_pytorch(ckpt, objective):
     mesh = make_mesh(devices=jax.devices()[:1])
     trainer, state = Trainer.create(model, _cfg(objective=objective), mesh)
     before = _flax_by_hf_name(trainer.model(state))
-    grads_fn = jax.jit(lambda st, b: trainer.loss_and_grads(st["params"], b, TEMPERATURE))
+    grads_fn = jax.jit(lambda st, b: trainer.loss_and_grads(st.params, b, TEMPERATURE))
     loss, _, _, grads = grads_fn(state, trainer.batch(samples, ANSWER_IDS))
-    grads = _flax_by_hf_name(trainer.model({"params": grads}))
+    grads = _flax_by_hf_name(trainer.model(state.replace(params=grads)))
     state, step_metrics = trainer.step(state, trainer.batch(samples, ANSWER_IDS))
     assert abs(float(loss) - t_loss) <= 1e-5 * abs(t_loss)
     assert abs(float(step_metrics["loss"]) - t_loss) <= 1e-5 * abs(t_loss)
@@ -155,13 +156,13 @@ def test_axis_rules_survive_create_and_a_step(ckpt):
     mesh = make_mesh(1, 4, 2)
     trainer, state = Trainer.create(hf.load(ckpt[1], mesh=mesh, rules=rules), _cfg(), mesh)
     state, _ = trainer.step(state, trainer.batch(_samples()))
-    want = {k: v.get_value().spec for k, v in nnx.to_flat_state(param_shardings(state["params"], mesh, rules))}
+    want = {k: v.get_value().spec for k, v in nnx.to_flat_state(param_shardings(state.params, mesh, rules))}
     assert want[("layers", "mlp", "gate")] == PartitionSpec(None, None, "fsdp")
-    default = param_shardings(state["params"], mesh, axis_rules())
+    default = param_shardings(state.params, mesh, axis_rules())
     assert want != {k: v.get_value().spec for k, v in nnx.to_flat_state(default)}
-    got = {k: v.get_value().sharding.spec for k, v in nnx.to_flat_state(state["params"])}
+    got = {k: v.get_value().sharding.spec for k, v in nnx.to_flat_state(state.params)}
     assert got == want
-    mu = state["opt_state"][0].mu
+    mu = state.opt_state[0].mu
     assert {k: v.get_value().sharding.spec for k, v in nnx.to_flat_state(mu)} == want
 
 
@@ -221,9 +222,9 @@ def test_gradient_accumulation_is_exact_for_every_objective(ckpt, objective):
     results = []
     for grad_accum in (1, 2):
         trainer, state = Trainer.create(hf.load(ckpt[1]), _cfg(objective=objective, grad_accum=grad_accum), mesh)
-        fn = jax.jit(lambda st, b, t=trainer: t.loss_and_grads(st["params"], b, TEMPERATURE))
+        fn = jax.jit(lambda st, b, t=trainer: t.loss_and_grads(st.params, b, TEMPERATURE))
         loss, metrics, stats, grads = fn(state, trainer.batch(_samples(), ANSWER_IDS))
-        grads = _flax_by_hf_name(trainer.model({"params": grads}))
+        grads = _flax_by_hf_name(trainer.model(state.replace(params=grads)))
         results.append((float(loss), jax.device_get((metrics, stats)), grads))
     (loss, (metrics, stats), grads), (acc_loss, (acc_metrics, acc_stats), acc_grads) = results
     for key in ("logp", "entropy", "certainty"):
@@ -306,7 +307,31 @@ def test_non_finite_loss_skips_the_update(ckpt, nan_objective):
     after = _flax_by_hf_name(trainer.model(state))
     for name in before:
         assert np.array_equal(before[name], after[name]), name
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state["opt_state"])))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.opt_state)))
+
+
+@pytest.fixture
+def nan_without_votes():
+    @register("nan_without_votes_for_test")
+    def loss(seqs, num_samples):  # NLL, non-finite when no completion has an answer
+        return jnp.where(jnp.all(seqs.answer_ids < 0), jnp.nan, -seqs.logp.mean()), {}
+    yield "nan_without_votes_for_test"
+    OBJECTIVES.pop("nan_without_votes_for_test")
+
+
+def test_the_logged_lr_is_the_one_the_update_applied(ckpt, nan_without_votes):
+    """Under warmup a skipped step applies no update, so the next one applies the rate of the update count, one
+    behind the step number: the logged `lr` is that rate, and the state's step still counts every step."""
+    cfg = _cfg(objective=nan_without_votes, **{"optim.warmup_steps": 4})
+    trainer, state = Trainer.create(hf.load(ckpt[1]), cfg, make_mesh(devices=jax.devices()[:1]))
+    logged = []
+    for votes in (ANSWER_IDS, None, ANSWER_IDS):  # the second step is skipped
+        state, metrics = trainer.step(state, trainer.batch(_samples(), votes))
+        logged.append((int(metrics["skipped"]), float(metrics["lr"])))
+    schedule = [float(trainer.schedule(k)) for k in range(3)]  # 0, lr/4, lr/2
+    assert [skipped for skipped, _ in logged] == [0, 1, 0] and schedule[2] > schedule[1] > 0
+    np.testing.assert_allclose([lr for _, lr in logged], [schedule[0], schedule[1], schedule[1]], rtol=1e-6)
+    assert int(state.step) == 3
 
 
 def test_non_finite_update_with_finite_gradient_is_skipped(ckpt):

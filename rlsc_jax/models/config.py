@@ -36,13 +36,32 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
 
     @property
-    def num_params(self) -> int:
-        """Parameter count (embedding counted once when tied)."""
+    def matmul_params(self) -> dict[str, int]:
+        """Weights that multiply every token: "layers", the decoder layers' projections (q, k, v, o, gate, up,
+        down), and "lm_head", V x E (the tied embedding counts here: it is the output projection). The input
+        embedding is a gather and biases and norms are no matmul, so none of them counts."""
         e, h, kv, d, m = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate_size
-        attn = e * (h + 2 * kv) * d + h * d * e + (int(self.attention_bias) * (h + 2 * kv) * d)
-        layer = attn + 3 * e * m + 2 * e
-        head = 0 if self.tie_word_embeddings else e * self.vocab_size
-        return self.vocab_size * e + self.num_layers * layer + e + head
+        layer = e * (h + 2 * kv) * d + h * d * e + 3 * e * m
+        return {"layers": self.num_layers * layer, "lm_head": e * self.vocab_size}
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count (embedding counted once when tied): the matmul weights, the input embedding unless
+        tied, the q/k/v biases and the norms."""
+        e, kv_h = self.hidden_size, self.num_heads + 2 * self.num_kv_heads
+        per_layer = int(self.attention_bias) * kv_h * self.head_dim + 2 * e  # biases, two norms
+        embed = 0 if self.tie_word_embeddings else self.vocab_size * e
+        return sum(self.matmul_params.values()) + embed + self.num_layers * per_layer + e  # + the final norm
+
+    def matmul_flops(self, rows: int, width: int, *, train: bool = False, causal: bool = False) -> int:
+        """FLOPs of the matmuls of one pass over [rows, width] tokens that makes every position's logits:
+        2 x matmul parameters x tokens, plus 4 x layers x rows x heads x width^2 x head_dim for QK^T and PV over
+        the full square (halved when `causal` counts only the lower triangle); `train` (forward and backward)
+        is 3x that. Norms, RoPE, softmax and SiLU are left out; so is remat's recomputation."""
+        tokens = rows * width
+        attention = 4 * self.num_layers * rows * self.num_heads * width * width * self.head_dim // (2 if causal else 1)
+        forward = 2 * sum(self.matmul_params.values()) * tokens + attention
+        return 3 * forward if train else forward
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> "ModelConfig":

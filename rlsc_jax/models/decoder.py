@@ -22,9 +22,10 @@ from flax import nnx
 from rlsc_jax.models.config import ModelConfig
 from rlsc_jax.sharding import Rules, axis_rules, constrain_rows, gather_fsdp
 
-# (k, v), each [layers, batch, kv_heads, slots, head_dim]: kv-head-major, so a decode step's attention reads each
-# head's keys as one contiguous block.
-KVCache = tuple[jax.Array, jax.Array]
+# One layer's (k, v), each [batch, kv_heads, slots, head_dim]: kv-head-major, so a decode step's attention reads
+# each head's keys as one contiguous block. The decode path holds one per layer, as a list (`init_cache`).
+LayerCache = tuple[jax.Array, jax.Array]
+DecodeCache = list[LayerCache]
 _INIT = nnx.initializers.normal(0.02)
 
 # Full-sequence attention (training, plain forwards) runs this many queries at a time, so a layer's
@@ -139,7 +140,7 @@ def _attention(q, k, v, q_slot, key_mask):
 def _fused_attention(q, k, v, key_mask, implementation: str):
     """Causal GQA attention of q [B,T,H,D] over k, v [B,T,K,D] through `jax.nn.dot_product_attention`, whose
     cuDNN kernel takes padding only as per-row lengths: key_mask [B,T] must mark a prefix of each row
-    (`Decoder.hidden_states` moves the rows' left padding to the right first). Query rows past a row's length
+    (`Decoder.forward` moves the rows' left padding to the right first). Query rows past a row's length
     come out as zeros. Returns [B,T,H,D]."""
     lengths = jnp.maximum(jnp.sum(key_mask, axis=-1, dtype=jnp.int32), 1)
     out = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
@@ -315,85 +316,87 @@ class Decoder(nnx.Module):
 
         def layer(i: int) -> nnx.State:
             def weight(var: nnx.Variable) -> nnx.Variable:
-                axes = var.get_metadata()["logical_axes"][1:]
+                axes = var.get_metadata()["logical_axes"][1:]  # a stacked parameter's first axis is "layers"
                 return var.replace(gather_fsdp(var.get_value()[i].astype(cd), axes, rules))
             return jax.tree.map(weight, stacked, is_leaf=lambda v: isinstance(v, nnx.Variable))
         return [layer(i) for i in range(self.cfg.num_layers)]
 
-    def hidden_states(self, input_ids, positions=None, attention_mask=None, cache: KVCache | None = None,
-                      cache_index=None, remat: str | None = None, collect: bool = False,
-                      layers: list[nnx.State] | None = None, fused_attention: str | None = None):
-        """Final-normed hidden states [B, T, E] (compute dtype) and the updated cache.
-
-        attention_mask is [B, T] without a cache and [B, S] (over cache slots) with one; positions
-        default to each row's count of real tokens. `remat` names a `REMAT_POLICIES` entry: each layer
-        is recomputed in the backward pass, keeping what the policy saves. `collect` returns every
-        layer's input and the last layer's output (transformers' `output_hidden_states`) instead of
-        the cache. `layers` (from `unstacked_layers`) runs the layers one by one from that layout
-        instead of scanning the stack, with a per-layer cache (`init_cache(per_layer=True)`); for inference.
-        `fused_attention` (no cache) names the `jax.nn.dot_product_attention` implementation the layers attend with
-        (`ATTENTION`); each row's real tokens must be one contiguous run (left and right padding, as in training):
-        the rows are rotated so that run starts at slot 0, which is the only padding the fused kernel takes, and
-        the hidden states rotated back.
-        """
+    def _embedded(self, input_ids, positions, attention_mask):
+        """The residual stream's input (fp32, rows pinned to the batch axes), with default mask and positions."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         if positions is None:
             positions = default_positions(attention_mask)
-        if fused_attention is not None:
-            if cache is not None or layers is not None or collect:
-                raise ValueError("fused attention runs full sequences only (no cache, layers or collect)")
-            shift = jnp.argmax(attention_mask, axis=-1)
-            input_ids, positions, attention_mask = (_roll_rows(a, shift) for a in (input_ids, positions, attention_mask))
+        return constrain_rows(self.embed[...][input_ids].astype(jnp.float32), self.rules), positions, attention_mask
+
+    def _scan(self, x, positions, attention_mask, remat: str | None, fused_attention: str | None, collect: bool):
+        """The stacked layers over a full sequence as one `lax.scan`; each layer's weights cast to the compute
+        dtype and gathered over FSDP inside the body. Returns (output, each layer's output if `collect`)."""
         cd, rules = self.compute_dtype, self.rules
-        x = constrain_rows(self.embed[...][input_ids].astype(jnp.float32), rules)
         graphdef, stacked = nnx.split(self.layers)
 
         def compute_weight(var: nnx.Variable) -> nnx.Variable:
             # cast before FSDP's all-gather, so bf16 compute gathers half the bytes; axes[0] is "layers"
             return var.replace(gather_fsdp(var.get_value().astype(cd), var.get_metadata()["logical_axes"][1:], rules))
 
-        def body(x, xs):
-            layer_state, layer_cache = xs
+        def body(x, layer_state):
             layer_state = jax.tree.map(compute_weight, layer_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
-            x, layer_cache = nnx.merge(graphdef, layer_state)(x, positions, attention_mask, layer_cache,
-                                                              cache_index, fused_attention)
+            x, _ = nnx.merge(graphdef, layer_state)(x, positions, attention_mask, fused=fused_attention)
             x = constrain_rows(x, rules)
-            return x, (layer_cache, x if collect else None)
+            return x, x if collect else None
 
         if remat:
             body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
-        embedded = x
-        if layers is not None:
-            x, (new_cache, outputs) = _unrolled(body, x, layers, cache)
-        else:
-            x, (new_cache, outputs) = jax.lax.scan(body, x, (stacked, cache))
-        hidden = self.final_norm(x).astype(cd)
+        return jax.lax.scan(body, x, stacked)
+
+    def forward(self, input_ids, positions=None, attention_mask=None, *, remat: str | None = None,
+                fused_attention: str | None = None) -> jax.Array:
+        """Final-normed hidden states [B, T, E] (compute dtype) of full sequences: training and plain forwards.
+
+        attention_mask [B, T] marks real tokens; positions default to each row's count of real tokens. `remat`
+        names a `REMAT_POLICIES` entry: each layer is recomputed in the backward pass, keeping what the policy
+        saves. `fused_attention` names the `jax.nn.dot_product_attention` implementation the layers attend with
+        (`ATTENTION`); each row's real tokens must be one contiguous run (left and right padding, as in
+        training): the rows are rotated so that run starts at slot 0, which is the only padding the fused kernel
+        takes, and the hidden states rotated back.
+        """
+        x, positions, attention_mask = self._embedded(input_ids, positions, attention_mask)
         if fused_attention is not None:
-            hidden = _roll_rows(hidden, -shift)
-        if collect:
-            return hidden, [embedded, *outputs]
-        return hidden, new_cache
+            shift = jnp.argmax(attention_mask, axis=-1)
+            x, positions, attention_mask = (_roll_rows(a, shift) for a in (x, positions, attention_mask))
+        x, _ = self._scan(x, positions, attention_mask, remat, fused_attention, collect=False)
+        hidden = self.final_norm(x).astype(self.compute_dtype)
+        return hidden if fused_attention is None else _roll_rows(hidden, -shift)
+
+    def collect(self, input_ids, positions=None, attention_mask=None) -> tuple[jax.Array, list[jax.Array]]:
+        """`forward`'s hidden states and every layer's input plus the last layer's output (transformers'
+        `output_hidden_states` before its final norm): for layer-by-layer parity."""
+        x, positions, attention_mask = self._embedded(input_ids, positions, attention_mask)
+        out, outputs = self._scan(x, positions, attention_mask, None, None, collect=True)
+        return self.final_norm(out).astype(self.compute_dtype), [x, *outputs]
+
+    def decode(self, input_ids, positions, key_mask, cache: DecodeCache, cache_index,
+               layers: list[nnx.State]) -> tuple[jax.Array, DecodeCache]:
+        """Hidden states [B, T, E] of T new tokens written at cache slot `cache_index`, and the updated cache:
+        the sampler's prefill (T = the prompt) and decode steps (T = 1).
+
+        key_mask [B, S] marks the real cache slots; `layers` (`unstacked_layers`) and the per-layer `cache`
+        (`init_cache`) are run one layer after another, each read in place.
+        """
+        x, _, _ = self._embedded(input_ids, positions, key_mask)
+        graphdef = nnx.graphdef(self.layers)
+        new_cache = []
+        for layer_state, layer_cache in zip(layers, cache, strict=True):
+            x, layer_cache = nnx.merge(graphdef, layer_state)(x, positions, key_mask, layer_cache, cache_index)
+            x = constrain_rows(x, self.rules)
+            new_cache.append(layer_cache)
+        return self.final_norm(x).astype(self.compute_dtype), new_cache
 
     def __call__(self, input_ids, positions=None, attention_mask=None):
-        hidden, _ = self.hidden_states(input_ids, positions, attention_mask)
-        return self.logits(hidden)
+        return self.logits(self.forward(input_ids, positions, attention_mask))
 
 
-def _unrolled(body, x, layers: list[nnx.State], cache: KVCache | None):
-    """`jax.lax.scan(body, x, (stack of layers, cache))` as a Python loop over per-layer parameters."""
-    outputs, new_cache = [], []
-    for i, layer_state in enumerate(layers):
-        x, (layer_cache, out) = body(x, (layer_state, None if cache is None else cache[i]))
-        outputs.append(out)
-        new_cache.append(layer_cache)
-    return x, (None if cache is None else new_cache, None if outputs[0] is None else jnp.stack(outputs))
-
-
-def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32, per_layer: bool = False):
-    """A zeroed dense KV cache: (k, v), each [layers, batch, kv_heads, length, head_dim]; with `per_layer`,
-    a list of one (k, v) of [batch, kv_heads, length, head_dim] per layer (the decode layout)."""
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> DecodeCache:
+    """A zeroed dense KV cache for `Decoder.decode`: one (k, v) of [batch, kv_heads, length, head_dim] per layer."""
     shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
-    if per_layer:
-        return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers)]
-    return jnp.zeros((cfg.num_layers, *shape), dtype), jnp.zeros((cfg.num_layers, *shape), dtype)
+    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers)]
