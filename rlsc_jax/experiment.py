@@ -259,8 +259,9 @@ def run_experiment(args: argparse.Namespace) -> str:
             md = table(base, runs, cfg.eval.num_samples, cfg.eval.temperature)
             atomic_write_json(args.output / "results.json", {"base": base, "runs": runs, "by_step": by_step})
             atomic_write_text(args.output / "table.md", md + "\n")
-            plot_arms({ARMS[name][0]: [read_metrics(d) for d in seeds.values()] for name, seeds in dirs.items()},
-                      args.output / "curves.png")
+            if dirs:  # none yet while only the base model is in
+                plot_arms({ARMS[name][0]: [read_metrics(d) for d in seeds.values()] for name, seeds in dirs.items()},
+                          args.output / "curves.png")
             plot_accuracy(base, runs, by_step, cfg.eval.num_samples, {name: ARMS[name][0] for name in by_step},
                           args.output / "accuracy_vs_steps.png")
             return md
