@@ -56,6 +56,7 @@ class DataConfig:
     data_dir: str = resumable(str(BENCHMARK_DIR))  # the six benchmarks shipped in rlsc_jax/data/benchmarks
     question_field: str = "question"
     num_questions: int = 100  # 0 = all (synthetic: 256)
+    offset: int = 0  # skip the first questions: train on a benchmark's tail while eval.* scores its head
     template: str = "plain"
     shuffle: bool = True
 
@@ -99,6 +100,7 @@ class EvalConfig:
     temperature: float = 0.5
     batch_size: int = 16
     protocol: str = "qwen-math"  # benchmark / JSONL sources: this named protocol (rlsc_jax/protocols.py) instead
+    max_new_tokens: int = 0  # evaluation budget; 0 = the protocol's (benchmarks, JSONL) or sampling.max_new_tokens
 
 
 @dataclasses.dataclass

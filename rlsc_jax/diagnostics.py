@@ -80,7 +80,7 @@ def gradient_statistics(cfg: TrainConfig, num_questions: int, draws: int, progre
     model, tokenizer = _load(cfg, mesh)
     eos = eos_ids(tokenizer, generation_eos(cfg.model))
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
-                               num_questions=num_questions)
+                               num_questions=num_questions, offset=cfg.data.offset)
     trainer, state = Trainer.create(model, cfg, mesh)
     params, s = state.params, cfg.sampling
     grad = jax.jit(lambda p, batch: trainer.loss_and_grads(p, batch, trainer.temperature)[-1])  # the train step's gradient
@@ -116,7 +116,7 @@ def logprob_statistics(cfg: TrainConfig, num_questions: int, threshold: float = 
     s = cfg.sampling
     model, tokenizer = _load(cfg, sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
-                               num_questions=num_questions)[:num_questions]
+                               num_questions=num_questions, offset=cfg.data.offset)[:num_questions]
     records, summary = evaluate_problems(model, tokenizer, questions, template=cfg.data.template,
                                          num_samples=s.num_samples, temperature=s.temperature, top_p=s.top_p,
                                          top_k=s.top_k, max_new_tokens=s.max_new_tokens,

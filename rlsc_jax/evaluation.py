@@ -197,15 +197,16 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
 
 
 def evaluate_protocol(model: Decoder, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], protocol: str, *,
-                      seed: int = 0, batch_size: int = 8, model_dir: str | Path | None = None) -> dict:
+                      seed: int = 0, batch_size: int = 8, model_dir: str | Path | None = None,
+                      max_new_tokens: int | None = None) -> dict:
     """The named protocol's summary of `problems`, labelled with its name: train.py's held-out evaluation of
-    benchmark sources, so that before and after are measured with the same prompt, decoding and budget.
-    `model_dir` as for `evaluate_problems`."""
+    benchmark sources, so that before and after are measured with the same prompt, decoding and budget
+    (`max_new_tokens`, when given, in place of the protocol's). `model_dir` as for `evaluate_problems`."""
     p = get_protocol(protocol)
     _, summary = evaluate_problems(model, tokenizer, problems, template=p.template, num_samples=p.num_samples,
                                    temperature=p.temperature, top_p=p.top_p, top_k=p.top_k,
-                                   max_new_tokens=p.max_new_tokens, batch_size=batch_size, seed=seed, progress=False,
-                                   model_dir=model_dir)
+                                   max_new_tokens=max_new_tokens or p.max_new_tokens, batch_size=batch_size,
+                                   seed=seed, progress=False, model_dir=model_dir)
     return {"protocol": protocol, **summary}
 
 

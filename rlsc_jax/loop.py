@@ -27,6 +27,7 @@ from rlsc_jax.data import SYNTHETIC_SOURCES, load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol
 from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir
 from rlsc_jax.metrics import MetricsLog, SamplesLog, read_metrics
+from rlsc_jax.protocols import get_protocol
 from rlsc_jax.run_record import check_resume, flatten, write_record
 from rlsc_jax.sampling import bucket_length
 from rlsc_jax.rollouts import answer_ids, answer_stats, sample_rows, sample_summary, truncated
@@ -37,22 +38,38 @@ from rlsc_jax.training import Trainer, rlsc_step
 from rlsc_jax.validation import validate
 
 
+def training_questions(cfg: TrainConfig, answer_field: str | None = None) -> list:
+    """The unlabeled training questions: `data.num_questions` of `data.source` after the first `data.offset`
+    (gold answers kept only with `answer_field`, for scoring)."""
+    return load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
+                          num_questions=cfg.data.num_questions, offset=cfg.data.offset, answer_field=answer_field)
+
+
 def heldout_questions(cfg: TrainConfig) -> list:
     """The evaluation questions: `eval.num_questions` of `eval.source`'s held-out split after the first `eval.offset`."""
     if not cfg.eval.num_questions:
         return []
-    problems = load_questions(cfg.eval.source, data_dir=cfg.data.data_dir, split="heldout", answer_field="answer",
-                              num_questions=cfg.eval.offset + cfg.eval.num_questions)[cfg.eval.offset:]
-    if not problems:
-        raise ValueError(f"eval.source {cfg.eval.source!r}: no questions after eval.offset={cfg.eval.offset}")
-    return problems
+    return load_questions(cfg.eval.source, data_dir=cfg.data.data_dir, split="heldout", answer_field="answer",
+                          num_questions=cfg.eval.num_questions, offset=cfg.eval.offset)
+
+
+def eval_budget(cfg: TrainConfig) -> int:
+    """The held-out evaluation's new-token budget: `eval.max_new_tokens`, else the named protocol's for benchmark
+    and JSONL sources, else (synthetic) the training budget."""
+    if cfg.eval.max_new_tokens:
+        return cfg.eval.max_new_tokens
+    if cfg.eval.source not in SYNTHETIC_SOURCES:
+        return get_protocol(cfg.eval.protocol).max_new_tokens
+    return cfg.sampling.max_new_tokens
 
 
 def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: float) -> dict:
-    """mean@N / maj@N / pass@k / length of `eval.num_samples` samples per problem at `temperature`, seeded by cfg.seed
-    (EOS ids of the run's source checkpoint, `cfg.model`, whose generation config an export copies)."""
+    """mean@N / maj@N / pass@k / length of `eval.num_samples` samples per problem at `temperature` within
+    `eval.max_new_tokens` (else the training budget), seeded by cfg.seed (EOS ids of the run's source checkpoint,
+    `cfg.model`, whose generation config an export copies)."""
     return evaluate_problems(model, tokenizer, problems, template=cfg.data.template, num_samples=cfg.eval.num_samples,
-                             temperature=temperature, max_new_tokens=cfg.sampling.max_new_tokens,
+                             temperature=temperature,
+                             max_new_tokens=cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens,
                              batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=False, model_dir=cfg.model)[1]
 
 
@@ -64,9 +81,9 @@ def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
     the budget."""
     if cfg.eval.source not in SYNTHETIC_SOURCES:
         return evaluate_protocol(model, tokenizer, problems, cfg.eval.protocol, seed=cfg.seed,
-                                 batch_size=cfg.eval.batch_size, model_dir=cfg.model)
+                                 batch_size=cfg.eval.batch_size, model_dir=cfg.model, max_new_tokens=eval_budget(cfg))
     _, greedy = evaluate_problems(model, tokenizer, problems, template=cfg.data.template,
-                                  max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.eval.batch_size,
+                                  max_new_tokens=eval_budget(cfg), batch_size=cfg.eval.batch_size,
                                   seed=cfg.seed, progress=False, model_dir=cfg.model)
     sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature)
     return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"},
@@ -194,8 +211,7 @@ def prepare(cfg: TrainConfig) -> tuple[list, list, jax.sharding.Mesh]:
     validate(cfg)
     check_trackers(cfg.trackers)
     hf.check(cfg.model)
-    questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
-                               num_questions=cfg.data.num_questions)
+    questions = training_questions(cfg)
     heldout = heldout_questions(cfg)
     mesh = sharding_lib.make_run_mesh(cfg)
     platform = mesh.devices.flat[0].platform

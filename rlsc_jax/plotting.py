@@ -1,5 +1,5 @@
 """PNGs: a run's curves (loss, log p, entropy, answer agreement, length) and held-out before/after; the
-experiment's arms side by side; pass@k vs k."""
+experiment's arms side by side; its accuracy against steps; pass@k vs k."""
 
 from __future__ import annotations
 
@@ -94,6 +94,37 @@ def plot_arms(arms: dict[str, list[list[dict]]], path: str | Path) -> Path:
                 ax.set_title(key)
                 ax.set_xlabel("step")
     axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_accuracy(base: dict[int, dict], runs: dict[str, dict[int, dict]],
+                  by_step: dict[str, dict[int, dict[int, dict]]], n: int, labels: dict[str, str],
+                  path: str | Path) -> Path:
+    """Accuracy against training steps, one colour per arm, one line per seed: held-out greedy accuracy (where
+    measured) and mean@n at step 0 (the seed's base model), at any `--eval-steps` and at the end; and the share
+    of each step's training samples whose answer is right (`experiment.step_accuracy`); `labels`: arm -> legend."""
+    keys = [k for k in ("greedy_accuracy", f"mean@{n}") if all(k in b["before"] for b in base.values())]
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(5 * (len(keys) + 1), 3.8), squeeze=False)
+    for colour, (name, seeds) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], by_step.items()):
+        for i, (seed, stages_) in enumerate(sorted(seeds.items())):
+            label = labels[name] if i == 0 else None
+            steps = [0, *sorted(stages_)]
+            points = [base[seed]["before"], *(stages_[k] for k in sorted(stages_))]
+            for ax, key in zip(axes[0], keys):
+                ax.plot(steps, [100 * p[key] for p in points], "o-", color=colour, alpha=0.7, label=label)
+                ax.set_title(f"held-out {key} (%)")
+            accuracy = runs[name][seed].get("step_accuracy")
+            if accuracy:
+                axes[0][-1].plot(range(1, len(accuracy) + 1), [100 * a for a in accuracy], color=colour, alpha=0.7,
+                                 label=label)
+    axes[0][-1].set_title("training samples answered right (%)")
+    for ax in axes[0]:
+        ax.set_xlabel("step")
+    if by_step:
+        axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

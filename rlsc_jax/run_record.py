@@ -50,9 +50,21 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def flat_config(cfg: TrainConfig) -> dict:
+    """Every config key as {dotted.key: value}."""
+    return flatten(dataclasses.asdict(cfg))
+
+
+def with_new_defaults(old: dict, new: dict) -> dict:
+    """`old` (flat settings recorded earlier) with each key of `new` that it lacks set to the schema's default:
+    a key added to the schema since had its default's behaviour, so a run recorded before it still matches."""
+    defaults = flat_config(TrainConfig())
+    return {**{k: defaults[k] for k in new.keys() - old.keys() if k in defaults}, **old}
+
+
 def trajectory_settings(cfg: TrainConfig) -> dict:
     """The config keys that decide the trajectory; `steps` counts only when the schedule decays over it."""
-    flat = flatten(dataclasses.asdict(cfg))
+    flat = flat_config(cfg)
     keep = {k: v for k, v in flat.items() if not any(k == m or (m.endswith(".") and k.startswith(m)) for m in MUTABLE)}
     if cfg.optim.schedule != "constant":
         keep["steps"] = cfg.steps
@@ -70,6 +82,8 @@ def differences(old: dict, new: dict) -> list[str]:
     out = []
     for section, label in (("settings", ""), ("model_config", "model config.json ")):
         a, b = old.get(section, {}), new.get(section, {})
+        if section == "settings":
+            a = with_new_defaults(a, b)
         out += [f"{label}{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
     a, b = digests(old.get("model_files", {})), digests(new.get("model_files", {}))
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from rlsc_jax import experiment, synthetic_splits
+from rlsc_jax.config import load_config
 from tests.hf_models import make_chat_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,13 +37,81 @@ def test_experiment_pairs_every_arm_with_its_seeds_base(tmp_path):
     lines = (out / "table.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in lines[2:]] == [
         "| base, T=0.5", "| base, T=0.2", "| RLSC L2", "| RLSC L2, paper's batch: 1 question x 20 steps, lr 1e-5"]
-    cells = {line.split(" | ")[0]: line.split(" | ") for line in lines[2:]}
-    assert cells["| base, T=0.5"][5] == "+0.0 ± 0.0"  # the base row's change against itself
+    header = lines[0].strip("| ").split(" | ")
+    cells = {line.split(" | ")[0][2:]: dict(zip(header, line.strip("| ").split(" | "))) for line in lines[2:]}
+    assert cells["base, T=0.5"]["change in mean@4"] == "+0.0 ± 0.0"  # the base row's change against itself
     # underflow fraction for trained arms only; the p_old share where rlsc_l2 logged its gradient terms (near 0
     # here: a random model's 8-token answers have log p near -40, so p_old is tiny but not 0)
-    assert cells["| base, T=0.5"][7] == "–" and 0 <= float(cells["| RLSC L2"][7].split(" ± ")[0]) <= 100
-    assert cells["| base, T=0.5"][8] == "–" and 0 <= float(cells["| RLSC L2"][8].split(" ± ")[0]) <= 100
-    assert (out / "curves.png").stat().st_size > 0
+    for column in ("underflow", "p_old share"):
+        assert cells["base, T=0.5"][column] == "–" and 0 <= float(cells["RLSC L2"][column].split(" ± ")[0]) <= 100
+    # the greedy accuracy's binomial standard error over the 4 problems, at the seeds' mean accuracy
+    p = sum(results["base"][s]["before"]["greedy_accuracy"] for s in "01") / 2
+    assert cells["base, T=0.5"]["greedy se"] == f"{100 * (p * (1 - p) / 4) ** 0.5:.1f}"
+    assert cells["base, T=0.2"]["greedy"] == "–" and cells["base, T=0.2"]["truncated"].count("/") == 0
+    assert cells["RLSC L2"]["truncated"].count("/") == 1  # greedy / sampled
+    assert (out / "curves.png").stat().st_size > 0 and (out / "accuracy_vs_steps.png").stat().st_size > 0
+
+
+def test_a_benchmark_source_in_stages_on_disjoint_slices(tmp_path, capsys):
+    """One JSONL file, training on its tail and scored on its head; the greedy protocol beside the sampled
+    metrics; each arm scored after step 1 and 2; seed by seed; checkpoints pruned once a result is kept."""
+    texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 200)]
+    model = make_chat_model_dir(tmp_path / "model", texts)
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"question": p.question, "answer": p.gold}) + "\n"
+                            for p in synthetic_splits.split_questions("heldout", 12)))
+    out = tmp_path / "exp"
+    args = ["--seeds", "0", "1", "--arms", "ttrl", "--baseline-temperatures", "0.2", "--output", str(out),
+            "--eval-steps", "1", "--no-train-scores", "--prune-checkpoints", f"model={model}", *TINY,
+            f"data.source={data}", "data.offset=4", "data.num_questions=0", f"eval.source={data}",
+            "eval.max_new_tokens=8", "data.template=qwen-math"]
+    assert experiment.main(args) == 0
+    order = [line for line in capsys.readouterr().out.splitlines() if line.startswith("== ")]
+    assert [line.split(" -> ")[0] for line in order] == [
+        "== base model, seed 0", "== TTRL (majority-vote reward), seed 0",
+        "== base model, seed 1", "== TTRL (majority-vote reward), seed 1"]
+    results = json.loads((out / "results.json").read_text())
+    before = results["base"]["0"]["before"]
+    assert before["protocol"]["protocol"] == "qwen-math" and before["protocol"]["max_new_tokens"] == 8
+    assert before["greedy_accuracy"] == before["protocol"]["accuracy"] and before["num_samples"] == 4
+    assert "train" not in results["base"]["0"]
+    trained = {row["id"] for line in (out / "ttrl-seed0" / "samples.jsonl").read_text().splitlines()
+               for row in [json.loads(line)]}
+    assert trained and trained <= {str(i) for i in range(5, 13)}  # lines 5..12: the 4 evaluated come first
+    for seed in "01":
+        assert set(results["by_step"]["ttrl"][seed]) == {"1", "2"}
+        assert (out / f"ttrl-seed{seed}" / "experiment_step1.json").is_file()
+        assert not (out / f"ttrl-seed{seed}" / "checkpoints").exists() and (out / f"ttrl-seed{seed}" / "final").is_dir()
+    assert results["runs"]["ttrl"]["1"]["after"] == results["by_step"]["ttrl"]["1"]["2"]
+    assert len(results["runs"]["ttrl"]["0"]["step_accuracy"]) == 2
+    assert (out / "accuracy_vs_steps.png").stat().st_size > 0
+
+
+def test_a_partial_table_pairs_each_arm_with_its_own_seeds_base():
+    """While seed 1 of an arm is in and seed 0 is not, its change is against seed 1's base, and the row says so."""
+    def metrics(x, greedy=0.4):
+        return {"mean@4": x, "maj@4": x, "pass@4": x, "truncated_frac": 0.0, "mean_length": 10.0, "problems": 100,
+                "greedy_accuracy": greedy, "greedy_truncated_frac": 0.0}
+
+    base = {0: {"before": metrics(0.5)}, 1: {"before": metrics(0.6)}}
+    runs = {"ttrl": {1: {"after": metrics(0.7, greedy=0.5), "underflow": 0.0}}}
+    lines = experiment.table(base, runs, 4, 0.5).splitlines()
+    cells = lines[3].split(" | ")
+    assert cells[0] == "| TTRL (majority-vote reward) (seeds 1 only)" and cells[6] == "+10.0"
+    assert cells[1:3] == ["50.0", "5.0"]  # greedy, and its binomial standard error over 100 problems
+    assert lines[2].split(" | ")[1:3] == ["40.0 ± 0.0", "4.9"]
+
+
+def test_step_accuracy_grades_each_steps_samples_against_the_gold(tmp_path):
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"question": "1 + 1?", "answer": "2"}\n{"question": "2 + 2?", "answer": "4"}\n')
+    rows = [{"step": 1, "id": "1", "completions": [{"answer": "2"}, {"answer": "2.0"}]},
+            {"step": 2, "id": "2", "completions": [{"answer": "4"}, {"answer": None}, {"answer": "5"}]}]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, [f"data.source={data}", f"output_dir={tmp_path}"])
+    assert experiment.step_accuracy(cfg) == [1.0, 1 / 3]
+    data.write_text('{"question": "1 + 1?"}\n')  # unlabeled training questions: no curve
+    assert experiment.step_accuracy(cfg) is None
 
 
 def test_a_rerun_reuses_finished_results_and_recomputes_when_the_config_changes(tmp_path, monkeypatch):
@@ -57,10 +126,25 @@ def test_a_rerun_reuses_finished_results_and_recomputes_when_the_config_changes(
     def fail(*_):
         raise AssertionError("recomputed a finished result")
 
+    # an interruption loses only the part under way: with the whole results gone, the kept parts rebuild them
+    (out / "base-seed0.json").unlink()
+    (out / "rlsc_l2-seed0" / "experiment_result.json").unlink()
+    for name in ("run", "evaluate", "sampled_metrics"):
+        monkeypatch.setattr(experiment, name, fail)
+    assert experiment.main(args) == 0
+    assert json.loads((out / "results.json").read_text()) == first
     monkeypatch.setattr(experiment, "base_model", fail)
     monkeypatch.setattr(experiment, "train_arm", fail)
     assert experiment.main(args) == 0
     assert json.loads((out / "results.json").read_text()) == first
+    # a result kept before a config key existed is reused while that key is at its default
+    for path in (out / "base-seed0.json", out / "rlsc_l2-seed0" / "experiment_result.json"):
+        kept = json.loads(path.read_text())
+        del kept["key"]["config"]["data.offset"]
+        path.write_text(json.dumps(kept))
+    assert experiment.main(args) == 0
+    with pytest.raises(AssertionError, match="recomputed"):
+        experiment.main([*args, "data.offset=1"])
     with pytest.raises(AssertionError, match="recomputed"):  # a changed config is not served from the cache
         experiment.main([*args, "eval.num_samples=2"])
     with (model / "config.json").open("a") as f:  # nor are other model files at the same path
@@ -73,7 +157,7 @@ def test_overrides_may_follow_the_list_options(monkeypatch, tmp_path):
     class Stop(Exception):
         pass
 
-    def capture(cfg, temperatures):
+    def capture(cfg, *_):
         raise Stop(cfg)
 
     monkeypatch.setattr(experiment, "base_model", capture)
@@ -88,6 +172,7 @@ def test_overrides_may_follow_the_list_options(monkeypatch, tmp_path):
     (["--config", "{tmp}/missing.yaml"], "missing.yaml: config file not found"),
     (["--output", "{tmp}/a_file"], "a_file': cannot create the directory"),
     (["--arms", "rlsc_l1", "optim.lr=-1"], "optim.lr=-1.0: must be finite and > 0"),
+    (["--arms", "rlsc_l1", "--eval-steps", "1", "optim.schedule=cosine"], "needs optim.schedule=constant"),
 ])
 def test_bad_input_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatch, args, needle):
     monkeypatch.setattr(experiment, "base_model", lambda *a: pytest.fail("ran despite bad input"))

@@ -91,6 +91,19 @@ def test_a_record_made_before_objective_args_moved_still_resumes(tmp_path):
         check_resume(tmp_path, cfg, resuming=True)
 
 
+def test_a_record_made_before_a_key_was_added_resumes_at_its_default(tmp_path):
+    """A setting added to the schema after run.json was written counts as its default (the behaviour the run had);
+    the same run at another value of it is refused."""
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    record = make_record(cfg)
+    del record["settings"]["data.offset"]
+    write_record(tmp_path, record)
+    check_resume(tmp_path, cfg, resuming=True)
+    cfg.data.offset = 3
+    with pytest.raises(ValueError, match=r"\(data.offset: 0 -> 3\)"):
+        check_resume(tmp_path, cfg, resuming=True)
+
+
 def test_resume_onto_another_mesh(chat_model, tmp_path):
     """Steps 1-2 on an 8-way FSDP mesh, step 3 on data=2 x fsdp=4: the same weights as 3 steps on one mesh
     up to reduction order."""
