@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from pathlib import Path
 from typing import Union
 
@@ -63,7 +64,8 @@ class DataConfig:
 
 @dataclasses.dataclass
 class SamplingConfig:
-    """How the N completions per question are drawn (paper: N = 16, T = 0.5)."""
+    """How the N completions per question are drawn (paper: N = 16, T = 0.5): training's `sampling.*`, each
+    evaluation protocol's decoding, and eval.py's overrides of it; checked by `check_sampling`."""
 
     num_samples: int = 16
     temperature: float = 0.5
@@ -247,6 +249,26 @@ def _read_yaml(path: Path):
         kind = type(layer).__name__.replace("Config", "")
         raise ValueError(f"{path}: expected a mapping of config keys, got a {kind}")
     return layer
+
+
+def check_sampling(s: SamplingConfig, prefix: str = "", training: bool = False) -> None:
+    """The one check of sampling settings, wherever they come from: a one-line ValueError naming the key
+    (`prefix` + field). Training needs T > 0; evaluation allows greedy (T = 0) for one sample per problem."""
+    finite_t = math.isfinite(s.temperature)
+    checks = (
+        ("num_samples", s.num_samples >= 1, ">= 1"),
+        ("max_new_tokens", s.max_new_tokens >= 1, ">= 1"),
+        ("temperature", finite_t and s.temperature > 0, "finite and > 0 for training") if training else
+        ("temperature", finite_t and s.temperature >= 0, "finite and >= 0 (0 = greedy)"),
+        ("top_k", s.top_k >= 0, ">= 0 (0 = off)"),
+        ("top_p", 0 < s.top_p <= 1, "in (0, 1]"),
+    )
+    for key, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{prefix}{key}={getattr(s, key)!r}: must be {expected}")
+    if s.num_samples > 1 and s.temperature == 0:
+        raise ValueError(f"{prefix}num_samples={s.num_samples} needs temperature > 0 (greedy samples are all "
+                         "identical)")
 
 
 def check_seed(seed: int, key: str = "seed") -> None:

@@ -113,15 +113,12 @@ def logprob_statistics(cfg: TrainConfig, num_questions: int, threshold: float = 
     top-p, budget, seed): their `logprob_profile` and, where the source has gold answers, mean@N / maj@N."""
     if num_questions < 1:
         raise ValueError(f"need at least 1 question (got {num_questions})")
-    s = cfg.sampling
     model, tokenizer = _load(cfg, sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=num_questions, offset=cfg.data.offset)[:num_questions]
     records, summary = evaluate_problems(model, tokenizer, questions, template=cfg.data.template,
-                                         num_samples=s.num_samples, temperature=s.temperature, top_p=s.top_p,
-                                         top_k=s.top_k, max_new_tokens=s.max_new_tokens,
-                                         batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=progress,
-                                         model_dir=cfg.model)
+                                         sampling=cfg.sampling, batch_size=cfg.eval.batch_size, seed=cfg.seed,
+                                         progress=progress, model_dir=cfg.model)
     return {"seq_logp": logprob_profile(records, threshold), "samples": summary}
 
 

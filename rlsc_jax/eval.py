@@ -7,11 +7,11 @@ import argparse
 
 from rlsc_jax.benchmarks import BENCHMARK_DIR, BENCHMARKS
 from rlsc_jax.cli import exit_process, prog, run_command
-from rlsc_jax.protocols import DEFAULT_PROTOCOL, PROTOCOLS
+from rlsc_jax.protocols import DEFAULT_PROTOCOL, PROTOCOLS, SETTINGS
 
-# eval_cli.EvalRunConfig's fields other than mesh (a test keeps the two equal; eval_cli imports JAX)
-SETTING_NAMES = ("template", "num_samples", "temperature", "top_p", "top_k", "max_new_tokens", "batch_size", "seed",
-                 "dtype", "question_field", "answer_field")
+# eval_cli.EvalRunConfig's settings by their command-line names, but mesh (a test keeps the two equal; eval_cli
+# imports JAX)
+SETTING_NAMES = (*SETTINGS, "batch_size", "seed", "dtype", "question_field", "answer_field")
 
 
 def parser() -> argparse.ArgumentParser:

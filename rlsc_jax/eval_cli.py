@@ -22,13 +22,13 @@ from pathlib import Path
 
 from rlsc_jax import hf
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, load_benchmark, load_jsonl_problems
-from rlsc_jax.config import MeshConfig, check_seed, load_config
+from rlsc_jax.config import MeshConfig, SamplingConfig, check_seed, load_config
 from rlsc_jax.dtypes import DTYPES
 from rlsc_jax.evaluation import check_settings, evaluate_problems, format_table, prompt_ids, read_records, token_budget
 from rlsc_jax.files import atomic_write_json, exclusive_dir, make_dir
 from rlsc_jax.fingerprint import digests, fingerprint
 from rlsc_jax.models import ModelConfig
-from rlsc_jax.protocols import DEFAULT_PROTOCOL, SETTINGS, get_protocol
+from rlsc_jax.protocols import DEFAULT_PROTOCOL, SAMPLING_KEYS, SETTINGS, get_protocol
 from rlsc_jax.report import truncation_warning
 from rlsc_jax.sharding import axis_rules, make_mesh
 from rlsc_jax.tokenizer import load_tokenizer
@@ -40,17 +40,13 @@ FIXED = ("problems", "num_samples", "max_new_tokens")  # summary entries that ar
 
 @dataclasses.dataclass
 class EvalRunConfig:
-    """The `key=value` settings of `eval.py`: the protocol's settings (None: the protocol's value) and the rest;
-    question/answer fields apply to `--jsonl` files. Unlike `config.EvalConfig` (train.py's `eval.*`: which
-    held-out questions to score before and after training, benchmark sources by a protocol as published),
-    this one overrides a protocol's settings for one model."""
+    """`eval.py`'s settings: a protocol's prompt template and decoding (`sampling`, the type training's
+    `sampling.*` uses), each replaced by a flat `key=value` (`num_samples=4`), and the rest; question/answer
+    fields apply to `--jsonl` files. Unlike `config.EvalConfig` (train.py's `eval.*`: which held-out questions
+    to score before and after training), this one evaluates one model."""
 
-    template: str | None = None
-    num_samples: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    max_new_tokens: int | None = None
+    template: str = ""
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     batch_size: int = 8
     seed: int = 0
     dtype: str = "float32"
@@ -58,19 +54,26 @@ class EvalRunConfig:
     answer_field: str = "answer"
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
+    def flat(self) -> dict:
+        """Every setting by its command-line name (the sampling keys without `sampling.`), as settings.json and
+        results.json record them."""
+        out = dataclasses.asdict(self)
+        return {"template": out.pop("template"), **out.pop("sampling"), **out}
+
 
 def parse_config(overrides: list[str], protocol: str = DEFAULT_PROTOCOL) -> tuple[EvalRunConfig, dict]:
     """The protocol's settings with explicit `key=value` overrides on top, checked; also returns the overrides
     that depart from the protocol (a run with any is no longer the protocol as published)."""
     values = get_protocol(protocol)
-    cfg = load_config(None, overrides, schema=EvalRunConfig)
-    departures = {k: getattr(cfg, k) for k in SETTINGS
-                  if getattr(cfg, k) is not None and getattr(cfg, k) != getattr(values, k)}
-    for k in SETTINGS:
-        if getattr(cfg, k) is None:
-            setattr(cfg, k, getattr(values, k))
-    check_settings(cfg.template, cfg.num_samples, cfg.temperature, cfg.max_new_tokens, cfg.batch_size,
-                   top_p=cfg.top_p, top_k=cfg.top_k)
+    base = EvalRunConfig(template=values.template, sampling=dataclasses.replace(values.sampling))
+    nested = [f"sampling.{o.strip()}" if o.split("=", 1)[0].strip() in SAMPLING_KEYS else o for o in overrides]
+    try:
+        cfg = load_config(None, nested, schema=base)
+    except ValueError as e:  # name the keys as the user gives them
+        raise ValueError(str(e).replace("'sampling.", "'")) from None
+    published = EvalRunConfig(template=values.template, sampling=values.sampling).flat()
+    departures = {k: v for k, v in cfg.flat().items() if k in SETTINGS and v != published[k]}
+    check_settings(cfg.template, cfg.sampling, cfg.batch_size)
     if cfg.dtype not in DTYPES:
         raise ValueError(f"dtype '{cfg.dtype}' is not one of {', '.join(DTYPES)}")
     axis_rules(cfg.mesh.rules)
@@ -171,7 +174,7 @@ def _seeds(args: argparse.Namespace, cfg: EvalRunConfig) -> list[int]:
         return [cfg.seed]
     if any(o.split("=", 1)[0].strip() == "seed" for o in args.overrides):
         raise ValueError("give either --seeds or seed=, not both")
-    if cfg.temperature == 0:
+    if cfg.sampling.temperature == 0:
         raise ValueError(f"--seeds repeats a sampled protocol; '{args.protocol}' at temperature 0 is greedy, "
                          "so every seed gives the same completions")
     if len(set(args.seeds)) != len(args.seeds):
@@ -191,7 +194,7 @@ def _read_compare(folder: str, protocol: str, cfg: EvalRunConfig, benchmarks: di
         raise FileNotFoundError(f"--compare {folder}: no results.json there") from None
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise ValueError(f"--compare {path}: not an eval.py results file") from None
-    ours = {k: getattr(cfg, k) for k in SETTINGS}
+    ours = {k: cfg.flat()[k] for k in SETTINGS}
     if other.get("protocol") != protocol or theirs != ours:
         diff = ", ".join(f"{k}={theirs[k]!r} vs {ours[k]!r}" for k in SETTINGS if theirs[k] != ours[k])
         raise ValueError(f"--compare {folder}: made with protocol '{other.get('protocol')}', this run with "
@@ -216,9 +219,7 @@ def _evaluate(model, tokenizer, cfg: EvalRunConfig, seed: int, benchmarks: dict[
             print(f"{name}: {len(problems)} problems, {len(done)} already in {path}, {len(problems) - len(done)} to "
                   f"generate", flush=True)
             _, summaries[name] = evaluate_problems(
-                model, tokenizer, problems, template=cfg.template, num_samples=cfg.num_samples,
-                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-                batch_size=cfg.batch_size, seed=seed, done=done, on_record=writer.open(name, size),
+                model, tokenizer, problems, template=cfg.template, sampling=cfg.sampling, batch_size=cfg.batch_size, seed=seed, done=done, on_record=writer.open(name, size),
                 model_dir=model_dir, prompts=prompts[name])
     finally:
         writer.close()
@@ -234,7 +235,7 @@ def _prompts(tokenizer, model_dir: Path, cfg: EvalRunConfig,
     for name, problems in benchmarks.items():
         out[name] = prompt_ids(tokenizer, problems, cfg.template)
         try:
-            token_budget(cfg.max_new_tokens, {i: len(ids) for i, ids in out[name].items()}, positions)
+            token_budget(cfg.sampling.max_new_tokens, {i: len(ids) for i, ids in out[name].items()}, positions)
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
     return out
@@ -284,13 +285,13 @@ def run(args: argparse.Namespace) -> dict:
         weights, settings = None, {}
         for seed, run_dir in run_dirs.items():
             settings[seed] = {"model": str(model_dir.resolve()), "protocol": args.protocol,
-                              **{k: getattr(cfg, k) for k in RESUME_KEYS}, "seed": seed}
+                              **{k: cfg.flat()[k] for k in RESUME_KEYS}, "seed": seed}
             weights = _check_resume(run_dir, settings[seed], model_dir, weights)
 
         model = hf.load(model_dir, dtype=cfg.dtype, mesh=make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor),
                         rules=cfg.mesh.rules)
         common = {"model": str(model_dir.resolve()), "weights": digests(weights), "protocol": args.protocol,
-                  "overrides": departures, "limit": args.limit, "config": dataclasses.asdict(cfg)}
+                  "overrides": departures, "limit": args.limit, "config": cfg.flat()}
         per_seed = []
         for seed, run_dir in run_dirs.items():
             per_seed.append(_evaluate(model, tokenizer, cfg, seed, benchmarks, prompts, run_dir,
@@ -302,7 +303,7 @@ def run(args: argparse.Namespace) -> dict:
             results = {**common, "seeds": seeds, "benchmarks": means, "sd": spread,
                        "per_seed": {str(s): run for s, run in zip(seeds, per_seed)}}
             atomic_write_json(out_dir / "results.json", results)
-        _report(results, cfg.temperature, spread)
+        _report(results, cfg.sampling.temperature, spread)
         from rlsc_jax.plotting import plot_pass_at_k
         curves = {out_dir.name: results["benchmarks"]}
         if other:

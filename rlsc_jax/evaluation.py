@@ -14,6 +14,7 @@ tokens at the sampling temperature: for sampled completions, an estimate of the 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -26,26 +27,22 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from rlsc_jax.benchmarks import DEFAULT_TEMPLATE, PROMPTS, Problem, build_messages
+from rlsc_jax.config import SamplingConfig, check_sampling
 from rlsc_jax.grading import answer_groups, extract_answer, is_equivalent, maj_at_k, majority_answer, pass_at_k
 from rlsc_jax.models import Decoder
-from rlsc_jax.protocols import get_protocol
+from rlsc_jax.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
 from rlsc_jax.sampling import sample
 from rlsc_jax.sharding import to_host
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos
 
 
-def check_settings(template: str, num_samples: int, temperature: float, max_new_tokens: int,
-                   batch_size: int, *, top_p: float = 1.0, top_k: int = 0) -> None:
+def check_settings(template: str, sampling: SamplingConfig, batch_size: int) -> None:
     """Rejects settings that would fail (or silently mislead) only after the model is loaded."""
     if template not in PROMPTS:
         raise ValueError(f"unknown prompt template '{template}'; known: {', '.join(PROMPTS)}")
-    if num_samples < 1 or max_new_tokens < 1 or batch_size < 1:
-        raise ValueError(f"num_samples ({num_samples}), max_new_tokens ({max_new_tokens}) and batch_size "
-                         f"({batch_size}) must be >= 1")
-    if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature >= 0, top_k >= 0 and 0 < top_p <= 1 (got {temperature}, {top_k}, {top_p})")
-    if num_samples > 1 and temperature == 0:
-        raise ValueError(f"num_samples={num_samples} needs temperature > 0 (greedy samples are all identical)")
+    check_sampling(sampling)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, problems: list[Problem], template: str) -> dict[str, list[int]]:
@@ -140,29 +137,31 @@ def logprob_profile(records: list[dict], threshold: float = -30.0) -> dict[str, 
 
 
 def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *,
-                      template: str = DEFAULT_TEMPLATE, num_samples: int = 1, temperature: float = 0.0,
-                      top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 2048, batch_size: int = 8,
+                      template: str = DEFAULT_TEMPLATE, sampling: SamplingConfig = PROTOCOLS[DEFAULT_PROTOCOL].sampling, batch_size: int = 8,
                       seed: int = 0, progress: bool = True, done: dict[str, dict] | None = None,
                       on_record: Callable[[dict], Any] | None = None,
                       model_dir: str | Path | None = None,
                       prompts: dict[str, list[int]] | None = None) -> tuple[list[dict], dict]:
     """Samples, decodes and grades every problem not already in `done` (id -> record); returns (records, summary).
 
-    `batch_size` problems share one `sample` call, whose key is the seed folded with the index of the
+    `sampling` decides the completions (`num_samples` per problem, at most `max_new_tokens` each; default: the
+    default protocol's greedy decoding). `batch_size`
+    problems share one `sample` call, whose key is the seed folded with the index of the
     batch's first problem. `on_record` sees each new record as soon as it is graded. The budget is
     `token_budget` over all of `problems` (so it does not depend on batching or on what is already done);
     the summary's `max_new_tokens` is that budget.
     EOS ids: the tokenizer's plus those of `model_dir`'s `generation_config.json` (the checkpoint the model
     came from), if any. `prompts`: `prompt_ids` of `problems` under `template`, when the caller has them.
     """
-    check_settings(template, num_samples, temperature, max_new_tokens, batch_size, top_p=top_p, top_k=top_k)
+    check_settings(template, sampling, batch_size)
+    num_samples = sampling.num_samples
     if not problems:
         raise ValueError("no problems to evaluate")
     duplicates = [i for i, count in Counter(p.id for p in problems).items() if count > 1]
     if duplicates:
         raise ValueError(f"duplicate problem id '{duplicates[0]}'")
     prompts = prompts or prompt_ids(tokenizer, problems, template)
-    budget, note = token_budget(max_new_tokens, {i: len(ids) for i, ids in prompts.items()},
+    budget, note = token_budget(sampling.max_new_tokens, {i: len(ids) for i, ids in prompts.items()},
                                 model.cfg.max_position_embeddings)
     if note:
         print(note, flush=True)
@@ -178,7 +177,7 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
         for start in range(0, len(pending), batch_size):
             batch = pending[start:start + batch_size]
             out = sample(model, [prompts[p.id] for _, p in batch], num_samples=num_samples, max_new_tokens=budget,
-                         temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=eos,
+                         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, eos_ids=eos,
                          seed=jax.random.fold_in(key, batch[0][0]))
             tokens, lengths = to_host(out.tokens), to_host(out.lengths).tolist()
             logprob_sums = to_host(out.logprobs).sum(axis=1).tolist()
@@ -203,10 +202,9 @@ def evaluate_protocol(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
     benchmark sources, so that before and after are measured with the same prompt, decoding and budget
     (`max_new_tokens`, when given, in place of the protocol's). `model_dir` as for `evaluate_problems`."""
     p = get_protocol(protocol)
-    _, summary = evaluate_problems(model, tokenizer, problems, template=p.template, num_samples=p.num_samples,
-                                   temperature=p.temperature, top_p=p.top_p, top_k=p.top_k,
-                                   max_new_tokens=max_new_tokens or p.max_new_tokens, batch_size=batch_size,
-                                   seed=seed, progress=False, model_dir=model_dir)
+    sampling = dataclasses.replace(p.sampling, max_new_tokens=max_new_tokens or p.sampling.max_new_tokens)
+    _, summary = evaluate_problems(model, tokenizer, problems, template=p.template, sampling=sampling,
+                                   batch_size=batch_size, seed=seed, progress=False, model_dir=model_dir)
     return {"protocol": protocol, **summary}
 
 

@@ -92,7 +92,7 @@ def heldout_metrics(model, tokenizer, cfg: TrainConfig, problems, metrics: dict 
     if cfg.eval.source in SYNTHETIC_SOURCES:
         return metrics
     greedy = {}
-    if get_protocol(cfg.eval.protocol).temperature == 0:
+    if get_protocol(cfg.eval.protocol).sampling.temperature == 0:
         greedy = {"greedy_accuracy": metrics["accuracy"], "greedy_truncated_frac": metrics["truncated_frac"],
                   "greedy_mean_length": metrics["mean_length"]}
     return {**sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature), **greedy, "protocol": metrics}

@@ -22,7 +22,7 @@ from rlsc_jax import fit, hf, sharding as sharding_lib
 from rlsc_jax.benchmarks import build_messages
 from rlsc_jax.checkpoints import Checkpointer, preemption_notice, saved_steps
 from rlsc_jax.cli import Preempted
-from rlsc_jax.config import TrainConfig, to_yaml
+from rlsc_jax.config import SamplingConfig, TrainConfig, to_yaml
 from rlsc_jax.data import SYNTHETIC_SOURCES, load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol
 from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir
@@ -59,7 +59,7 @@ def eval_budget(cfg: TrainConfig) -> int:
     if cfg.eval.max_new_tokens:
         return cfg.eval.max_new_tokens
     if cfg.eval.source not in SYNTHETIC_SOURCES:
-        return get_protocol(cfg.eval.protocol).max_new_tokens
+        return get_protocol(cfg.eval.protocol).sampling.max_new_tokens
     return cfg.sampling.max_new_tokens
 
 
@@ -67,9 +67,9 @@ def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: f
     """mean@N / maj@N / pass@k / length of `eval.num_samples` samples per problem at `temperature` within
     `eval.max_new_tokens` (else the training budget), seeded by cfg.seed (EOS ids of the run's source checkpoint,
     `cfg.model`, whose generation config an export copies)."""
-    return evaluate_problems(model, tokenizer, problems, template=cfg.data.template, num_samples=cfg.eval.num_samples,
-                             temperature=temperature,
-                             max_new_tokens=cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens,
+    sampling = SamplingConfig(num_samples=cfg.eval.num_samples, temperature=temperature,
+                              max_new_tokens=cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens)
+    return evaluate_problems(model, tokenizer, problems, template=cfg.data.template, sampling=sampling,
                              batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=False, model_dir=cfg.model)[1]
 
 
@@ -83,7 +83,9 @@ def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
         return evaluate_protocol(model, tokenizer, problems, cfg.eval.protocol, seed=cfg.seed,
                                  batch_size=cfg.eval.batch_size, model_dir=cfg.model, max_new_tokens=eval_budget(cfg))
     _, greedy = evaluate_problems(model, tokenizer, problems, template=cfg.data.template,
-                                  max_new_tokens=eval_budget(cfg), batch_size=cfg.eval.batch_size,
+                                  sampling=SamplingConfig(num_samples=1, temperature=0.0,
+                                                          max_new_tokens=eval_budget(cfg)),
+                                  batch_size=cfg.eval.batch_size,
                                   seed=cfg.seed, progress=False, model_dir=cfg.model)
     sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature)
     return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"},

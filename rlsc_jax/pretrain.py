@@ -40,7 +40,7 @@ from transformers import PreTrainedTokenizerBase
 from rlsc_jax import hf
 from rlsc_jax.bpe import train_tokenizer
 from rlsc_jax.cli import exit_process, prog, run_command
-from rlsc_jax.config import DEFAULT_MODEL
+from rlsc_jax.config import DEFAULT_MODEL, SamplingConfig
 from rlsc_jax.evaluation import evaluate_problems, logprob_profile
 from rlsc_jax.files import check_writable
 from rlsc_jax.logprobs import sequence_logprobs
@@ -205,11 +205,12 @@ def heldout_report(model: Decoder, tok: PreTrainedTokenizerBase, cfg: PretrainCo
     """Plain-template summaries on the first held-out questions: greedy, then n samples at each report
     temperature (default T = 1.0 and 0.5), each with the profile of its samples' log p (`logprob_profile`)."""
     problems = split_questions("heldout", cfg.eval_questions, task=cfg.task)
-    run = functools.partial(evaluate_problems, model, tok, problems, template="plain",
-                            max_new_tokens=cfg.max_new_tokens, batch_size=16, seed=cfg.seed, progress=False)
-    report = {"greedy": run()[1]}
+    greedy = SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
+    run = functools.partial(evaluate_problems, model, tok, problems, template="plain", batch_size=16, seed=cfg.seed,
+                            progress=False)
+    report = {"greedy": run(sampling=greedy)[1]}
     for t in report_temperatures(cfg):
-        records, summary = run(num_samples=cfg.eval_samples, temperature=t)
+        records, summary = run(sampling=dataclasses.replace(greedy, num_samples=cfg.eval_samples, temperature=t))
         report[f"T={t}"] = {**summary, "seq_logp": logprob_profile(records)}
     return report
 

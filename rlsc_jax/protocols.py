@@ -12,28 +12,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from rlsc_jax.config import SamplingConfig
+
 
 @dataclass(frozen=True)
 class Protocol:
-    """The settings a protocol fixes; `key=value` overrides on the command line replace single ones."""
+    """The settings a protocol fixes: its prompt template and its decoding (the sampling settings training uses
+    too); eval.py's `key=value` overrides replace single ones."""
 
     template: str
-    num_samples: int
-    temperature: float
-    top_p: float
-    top_k: int
-    max_new_tokens: int
+    sampling: SamplingConfig
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "qwen-math": Protocol(template="qwen-math", num_samples=1, temperature=0.0, top_p=1.0, top_k=0,
-                          max_new_tokens=2048),
+    "qwen-math": Protocol("qwen-math", SamplingConfig(num_samples=1, temperature=0.0, top_p=1.0, top_k=0,
+                                                      max_new_tokens=2048)),
     # top_k 0 / top_p 1: lm-evaluation-harness's vLLM backend passes only the temperature to SamplingParams.
-    "paper": Protocol(template="rlsc-paper", num_samples=10, temperature=0.7, top_p=1.0, top_k=0,
-                      max_new_tokens=32768),
+    "paper": Protocol("rlsc-paper", SamplingConfig(num_samples=10, temperature=0.7, top_p=1.0, top_k=0,
+                                                   max_new_tokens=32768)),
 }
 DEFAULT_PROTOCOL = "qwen-math"
-SETTINGS = tuple(f.name for f in fields(Protocol))
+SAMPLING_KEYS = tuple(f.name for f in fields(SamplingConfig))
+SETTINGS = ("template", *SAMPLING_KEYS)  # a protocol's settings, flat, as eval.py's overrides and records name them
 
 
 def get_protocol(name: str) -> Protocol:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from rlsc_jax.config import TrainConfig, check_seed
+from rlsc_jax.config import TrainConfig, check_sampling, check_seed
 from rlsc_jax.dtypes import DTYPES
 from rlsc_jax.models.decoder import ATTENTION, REMAT_POLICIES
 from rlsc_jax.objectives import HPARAMS, bind_checked
@@ -18,6 +18,7 @@ def validate(cfg: TrainConfig) -> None:
     """Every value range `train.py` depends on, checked before anything is loaded or written; each failure
     is a one-line ValueError naming the key."""
     check_seed(cfg.seed)
+    check_sampling(cfg.sampling, "sampling.", training=True)
     s, o, e = cfg.sampling, cfg.optim, cfg.eval
     finite = math.isfinite
     checks = (
@@ -31,11 +32,6 @@ def validate(cfg: TrainConfig) -> None:
         ("profile_steps", all(k >= 1 for k in cfg.profile_steps), "step numbers >= 1"),
         ("logprob_chunk", cfg.logprob_chunk >= 1, ">= 1"),
         ("max_skipped_steps", cfg.max_skipped_steps >= 1, ">= 1"),
-        ("sampling.num_samples", s.num_samples >= 1, ">= 1"),
-        ("sampling.max_new_tokens", s.max_new_tokens >= 1, ">= 1"),
-        ("sampling.temperature", finite(s.temperature) and s.temperature > 0, "finite and > 0 for training"),
-        ("sampling.top_k", s.top_k >= 0, ">= 0 (0 = off)"),
-        ("sampling.top_p", 0 < s.top_p <= 1, "in (0, 1]"),
         ("optim.lr", finite(o.lr) and o.lr > 0, "finite and > 0"),
         ("optim.eps", finite(o.eps) and o.eps > 0, "finite and > 0"),
         ("optim.weight_decay", finite(o.weight_decay) and o.weight_decay >= 0, "finite and >= 0"),

@@ -157,7 +157,7 @@ def test_eval_cli_end_to_end_and_resume(tiny_model: Path, tmp_path: Path) -> Non
         (["--benchmarks", "gsm8k", "template=chat"], "unknown prompt template 'chat'; known: qwen-math"),
         (["--model", "{tmp}/no_model"], "no_model: model directory not found"),
         (["--benchmarks", "gsm8k", "--protocol", "lighteval"], "unknown protocol 'lighteval'; known: qwen-math, paper"),
-        (["--benchmarks", "gsm8k", "top_p=1.5"], "0 < top_p <= 1"),
+        (["--benchmarks", "gsm8k", "top_p=1.5"], "top_p=1.5: must be in (0, 1]"),
         (["--benchmarks", "gsm8k", "--seeds", "0", "1"], "'qwen-math' at temperature 0 is greedy"),
         (["--benchmarks", "gsm8k", "--protocol", "paper", "seed=3", "--seeds", "0", "1"], "either --seeds or seed="),
         (["--benchmarks", "gsm8k", f"seed={2**70}"], f"seed={2**70}: must be a 64-bit integer"),

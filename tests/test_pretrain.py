@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rlsc_jax import hf, pretrain
-from rlsc_jax.config import DEFAULT_MODEL, LONG_MODEL
+from rlsc_jax.config import DEFAULT_MODEL, LONG_MODEL, SamplingConfig
 from rlsc_jax.evaluation import evaluate_problems, logprob_profile
 from rlsc_jax.synthetic_splits import split_questions
 from rlsc_jax.tokenizer import load_tokenizer
@@ -49,7 +49,8 @@ def test_refuses_a_non_empty_output(tmp_path, capsys):
 
 def test_shipped_default_model_solves_heldout_questions():
     model, tok = hf.load(DEFAULT_MODEL), load_tokenizer(DEFAULT_MODEL)
-    _, summary = evaluate_problems(model, tok, split_questions("heldout", 32), template="plain", max_new_tokens=96,
+    _, summary = evaluate_problems(model, tok, split_questions("heldout", 32), template="plain",
+                                   sampling=SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=96),
                                    batch_size=32, progress=False, model_dir=DEFAULT_MODEL)
     assert summary["truncated_frac"] == 0.0
     assert summary["accuracy"] >= SHIPPED_MIN_GREEDY, summary
@@ -129,7 +130,8 @@ def test_shipped_long_model_is_in_the_long_answer_regime():
     and every answer's p_old negligible next to α."""
     model, tok = hf.load(LONG_MODEL), load_tokenizer(LONG_MODEL)
     records, summary = evaluate_problems(model, tok, split_questions("heldout", 16, task="long"), template="plain",
-                                         num_samples=16, temperature=0.5, max_new_tokens=320, batch_size=16,
+                                         sampling=SamplingConfig(num_samples=16, temperature=0.5, max_new_tokens=320),
+                                         batch_size=16,
                                          progress=False, model_dir=LONG_MODEL)
     profile = logprob_profile(records)
     assert summary["truncated_frac"] == 0.0 and summary["mean_length"] > 120
