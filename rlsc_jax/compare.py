@@ -19,15 +19,16 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jax
-
-from rlsc_jax import hf, parity, torch_reference
+from rlsc_jax import torch_reference
 from rlsc_jax.benchmarks import BENCHMARK_DIR, build_messages, load_benchmark
 from rlsc_jax.cli import exit_process, prog, run_command
 from rlsc_jax.dtypes import DTYPES
 from rlsc_jax.files import atomic_write_json, check_writable
-from rlsc_jax.models import ModelConfig
+
+if TYPE_CHECKING:  # imported where used: JAX loads only past the command line
+    from rlsc_jax.models import ModelConfig
 
 DEFAULT_QUESTION = "A farmer has 17 sheep and buys 5 more, then sells 8. How many sheep does the farmer have now?"
 
@@ -101,11 +102,12 @@ def check_inputs(args: argparse.Namespace) -> tuple[ModelConfig, str, list[int],
     (it must leave room for --tokens within the model's positions); returns (config, text, ids, EOS ids).
 
     The modules that import transformers are imported after the PyTorch check: without PyTorch, importing
-    transformers prints a warning of its own, and the error must stay one line.
+    transformers prints a warning of its own, and the error must stay one line. (JAX too is imported only past
+    the command line, so that `--help` answers at once.)
     """
     torch_reference.require_torch()
-    from rlsc_jax.tokenizer import generation_eos
-    from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, load_tokenizer
+    from rlsc_jax.models import ModelConfig
+    from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
 
     model_dir = Path(args.model)
     if not model_dir.is_dir():
@@ -130,8 +132,11 @@ def check_inputs(args: argparse.Namespace) -> tuple[ModelConfig, str, list[int],
 
 def measure(args: argparse.Namespace, cfg: ModelConfig, text: str, prompt_ids: list[int], eos: list[int]) -> dict:
     """Loads both models (the first --layers layers) and runs the comparisons; every figure in one dict."""
+    import jax
     import torch
     import transformers
+
+    from rlsc_jax import hf, parity
 
     compute_dtype = args.compute_dtype or args.dtype
     tol = TOLERANCES[precision(args.dtype, compute_dtype)]

@@ -26,22 +26,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import jax
 import numpy as np
-import optax
-from tqdm import tqdm
 
-from rlsc_jax import hf, sharding as sharding_lib
 from rlsc_jax.benchmarks import build_messages
 from rlsc_jax.cli import exit_process, prog, run_command
 from rlsc_jax.config import TrainConfig, load_config
 from rlsc_jax.data import load_questions
-from rlsc_jax.evaluation import evaluate_problems, logprob_profile
 from rlsc_jax.files import atomic_write_json, check_writable
 from rlsc_jax.rollouts import answer_ids
-from rlsc_jax.sampling import sample
-from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos, load_tokenizer
-from rlsc_jax.training import Trainer
+
+# JAX and the modules built on it are imported in the functions that use them, so that `--help` answers at once.
 
 
 def summarize(draw_dots: list[list[float]], sum_dots: list[float], unit_sum_sq: float) -> dict:
@@ -65,6 +59,8 @@ def summarize(draw_dots: list[list[float]], sum_dots: list[float], unit_sum_sq: 
 
 def _load(cfg: TrainConfig, mesh):
     """(model, tokenizer) as train.py loads them: dtypes and axis rules from `cfg`, on `mesh`."""
+    from rlsc_jax import hf
+    from rlsc_jax.tokenizer import load_tokenizer
     model = hf.load(cfg.model, dtype=cfg.dtype, compute_dtype=cfg.compute_dtype, mesh=mesh, rules=cfg.mesh.rules)
     return model, load_tokenizer(cfg.model)
 
@@ -74,6 +70,15 @@ def gradient_statistics(cfg: TrainConfig, num_questions: int, draws: int, progre
     the objective's gradients (see the module doc)."""
     if num_questions < 2 or draws < 2:
         raise ValueError(f"need at least 2 questions and 2 draws (got {num_questions} and {draws})")
+    import jax
+    import optax
+    from tqdm import tqdm
+
+    from rlsc_jax import sharding as sharding_lib
+    from rlsc_jax.sampling import sample
+    from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos
+    from rlsc_jax.training import Trainer
+
     mesh = sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     sharding_lib.check_rows(cfg.sampling.num_samples, "sampling.num_samples", "per gradient", mesh,
                             sharding_lib.axis_rules(cfg.mesh.rules))
@@ -113,6 +118,9 @@ def logprob_statistics(cfg: TrainConfig, num_questions: int, threshold: float = 
     top-p, budget, seed): their `logprob_profile` and, where the source has gold answers, mean@N / maj@N."""
     if num_questions < 1:
         raise ValueError(f"need at least 1 question (got {num_questions})")
+    from rlsc_jax import sharding as sharding_lib
+    from rlsc_jax.evaluation import evaluate_problems, logprob_profile
+
     model, tokenizer = _load(cfg, sharding_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
     questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
                                num_questions=num_questions, offset=cfg.data.offset)[:num_questions]

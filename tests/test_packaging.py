@@ -42,7 +42,8 @@ def test_configs_by_name_from_any_directory(tmp_path, monkeypatch):
         load_config("elsewhere/cpu_default.yaml")  # a path with another folder is a path, never a name
 
 
-@pytest.mark.parametrize("module", ["rlsc_jax.eval", "rlsc_jax.train", "rlsc_jax.paper"])
+@pytest.mark.parametrize("module", ["rlsc_jax.eval", "rlsc_jax.train", "rlsc_jax.paper", "rlsc_jax.plan",
+                                    "rlsc_jax.compare", "rlsc_jax.diagnostics"])
 def test_help_imports_no_jax(module):
     code = (f"import sys; from {module} import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
             "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax'))")
