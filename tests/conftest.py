@@ -8,6 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -19,3 +20,14 @@ from rlsc_jax.benchmarks import BENCHMARK_DIR  # noqa: E402
 def benchmark_dir() -> Path:
     """The six math benchmark JSONL files shipped in the package (rlsc_jax/data/benchmarks)."""
     return BENCHMARK_DIR
+
+
+@pytest.fixture(autouse=True)
+def _stop_wandb():
+    """W&B's service process and its threads outlive a finished run in this process: stop them after each test
+    that started them, so that no later test compiles beside them (the suite once crashed with a segfault in
+    XLA's compiler while they ran; the cause was not established)."""
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        wandb.teardown()
