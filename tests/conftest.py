@@ -31,3 +31,13 @@ def _stop_wandb():
     wandb = sys.modules.get("wandb")
     if wandb is not None:
         wandb.teardown()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Each test module's compiled programs and traced functions released when it ends: one process runs the whole
+    suite, and what hundreds of compilations leave behind otherwise accumulates in it (the suite crashed twice,
+    with a segfault inside XLA's compiler, two thirds of the way through; the cause was not established)."""
+    yield
+    import jax
+    jax.clear_caches()
