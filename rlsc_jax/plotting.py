@@ -105,7 +105,7 @@ def plot_accuracy(base: dict[int, dict], runs: dict[str, dict[int, dict]],
                   path: str | Path) -> Path:
     """Accuracy against training steps, one colour per arm, one line per seed: held-out greedy accuracy (where
     measured) and mean@n at step 0 (the seed's base model), at any `--eval-steps` and at the end; and the share
-    of each step's training samples whose answer is right (`experiment.step_accuracy`); `labels`: arm -> legend."""
+    of each step's training samples whose answer is right (`experiment_runs.step_accuracy`); `labels`: arm -> legend."""
     keys = [k for k in ("greedy_accuracy", f"mean@{n}") if all(k in b["before"] for b in base.values())]
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(5 * (len(keys) + 1), 3.8), squeeze=False)
     for colour, (name, seeds) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], by_step.items()):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rlsc_jax import experiment, synthetic_splits
+from rlsc_jax import experiment, experiment_runs, synthetic_splits
 from rlsc_jax.config import load_config
 from tests.hf_models import make_chat_model_dir
 
@@ -95,7 +95,7 @@ def test_a_partial_table_pairs_each_arm_with_its_own_seeds_base():
 
     base = {0: {"before": metrics(0.5)}, 1: {"before": metrics(0.6)}}
     runs = {"ttrl": {1: {"after": metrics(0.7, greedy=0.5), "underflow": 0.0}}}
-    lines = experiment.table(base, runs, 4, 0.5).splitlines()
+    lines = experiment_runs.table(base, runs, 4, 0.5).splitlines()
     cells = lines[3].split(" | ")
     assert cells[0] == "| TTRL (majority-vote reward) (seeds 1 only)" and cells[6] == "+10.0"
     assert cells[1:3] == ["50.0", "5.0"]  # greedy, and its binomial standard error over 100 problems
@@ -109,9 +109,9 @@ def test_step_accuracy_grades_each_steps_samples_against_the_gold(tmp_path):
             {"step": 2, "id": "2", "completions": [{"answer": "4"}, {"answer": None}, {"answer": "5"}]}]
     (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = load_config(None, [f"data.source={data}", f"output_dir={tmp_path}"])
-    assert experiment.step_accuracy(cfg) == [1.0, 1 / 3]
+    assert experiment_runs.step_accuracy(cfg) == [1.0, 1 / 3]
     data.write_text('{"question": "1 + 1?"}\n')  # unlabeled training questions: no curve
-    assert experiment.step_accuracy(cfg) is None
+    assert experiment_runs.step_accuracy(cfg) is None
 
 
 def test_a_rerun_reuses_finished_results_and_recomputes_when_the_config_changes(tmp_path, monkeypatch):
@@ -130,11 +130,11 @@ def test_a_rerun_reuses_finished_results_and_recomputes_when_the_config_changes(
     (out / "base-seed0.json").unlink()
     (out / "rlsc_l2-seed0" / "experiment_result.json").unlink()
     for name in ("run", "evaluate", "sampled_metrics"):
-        monkeypatch.setattr(experiment, name, fail)
+        monkeypatch.setattr(experiment_runs, name, fail)
     assert experiment.main(args) == 0
     assert json.loads((out / "results.json").read_text()) == first
-    monkeypatch.setattr(experiment, "base_model", fail)
-    monkeypatch.setattr(experiment, "train_arm", fail)
+    monkeypatch.setattr(experiment_runs, "base_model", fail)
+    monkeypatch.setattr(experiment_runs, "train_arm", fail)
     assert experiment.main(args) == 0
     assert json.loads((out / "results.json").read_text()) == first
     # a result kept before a config key existed is reused while that key is at its default
@@ -160,7 +160,7 @@ def test_overrides_may_follow_the_list_options(monkeypatch, tmp_path):
     def capture(cfg, *_):
         raise Stop(cfg)
 
-    monkeypatch.setattr(experiment, "base_model", capture)
+    monkeypatch.setattr(experiment_runs, "base_model", capture)
     with pytest.raises(Stop) as stop:
         experiment.main(["--seeds", "3", "--arms", "rlsc_l1", "steps=7", "--output", str(tmp_path), "optim.lr=2e-5"])
     cfg = stop.value.args[0]
@@ -175,7 +175,7 @@ def test_overrides_may_follow_the_list_options(monkeypatch, tmp_path):
     (["--arms", "rlsc_l1", "--eval-steps", "1", "optim.schedule=cosine"], "needs optim.schedule=constant"),
 ])
 def test_bad_input_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatch, args, needle):
-    monkeypatch.setattr(experiment, "base_model", lambda *a: pytest.fail("ran despite bad input"))
+    monkeypatch.setattr(experiment_runs, "base_model", lambda *a: pytest.fail("ran despite bad input"))
     (tmp_path / "a_file").write_text("mine")
     argv = ["--seeds", "0", "--output", str(tmp_path / "exp"), *[a.replace("{tmp}", str(tmp_path)) for a in args]]
     assert experiment.main(argv) == 2

@@ -43,7 +43,8 @@ def test_configs_by_name_from_any_directory(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("module", ["rlsc_jax.eval", "rlsc_jax.train", "rlsc_jax.paper", "rlsc_jax.plan",
-                                    "rlsc_jax.compare", "rlsc_jax.diagnostics"])
+                                    "rlsc_jax.compare", "rlsc_jax.diagnostics", "rlsc_jax.pretrain",
+                                    "rlsc_jax.experiment"])
 def test_help_imports_no_jax(module):
     code = (f"import sys; from {module} import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
             "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax'))")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from rlsc_jax import hf, pretrain
+from rlsc_jax import hf, pretrain, pretraining
 from rlsc_jax.config import DEFAULT_MODEL, LONG_MODEL, SamplingConfig
 from rlsc_jax.evaluation import evaluate_problems, logprob_profile
 from rlsc_jax.synthetic_splits import split_questions
@@ -79,9 +79,9 @@ def test_warm_start_carries_layers_and_embeddings_to_a_new_vocabulary(tmp_path):
     cfg = pretrain.PretrainConfig(**{**pretrain.TASK_DEFAULTS["long"], "task": "long", "tokenizer_problems": 200,
                                      "vocab_size": 300, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
                                      "num_kv_heads": 1, "head_dim": 16, "intermediate_size": 64})
-    tok, src, src_tok = pretrain.build_tokenizer(cfg), hf.load(source), load_tokenizer(source)
-    model = pretrain.Decoder(pretrain.model_config(cfg, len(tok)), rngs=pretrain.nnx.Rngs(0))
-    pretrain.warm_start(model, tok, source)
+    tok, src, src_tok = pretraining.build_tokenizer(cfg), hf.load(source), load_tokenizer(source)
+    model = pretraining.Decoder(pretraining.model_config(cfg, len(tok)), rngs=pretraining.nnx.Rngs(0))
+    pretraining.warm_start(model, tok, source)
     np.testing.assert_array_equal(model.layers.attn.q.value, src.layers.attn.q.value)
     np.testing.assert_array_equal(model.final_norm.weight.value, src.final_norm.weight.value)
     old, new, shared = src_tok.get_vocab(), tok.get_vocab(), 0
@@ -96,8 +96,8 @@ def test_warm_start_carries_layers_and_embeddings_to_a_new_vocabulary(tmp_path):
     assert 256 < shared < len(new)  # bytes and specials shared, some merges new
     bigger = dataclasses.replace(cfg, hidden_size=64)
     with pytest.raises(ValueError, match="differs from this model's"):
-        pretrain.warm_start(pretrain.Decoder(pretrain.model_config(bigger, len(tok)), rngs=pretrain.nnx.Rngs(0)),
-                            tok, source)
+        model = pretraining.Decoder(pretraining.model_config(bigger, len(tok)), rngs=pretraining.nnx.Rngs(0))
+        pretraining.warm_start(model, tok, source)
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -112,7 +112,7 @@ def test_warm_start_carries_layers_and_embeddings_to_a_new_vocabulary(tmp_path):
 ])
 def test_bad_input_is_refused_before_training(tmp_path, capsys, monkeypatch, args, needle):
     """One line, exit 2, nothing built or written (a model trained on nothing or on NaN was saved before)."""
-    monkeypatch.setattr(pretrain, "build_tokenizer", lambda cfg: pytest.fail("started despite bad input"))
+    monkeypatch.setattr(pretraining, "build_tokenizer", lambda cfg: pytest.fail("started despite bad input"))
     assert pretrain.main(["--output", str(tmp_path / "m"), *TINY, *args]) == 2
     assert needle in _one_error(capsys)
     assert list(tmp_path.iterdir()) == []
