@@ -180,12 +180,12 @@ def test_a_non_finite_state_stops_the_run_before_it_is_saved(chat_model, tmp_pat
     own guard lets the update through): the run stops at step 2 with one line and saves nothing of it."""
     step = training.Trainer._step
 
-    def poisoned(self, state, batch, temperature):
+    def poisoned(self, state, batch, temperature, **options):
         adam = state.opt_state[0]
         leaves, tree = jax.tree.flatten(adam.nu)
         leaves[0] = jnp.where(training._step_count(state.opt_state) == 1, jnp.inf, leaves[0])
         opt = (adam._replace(nu=jax.tree.unflatten(tree, leaves)), *state.opt_state[1:])
-        return step(self, state.replace(opt_state=opt), batch, temperature)
+        return step(self, state.replace(opt_state=opt), batch, temperature, **options)
 
     monkeypatch.setattr(training.Trainer, "_step", poisoned)
     out = tmp_path / "run"
