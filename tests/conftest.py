@@ -8,6 +8,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import signal  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -41,3 +43,19 @@ def _release_compiled_programs():
     yield
     import jax
     jax.clear_caches()
+
+
+@pytest.fixture
+def interruptible_popen():
+    """`subprocess.Popen` whose child takes Ctrl-C as from a terminal. A shell starts background jobs with SIGINT
+    ignored, and an ignored signal stays ignored across exec (a handled one is reset to the default): a suite run
+    in the background would otherwise test commands that cannot be interrupted."""
+
+    def popen(*args, **kwargs) -> subprocess.Popen:
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            return subprocess.Popen(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    return popen

@@ -184,11 +184,11 @@ def test_bad_input_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
-def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, interruptible_popen):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "rlsc_jax.experiment", "--output", str(tmp_path), "--seeds", "0",
-                             "--arms", "rlsc_l2", *TINY], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = interruptible_popen([sys.executable, "-m", "rlsc_jax.experiment", "--output", str(tmp_path), "--seeds",
+                                "0", "--arms", "rlsc_l2", *TINY], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().startswith("== base model")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

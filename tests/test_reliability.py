@@ -141,10 +141,10 @@ def _env():
                 XLA_FLAGS="--xla_force_host_platform_device_count=8")
 
 
-def test_ctrl_c_during_a_save_keeps_the_checkpoint_and_exits_130(chat_model, tmp_path):
+def test_ctrl_c_during_a_save_keeps_the_checkpoint_and_exits_130(chat_model, tmp_path, interruptible_popen):
     out = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "train.py"), f"model={chat_model}", f"output_dir={out}", *FAST, "steps=4"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = interruptible_popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
         if (out / "checkpoints").is_dir() and any(p.name.startswith("2") for p in (out / "checkpoints").iterdir()):
