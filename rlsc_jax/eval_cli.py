@@ -194,7 +194,8 @@ def _read_compare(folder: str, protocol: str, cfg: EvalRunConfig, benchmarks: di
         raise FileNotFoundError(f"--compare {folder}: no results.json there") from None
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise ValueError(f"--compare {path}: not an eval.py results file") from None
-    ours = {k: cfg.flat()[k] for k in SETTINGS}
+    flat = cfg.flat()
+    ours = {k: flat[k] for k in SETTINGS}
     if other.get("protocol") != protocol or theirs != ours:
         diff = ", ".join(f"{k}={theirs[k]!r} vs {ours[k]!r}" for k in SETTINGS if theirs[k] != ours[k])
         raise ValueError(f"--compare {folder}: made with protocol '{other.get('protocol')}', this run with "
@@ -282,16 +283,16 @@ def run(args: argparse.Namespace) -> dict:
     prompts = _prompts(tokenizer, model_dir, cfg, benchmarks)
     with exclusive_dir(out_dir, "--output-dir"):
         run_dirs = {seed: out_dir / f"seed-{seed}" if args.seeds else out_dir for seed in seeds}
-        weights, settings = None, {}
+        weights, settings, flat = None, {}, cfg.flat()
         for seed, run_dir in run_dirs.items():
             settings[seed] = {"model": str(model_dir.resolve()), "protocol": args.protocol,
-                              **{k: cfg.flat()[k] for k in RESUME_KEYS}, "seed": seed}
+                              **{k: flat[k] for k in RESUME_KEYS}, "seed": seed}
             weights = _check_resume(run_dir, settings[seed], model_dir, weights)
 
         model = hf.load(model_dir, dtype=cfg.dtype, mesh=make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor),
                         rules=cfg.mesh.rules)
         common = {"model": str(model_dir.resolve()), "weights": digests(weights), "protocol": args.protocol,
-                  "overrides": departures, "limit": args.limit, "config": cfg.flat()}
+                  "overrides": departures, "limit": args.limit, "config": flat}
         per_seed = []
         for seed, run_dir in run_dirs.items():
             per_seed.append(_evaluate(model, tokenizer, cfg, seed, benchmarks, prompts, run_dir,
