@@ -58,11 +58,10 @@ def _plan(args: argparse.Namespace, cfg, out: Path) -> int:
     """`rlsc-plan` for this host's devices and the training prompts' longest length, as a subprocess."""
     import jax
 
-    from rlsc_jax.data import load_questions
     from rlsc_jax.evaluation import prompt_ids
+    from rlsc_jax.loop import training_questions
     from rlsc_jax.tokenizer import load_tokenizer
-    questions = load_questions(cfg.data.source, data_dir=cfg.data.data_dir, question_field=cfg.data.question_field,
-                               num_questions=cfg.data.num_questions)
+    questions = training_questions(cfg)  # what train.py will read, `data.offset` included
     longest = max(map(len, prompt_ids(load_tokenizer(cfg.model), questions, cfg.data.template).values()))
     command = [sys.executable, "-m", "rlsc_jax.plan", *(["--config", args.config] if args.config else []),
                *args.overrides, "--devices", str(jax.device_count()), "--prompt-len", str(longest),
