@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from rlsc_jax import hf, sampling
-from rlsc_jax.sampling import _kth_largest, sample
+from rlsc_jax.sampling import _kth_largest, _kth_largest_by_blocks, sample
 from rlsc_jax.sharding import make_mesh
 from tests.hf_models import VOCAB, make_hf_model, save_hf_model
 
@@ -101,15 +101,19 @@ def test_top_k_and_top_p_never_emit_excluded_tokens(small_vocab_model):
     assert emitted <= set(nucleus.tolist()) and len(emitted) == len(nucleus)
 
 
+@pytest.mark.parametrize("method", [_kth_largest, _kth_largest_by_blocks])
 @pytest.mark.parametrize("k", [1, 2, 50, 1000])
-def test_kth_largest_equals_top_k(k):
-    """The bisection that replaces `lax.top_k` finds the same threshold, with ties, negatives and mixed scales."""
+def test_kth_largest_equals_top_k(k, method):
+    """Both replacements of `lax.top_k` (the bisection on CPU, the block maxima elsewhere) find the same threshold,
+    with ties (within a block and across blocks), negatives, mixed scales and a padded last block."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((6, 5000)).astype(np.float32) * np.array([[1], [5], [0.01], [100], [1], [1]], np.float32)
-    x[4, :100] = 3.0  # a tie across the threshold
+    x = rng.standard_normal((7, 20000)).astype(np.float32) * np.array([[1], [5], [0.01], [100], [1], [1], [1]],
+                                                                       np.float32)
+    x[4, :100] = 3.0  # a tie across the threshold, inside a few blocks
     x[5] = -np.abs(x[5])  # every value negative
+    x[6] = np.round(x[6])  # a handful of levels: ties spread over every block
     expected = np.asarray(jax.lax.top_k(jnp.asarray(x), k)[0][:, -1:])
-    np.testing.assert_array_equal(np.asarray(jax.jit(_kth_largest, static_argnums=1)(jnp.asarray(x), k)), expected)
+    np.testing.assert_array_equal(np.asarray(jax.jit(method, static_argnums=1)(jnp.asarray(x), k)), expected)
 
 
 def test_eos_stops_row_and_masks_the_rest(small_vocab_model):
