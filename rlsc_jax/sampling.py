@@ -238,7 +238,7 @@ def _prefill(sampler: Sampler, params, layout: DecodeLayout, prompt_ids, prompt_
     cache = init_cache(model.cfg, batch, cache_len, model.compute_dtype)
     layers, head = layout
     hidden, cache = model.decode(prompt_ids, positions, key_mask, cache, 0, layers)
-    logits = model.logits(hidden[:, -1], head)
+    logits = model.decode_logits(hidden[:, -1], head)
     repeat = lambda x: jnp.repeat(x, sampler.num_samples, axis=0)  # noqa: E731
     cache, logits, key_mask = jax.tree.map(lambda x: sharding_lib.constrain_rows(x, model.rules),
                                            (jax.tree.map(repeat, cache), repeat(logits), repeat(key_mask)))
@@ -277,7 +277,7 @@ def _decode(sampler: Sampler, params, layout: DecodeLayout, cache, prefilled: Pr
         positions = (prefilled.next_position + step - 1)[:, None]
         hidden, cache = model.decode(last, positions, prefilled.key_mask, carry.cache, prompt_len + step - 1, layers)
         cache = jax.tree.map(lambda x: sharding_lib.constrain_rows(x, model.rules), cache)
-        carry = emit(carry.replace(cache=cache), model.logits(hidden[:, 0], head), step)
+        carry = emit(carry.replace(cache=cache), model.decode_logits(hidden[:, 0], head), step)
         return carry.replace(step=step + 1)
 
     def cond(carry: DecodeState):

@@ -32,6 +32,9 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     "kv_heads": ("tensor",),
     "head_dim": (),
     "mlp": ("tensor",),
+    # Not an array's axis: the mesh axes the sampler's decode layout also splits the MLP's hidden units and the
+    # vocabulary over (tensor-parallel decoding; `decode_rules`). Empty: each device holds whole layers.
+    "decode_split": (),
 }
 # Rules frozen to sorted (logical axis, mesh axes) pairs: hashable, so a model's rules are part of its graphdef
 # and every jitted program that takes the graphdef is compiled (and cached) for exactly those rules.
@@ -148,8 +151,9 @@ def _ambient_mesh():
     return None if mesh.empty or any(a not in mesh.shape for a in MESH_AXES) else mesh
 
 
-def constrain_rows(x: jax.Array, rules: Rules, axis: int = 0) -> jax.Array:
-    """Pins an activation's row axis (`axis`) to the batch axes under the ambient mesh (`jax.set_mesh`).
+def constrain_rows(x: jax.Array, rules: Rules, axis: int = 0, without: Sequence[str] = ()) -> jax.Array:
+    """Pins an activation's row axis (`axis`) to the batch axes (less those in `without`) under the ambient mesh
+    (`jax.set_mesh`).
 
     Without it GSPMD may split a layer's matmuls over the FSDP-sharded weight dimension and all-gather
     the activations instead of the weights. Rows that do not divide (a prefill of fewer prompts than devices)
@@ -159,8 +163,27 @@ def constrain_rows(x: jax.Array, rules: Rules, axis: int = 0) -> jax.Array:
     mesh = _ambient_mesh()
     if mesh is None or x.ndim <= axis:
         return x
-    rows = batch_axes(rules) if x.shape[axis] % row_shards(mesh, rules) == 0 else None
+    axes = tuple(a for a in batch_axes(rules) if a not in without)
+    rows = axes if x.shape[axis] % math.prod(mesh.shape[a] for a in axes) == 0 else None
     return jax.lax.with_sharding_constraint(x, P(*([None] * axis), rows, *([None] * (x.ndim - axis - 1))))
+
+
+def decode_split(rules: Rules) -> tuple[str, ...]:
+    """The mesh axes of the `decode_split` rule: those a tensor-parallel decode layout splits the MLP and the
+    vocabulary over (empty: none)."""
+    return dict(rules)["decode_split"]
+
+
+def decode_rules(rules: Rules) -> Rules:
+    """The rules of the sampler's decode layout: every weight whole on each device (the fsdp axis dropped, so it
+    is gathered once per sampling call rather than per token), except the MLP's hidden units and the vocabulary,
+    which are also split over the `decode_split` axes. Each device then reads its share of those weights per token
+    and the layers' MLP and the LM head take every row, at the cost of a few small collectives per layer."""
+    split = decode_split(rules)
+    out = {name: tuple(a for a in axes if a != "fsdp") for name, axes in dict(rules).items()}
+    for name in ("mlp", "vocab"):
+        out[name] += tuple(a for a in split if a not in out[name])
+    return tuple(sorted(out.items()))
 
 
 def constrain_logical(x: jax.Array, axes: Sequence[str], rules: Rules) -> jax.Array:

@@ -7,6 +7,7 @@ import pytest
 
 from rlsc_jax import hardware, plan
 from rlsc_jax.config import DEFAULT_MODEL
+from rlsc_jax.models import ModelConfig
 
 SMALL = ["--prompt-len", "32", "sampling.max_new_tokens=16", "questions_per_step=2", "sampling.num_samples=8"]
 
@@ -68,6 +69,25 @@ def test_single_device_has_no_collectives(config_only, tmp_path):
     assert decode["argument_bytes"] >= report["decode_layout_bytes"]
     hbm = hardware.HARDWARE["h100-80gb"].hbm_bytes_per_s
     assert report["judgement"]["seconds"]["decode_per_token"] >= decode["argument_bytes"] / hbm
+
+
+def test_tensor_parallel_decode_layout(config_only, tmp_path):
+    """`mesh.rules.decode_split=[fsdp]` over 8 devices: each device's decode layout holds the attention whole and an
+    eighth of the MLP and the LM head, and a decoded token moves only activations between the devices."""
+    out = tmp_path / "plan.json"
+    assert plan.main([f"model={config_only}", "mesh.rules.decode_split=[fsdp]", *SMALL, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    cfg = ModelConfig.from_file(config_only)
+    e, h, k, d, m, layers = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
+                             cfg.num_layers)
+    attention = 2 * e * h * d + 2 * e * k * d + (h * d + 2 * k * d if cfg.attention_bias else 0)
+    whole = layers * (attention + 2 * e)  # attention and the two norms per layer
+    shared = layers * 3 * e * m + cfg.vocab_size * e  # the MLP and the LM head, split 8 ways
+    assert report["decode_layout_bytes"] == 4 * (whole + shared // 8)  # float32 compute
+    per_token = report["programs"]["decode"]["per_iteration"]["collective_bytes"]
+    rows = 2 * 8  # questions_per_step x num_samples
+    activations = 2 * (layers + 1) * rows * e * 4  # into and out of each MLP, and into the head
+    assert 0 < per_token["all-gather"] + per_token["all-reduce"] < activations, per_token
 
 
 def test_too_small_hardware_is_a_verdict_not_an_error(config_only, monkeypatch, capsys):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from scipy import stats
 
 from rlsc_jax import hf, sampling
@@ -171,6 +172,29 @@ def test_sharded_equals_single_device(pair, mesh_shape):
         assert np.array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
         np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
     assert len(b.tokens.sharding.device_set) == 8
+
+
+@pytest.mark.parametrize("mesh_shape,split", [((1, 8, 1), ("fsdp",)), ((2, 2, 2), ("data", "fsdp"))])
+def test_tensor_parallel_decode_layout(pair, mesh_shape, split):
+    """`mesh.rules.decode_split`: the decode layout splits the MLP's hidden units and the vocabulary over those axes
+    (each device holds its share, the attention weights whole) and draws the same tokens as one device."""
+    _, model, path = pair
+    sharded = hf.load(path, mesh=make_mesh(*mesh_shape), rules={"decode_split": split})
+    prompts = _prompts([5, 11])
+    kw = dict(num_samples=8, max_new_tokens=16, temperature=1.0, top_k=5, eos_ids=[EOS], seed=5)
+    a, b = sample(model, prompts, **kw), sample(sharded, prompts, **kw)
+    assert np.array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
+    graphdef, params = nnx.split(sharded)
+    with jax.set_mesh(sampling.mesh_of(params)):
+        layers, head = sampling.Sampler(graphdef, 8, 16, (EOS,), EOS).layout(params)
+    ways = int(np.prod([dict(zip(("data", "fsdp", "tensor"), mesh_shape))[a] for a in {"tensor", *split}]))
+    mlp = sharded.cfg.intermediate_size
+    assert layers[0]["mlp"]["gate"][...].addressable_shards[0].data.shape == (sharded.cfg.hidden_size, mlp // ways)
+    assert layers[0]["mlp"]["down"][...].addressable_shards[0].data.shape == (mlp // ways, sharded.cfg.hidden_size)
+    q_axes = {a for d in layers[0]["attn"]["q"][...].sharding.spec for a in (d if isinstance(d, tuple) else (d,))}
+    assert not q_axes & set(split), q_axes  # attention weights stay whole over the split axes
+    assert head.addressable_shards[0].data.shape == (VOCAB // ways, sharded.cfg.hidden_size)
 
 
 def test_axis_rule_overrides_reach_the_sampler(pair):

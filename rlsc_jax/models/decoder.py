@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlsc_jax.models.config import ModelConfig
-from rlsc_jax.sharding import Rules, axis_rules, constrain_rows, gather_fsdp
+from rlsc_jax.sharding import Rules, axis_rules, constrain_logical, constrain_rows, decode_rules, decode_split, gather_fsdp
 
 # One layer's (k, v), each [batch, kv_heads, slots, head_dim]: kv-head-major, so a decode step's attention reads
 # each head's keys as one contiguous block. The decode path holds one per layer, as a list (`init_cache`).
@@ -237,10 +237,14 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs, stack)
         self.mlp = MLP(cfg, dtype, rngs, stack)
 
-    def __call__(self, x, positions, key_mask, cache=None, cache_index=None, fused: str | None = None):
+    def __call__(self, x, positions, key_mask, cache=None, cache_index=None, fused: str | None = None,
+                 mlp_rows=None):
+        """`mlp_rows` (optional) re-lays the MLP's input rows out first: a tensor-parallel decode layout's MLP
+        takes every row (`Decoder.decode`)."""
         a, cache = self.attn(self.input_norm(x), positions, key_mask, cache, cache_index, fused)
         x = x + a.astype(x.dtype)
-        return x + self.mlp(self.post_attn_norm(x)).astype(x.dtype), cache
+        h = self.post_attn_norm(x)
+        return x + self.mlp(h if mlp_rows is None else mlp_rows(h)).astype(x.dtype), cache
 
 
 def default_positions(attention_mask: jax.Array) -> jax.Array:
@@ -292,32 +296,46 @@ class Decoder(nnx.Module):
                           preferred_element_type=jnp.float32)
 
     def decode_head(self) -> jax.Array | None:
-        """The output projection as [V, E] in the compute dtype, gathered over FSDP: the sampler's layout.
+        """The output projection as [V, E] in the compute dtype, in the sampler's layout (`sharding.decode_rules`:
+        gathered over FSDP, the vocabulary split over the `decode_split` axes).
 
         XLA:CPU multiplies a few rows by [V, E] (each logit one contiguous row) 1.5-3x faster than by [E, V], so
         an untied head is transposed once per sampling call. None when the tied embedding already is that array
-        (no cast needed), so the sampler holds no second copy of it.
+        (no cast, no split), so the sampler holds no second copy of it.
         """
-        if self.cfg.tie_word_embeddings and self.compute_dtype == self.dtype:
+        if self.cfg.tie_word_embeddings and self.compute_dtype == self.dtype and not decode_split(self.rules):
             return None
         weight = self.embed[...] if self.cfg.tie_word_embeddings else self.lm_head[...].T
-        return gather_fsdp(weight.astype(self.compute_dtype), ("vocab", "embed"), self.rules)
+        # gathered first, then each device keeps its share: GSPMD cannot move the split from `embed` to `vocab`
+        # directly and would replicate the whole (fp32) array to get there
+        weight = gather_fsdp(weight.astype(self.compute_dtype), ("vocab", "embed"), self.rules)
+        return constrain_logical(weight, ("vocab", "embed"), decode_rules(self.rules))
+
+    def decode_logits(self, hidden: jax.Array, head: jax.Array | None) -> jax.Array:
+        """`logits` of the sampler's rows [B, E] by `decode_head()`'s copy, returned with the rows on the batch axes.
+        With a split vocabulary every device takes every row (less the split axes) and the logits are then
+        re-laid out by rows, so no device gathers the head."""
+        split = decode_split(self.rules)
+        if split:
+            hidden = constrain_rows(hidden, self.rules, without=split)
+        return constrain_rows(self.logits(hidden, head), self.rules)
 
     def unstacked_layers(self) -> list[nnx.State]:
-        """Each layer's parameters as arrays of their own, in the compute dtype and gathered over FSDP: the
-        sampler's decode layout.
+        """Each layer's parameters as arrays of their own, in the compute dtype and in the sampler's decode layout
+        (`sharding.decode_rules`: gathered over FSDP; the MLP's hidden units split over the `decode_split` axes).
 
         A decode step that scans the stacked parameters slices (and casts) every weight per token, and on a
         mesh FSDP-sharded weights would be all-gathered per token unless the compiler hoists the gathers out
         of the loop. Built once per sampling call, this copy is read in place by every decode step.
         """
         _, stacked = nnx.split(self.layers)
-        cd, rules = self.compute_dtype, self.rules
+        cd, rules = self.compute_dtype, decode_rules(self.rules)
 
         def layer(i: int) -> nnx.State:
-            def weight(var: nnx.Variable) -> nnx.Variable:
+            def weight(var: nnx.Variable) -> nnx.Variable:  # gathered, then split (see `decode_head`)
                 axes = var.get_metadata()["logical_axes"][1:]  # a stacked parameter's first axis is "layers"
-                return var.replace(gather_fsdp(var.get_value()[i].astype(cd), axes, rules))
+                return var.replace(constrain_logical(gather_fsdp(var.get_value()[i].astype(cd), axes, self.rules),
+                                                     axes, rules))
             return jax.tree.map(weight, stacked, is_leaf=lambda v: isinstance(v, nnx.Variable))
         return [layer(i) for i in range(self.cfg.num_layers)]
 
@@ -385,9 +403,12 @@ class Decoder(nnx.Module):
         """
         x, _, _ = self._embedded(input_ids, positions, key_mask)
         graphdef = nnx.graphdef(self.layers)
+        split = decode_split(self.rules)
+        mlp_rows = (lambda h: constrain_rows(h, self.rules, without=split)) if split else None
         new_cache = []
         for layer_state, layer_cache in zip(layers, cache, strict=True):
-            x, layer_cache = nnx.merge(graphdef, layer_state)(x, positions, key_mask, layer_cache, cache_index)
+            x, layer_cache = nnx.merge(graphdef, layer_state)(x, positions, key_mask, layer_cache, cache_index,
+                                                              mlp_rows=mlp_rows)
             x = constrain_rows(x, self.rules)
             new_cache.append(layer_cache)
         return self.final_norm(x).astype(self.compute_dtype), new_cache
