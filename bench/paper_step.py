@@ -19,6 +19,7 @@ filled so far (on average), and plus the cache windows the step really reads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -103,8 +104,9 @@ def time_setting(trainer, state, batch, setting: str, shape: tuple, iters: int) 
     return out, state
 
 
-def decode_figures(trainer, state, cfg, model_cfg, prompt_len: int, hbm: float) -> dict:
-    """One sampling call at full length, and the bandwidth bound of its decode steps."""
+def decode_figures(model, cfg, prompt_len: int, hbm: float, profile: Path | None = None) -> dict:
+    """One sampling call at full length, and the bandwidth bound of its decode steps; `profile`: the timed call
+    is also traced there (`jax.profiler`)."""
     import jax
     import numpy as np
     from flax import nnx
@@ -113,7 +115,7 @@ def decode_figures(trainer, state, cfg, model_cfg, prompt_len: int, hbm: float) 
     from rlsc_jax.models import decoder
     from rlsc_jax.models.decoder import CACHE_WINDOWS
     s = cfg.sampling
-    model = trainer.model(state)
+    model_cfg = model.cfg
     prompt = np.random.default_rng(1).integers(0, model_cfg.vocab_size - 1, prompt_len).tolist()
     call = lambda seed: sampling.sample(model, [prompt], num_samples=s.num_samples,  # noqa: E731
                                         max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
@@ -121,10 +123,11 @@ def decode_figures(trainer, state, cfg, model_cfg, prompt_len: int, hbm: float) 
     t0 = time.perf_counter()
     jax.block_until_ready(call(0).tokens)
     compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    samples = call(1)
-    jax.block_until_ready(samples.tokens)
-    seconds = time.perf_counter() - t0
+    with jax.profiler.trace(str(profile)) if profile else contextlib.nullcontext():
+        t0 = time.perf_counter()
+        samples = call(1)
+        jax.block_until_ready(samples.tokens)
+        seconds = time.perf_counter() - t0
     graphdef, params = nnx.split(model)
     layers, head = sampling.Sampler(graphdef, s.num_samples, s.max_new_tokens, (0,), 0).layout(params)
     weights = sum(x.nbytes for x in jax.tree.leaves((layers, head)))
@@ -205,7 +208,7 @@ def main(argv=None) -> int:
             from rlsc_jax.models import decoder
             decoder.WINDOWED_CACHE = sampling.TOP_K_BISECTION = True
             jax.clear_caches()
-        d = decode_figures(trainer, state, cfg, model_cfg, args.prompt_len, hardware.hbm_bytes_per_s)
+        d = decode_figures(trainer.model(state), cfg, args.prompt_len, hardware.hbm_bytes_per_s)
         report[f"decode_{variant}"] = d
         print(f"decode ({variant}), {cfg.sampling.num_samples} rows x {cfg.sampling.max_new_tokens} tokens: {d['seconds']:.2f} s, "
               f"{d['seconds_per_token'] * 1e3:.2f} ms per token; bound at {hardware.hbm_bytes_per_s / 1e12:.1f} TB/s: "
