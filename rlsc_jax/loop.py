@@ -217,8 +217,10 @@ def prepare(cfg: TrainConfig) -> tuple[list, list, jax.sharding.Mesh]:
     heldout = heldout_questions(cfg)
     mesh = sharding_lib.make_run_mesh(cfg)
     platform = mesh.devices.flat[0].platform
-    if cfg.attention == "cudnn" and platform != "gpu":
-        raise ValueError(f"attention=cudnn needs NVIDIA GPUs; this run's devices are {platform} (use attention=xla)")
+    needs = {"cudnn": ("gpu", "NVIDIA GPUs"), "splash": ("tpu", "TPUs")}.get(cfg.attention)
+    if needs and platform != needs[0]:
+        raise ValueError(f"attention={cfg.attention} needs {needs[1]}; this run's devices are {platform} "
+                         f"(use attention=xla)")
     return questions, heldout, mesh
 
 

@@ -103,8 +103,8 @@ def plan(cfg, devices: int | list, prompt_len: int, memory_bytes: float | None =
     """Compiles the step's programs for `cfg` on `devices` simulated devices (or on the given devices, e.g. a
     TPU topology's); returns every figure.
 
-    `remat: auto` is resolved against `memory_bytes` per device (`rlsc_jax.fit`); `attention: cudnn` is planned
-    with the XLA attention (XLA:CPU has no cuDNN; the fused kernel needs less memory, not more)."""
+    `remat: auto` is resolved against `memory_bytes` per device (`rlsc_jax.fit`); `attention: cudnn` and `splash`
+    are planned with the XLA attention (XLA:CPU has neither kernel; a fused kernel needs less memory, not more)."""
     import dataclasses
 
     import jax

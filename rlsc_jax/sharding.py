@@ -145,7 +145,7 @@ def use_mesh(mesh: Mesh | None):
     return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
 
 
-def _ambient_mesh():
+def ambient_mesh():
     """The mesh set by the caller with `jax.set_mesh` (inside jit: its abstract mesh), or None."""
     mesh = jax.sharding.get_abstract_mesh()
     return None if mesh.empty or any(a not in mesh.shape for a in MESH_AXES) else mesh
@@ -160,7 +160,7 @@ def constrain_rows(x: jax.Array, rules: Rules, axis: int = 0, without: Sequence[
     are replicated: left to propagation they were split along some other axis and then fully rematerialised.
     Identity without an ambient mesh.
     """
-    mesh = _ambient_mesh()
+    mesh = ambient_mesh()
     if mesh is None or x.ndim <= axis:
         return x
     axes = tuple(a for a in batch_axes(rules) if a not in without)
@@ -188,7 +188,7 @@ def decode_rules(rules: Rules) -> Rules:
 
 def constrain_logical(x: jax.Array, axes: Sequence[str], rules: Rules) -> jax.Array:
     """x constrained to the sharding its logical `axes` get under the ambient mesh; identity without one."""
-    mesh = _ambient_mesh()
+    mesh = ambient_mesh()
     return x if mesh is None else jax.lax.with_sharding_constraint(x, logical_spec(axes, x.shape, mesh, rules))
 
 

@@ -131,6 +131,39 @@ def test_sharded_load_matches_single_device(pair, tmp_path):
     assert err < 1e-5, f"sharded vs single-device logits: max abs error {err}"
 
 
+@pytest.mark.parametrize("mesh_shape", [(1, 8, 1), (2, 2, 2)])
+def test_splash_attention_on_a_mesh_matches_one_device(tmp_path, mesh_shape):
+    """Under a mesh the splash kernel runs per device on its rows and kv heads (`jax.shard_map`, since GSPMD cannot
+    partition a Pallas call): the hidden states and the gradients equal one device's own attention."""
+    from flax import nnx
+
+    from rlsc_jax.sharding import make_mesh, use_mesh
+    path = save_hf_model(make_hf_model("qwen2", num_key_value_heads=2), tmp_path / "m")
+    model, mesh = hf.load(path), make_mesh(*mesh_shape)
+    sharded = hf.load(path, mesh=mesh)
+    ids = jnp.asarray(_ids((8, 12), seed=3))
+    mask = np.ones((8, 12), np.int32)
+    mask[1, :4], mask[2, 9:] = 0, 0
+    mask = jnp.asarray(mask)
+
+    def loss(graphdef, state, fused):
+        hidden = nnx.merge(graphdef, state).forward(ids, attention_mask=mask, fused_attention=fused)
+        return jnp.sum(jnp.where(mask[..., None] == 1, hidden, 0.0) ** 2), hidden
+
+    def run(m, fused):
+        graphdef, state = nnx.split(m)
+        step = jax.jit(jax.value_and_grad(lambda s: loss(graphdef, s, fused), has_aux=True))
+        (_, hidden), grads = step(state)
+        return np.asarray(hidden)[np.asarray(mask) == 1], [np.asarray(g) for g in jax.tree.leaves(grads)]
+
+    want, want_grads = run(model, None)
+    with use_mesh(mesh):
+        got, got_grads = run(sharded, "splash")
+    assert np.abs(got - want).max() < TOL
+    for g, w in zip(got_grads, want_grads):
+        assert np.abs(g - w).max() / max(np.abs(w).max(), 1e-12) < 1e-5
+
+
 def test_blocked_attention_matches_plain_and_transformers(pair, monkeypatch):
     """Full-sequence attention in query blocks (here 5 queries, so 12 tokens make 3 blocks, the last one
     padded) gives transformers' logits and the same gradients as unblocked attention."""
@@ -164,10 +197,11 @@ def test_blocked_attention_matches_plain_and_transformers(pair, monkeypatch):
         assert err < 1e-5, f"blocked vs plain attention gradient: relative error {err}"
 
 
-def test_fused_attention_matches_transformers_and_plain_gradients(pair):
-    """`fused_attention` (here `jax.nn.dot_product_attention`'s XLA implementation, the API the cuDNN kernel sits
-    behind) over rows padded on the left and on the right: transformers' logits on the real tokens and the
-    gradients of this module's own attention."""
+@pytest.mark.parametrize("kernel", ["xla", "splash"])
+def test_fused_attention_matches_transformers_and_plain_gradients(pair, kernel):
+    """`fused_attention` over rows padded on the left and on the right: transformers' logits on the real tokens and
+    the gradients of this module's own attention. "xla" is `jax.nn.dot_product_attention`'s XLA implementation, the
+    API the cuDNN kernel sits behind; "splash" is the TPU kernel itself, run by Pallas' interpreter."""
     from flax import nnx
     ref, model = pair
     ids = _ids((3, 12), seed=6)
@@ -184,7 +218,7 @@ def test_fused_attention_matches_transformers_and_plain_gradients(pair):
         return jnp.sum(jnp.where(jnp.asarray(mask)[..., None] == 1, hidden * weights, 0.0)), hidden
 
     (_, plain), plain_grads = jax.value_and_grad(loss, has_aux=True)(state, None)
-    (_, fused), grads = jax.value_and_grad(loss, has_aux=True)(state, "xla")
+    (_, fused), grads = jax.value_and_grad(loss, has_aux=True)(state, kernel)
     with torch.no_grad():
         positions = torch.tensor(np.maximum(np.cumsum(mask, 1) - 1, 0))
         out = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=positions,

@@ -15,11 +15,15 @@ are fp32 whatever the compute dtype.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from rlsc_jax.models.config import ModelConfig
+from rlsc_jax.models.splash import splash_attention
 from rlsc_jax.sharding import Rules, axis_rules, constrain_logical, constrain_rows, decode_rules, decode_split, gather_fsdp
 
 # One layer's (k, v), each [batch, kv_heads, slots, head_dim]: kv-head-major, so a decode step's attention reads
@@ -96,13 +100,13 @@ class Attention(nnx.Module):
             self.k_bias = _param(rngs, zeros, (k, d), dtype, ("kv_heads", "head_dim"), stack)
             self.v_bias = _param(rngs, zeros, (k, d), dtype, ("kv_heads", "head_dim"), stack)
 
-    def __call__(self, x, positions, key_mask, cache=None, cache_index=None, fused: str | None = None):
+    def __call__(self, x, positions, key_mask, cache=None, cache_index=None, fused: Callable | None = None):
         """x [B,T,E]; positions [B,T]; key_mask [B,S] marks real (non-pad) key slots.
 
         Without a cache the keys are this call's T tokens (S = T, query slot t sees key slots <= t).
         With a cache (k, v) of [B,K,S,D] the T new keys are written at slot `cache_index` and
         query t (slot cache_index + t) sees every real slot up to its own. Returns (out, new cache).
-        `fused` (no cache): `jax.nn.dot_product_attention`'s implementation, for a key_mask that is a prefix.
+        `fused` (no cache): a fused attention (`fused_kernel`) in place of this module's own.
         """
         cfg = self.cfg
         q = jnp.einsum("bte,ehd->bthd", x, self.q[...])
@@ -122,7 +126,7 @@ class Attention(nnx.Module):
             cache = (k_cache, v_cache)
             out = _cached_attention(q, k_cache, v_cache, cache_index + jnp.arange(t), key_mask)
         elif fused is not None:
-            out = _fused_attention(q.reshape(b, t, h, d), k, v, key_mask, fused)
+            out = fused(q, k, v, key_mask)
         elif t > QUERY_BLOCK:
             out = _blocked_attention(q, k, v, key_mask)
         else:
@@ -137,15 +141,28 @@ def _attention(q, k, v, q_slot, key_mask):
     return _masked_softmax_values(scores, v, "bkgts,bskd->btkgd", q_slot, key_mask)
 
 
-def _fused_attention(q, k, v, key_mask, implementation: str):
-    """Causal GQA attention of q [B,T,H,D] over k, v [B,T,K,D] through `jax.nn.dot_product_attention`, whose
+def _dot_product_attention(q, k, v, key_mask, implementation: str):
+    """Causal GQA attention of q [B,T,K,G,D] over k, v [B,T,K,D] through `jax.nn.dot_product_attention`, whose
     cuDNN kernel takes padding only as per-row lengths: key_mask [B,T] must mark a prefix of each row
     (`Decoder.forward` moves the rows' left padding to the right first). Query rows past a row's length
-    come out as zeros. Returns [B,T,H,D]."""
+    come out as zeros. Returns [B,T,K,G,D]."""
+    b, t, kv_heads, groups, d = q.shape
     lengths = jnp.maximum(jnp.sum(key_mask, axis=-1, dtype=jnp.int32), 1)
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
-                                       key_value_seq_lengths=lengths, implementation=implementation)
-    return out.reshape(q.shape[0], q.shape[1], k.shape[2], -1, q.shape[-1])
+    out = jax.nn.dot_product_attention(q.reshape(b, t, kv_heads * groups, d), k, v, is_causal=True,
+                                       query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+                                       implementation=implementation)
+    return out.reshape(q.shape)
+
+
+def fused_kernel(name: str | None, rules: Rules) -> Callable | None:
+    """The layers' full-sequence attention for a `Decoder.forward(fused_attention=name)`: None (this module's own),
+    "splash" (Pallas, TPU; `models/splash.py`) or a `jax.nn.dot_product_attention` implementation ("cudnn"; "xla",
+    the same API on any backend)."""
+    if name is None:
+        return None
+    if name == "splash":
+        return functools.partial(splash_attention, rules=rules)
+    return functools.partial(_dot_product_attention, implementation=name)
 
 
 def _masked_softmax_values(scores, v, values_eq, q_slot, key_mask):
@@ -237,7 +254,7 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs, stack)
         self.mlp = MLP(cfg, dtype, rngs, stack)
 
-    def __call__(self, x, positions, key_mask, cache=None, cache_index=None, fused: str | None = None,
+    def __call__(self, x, positions, key_mask, cache=None, cache_index=None, fused: Callable | None = None,
                  mlp_rows=None):
         """`mlp_rows` (optional) re-lays the MLP's input rows out first: a tensor-parallel decode layout's MLP
         takes every row (`Decoder.decode`)."""
@@ -252,9 +269,10 @@ def default_positions(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-# Full-sequence attention: this module's own (blocked, the reference and default) or `jax.nn.dot_product_attention`'s
-# fused cuDNN kernel (NVIDIA GPUs, bfloat16 or float16 compute) for the layers' full-sequence passes.
-ATTENTION = {"xla": None, "cudnn": "cudnn"}
+# Full-sequence attention, by config name: this module's own (blocked, the reference and default),
+# `jax.nn.dot_product_attention`'s fused cuDNN kernel (NVIDIA GPUs, bfloat16 or float16 compute) or Pallas splash
+# attention (TPUs), for the layers' full-sequence passes (`fused_kernel`).
+ATTENTION = {"xla": None, "cudnn": "cudnn", "splash": "splash"}
 
 
 def _roll_rows(x: jax.Array, shift: jax.Array) -> jax.Array:
@@ -347,11 +365,12 @@ class Decoder(nnx.Module):
             positions = default_positions(attention_mask)
         return constrain_rows(self.embed[...][input_ids].astype(jnp.float32), self.rules), positions, attention_mask
 
-    def _scan(self, x, positions, attention_mask, remat: str | None, fused_attention: str | None, collect: bool):
+    def _scan(self, x, positions, attention_mask, remat: str | None, fused: str | None, collect: bool):
         """The stacked layers over a full sequence as one `lax.scan`; each layer's weights cast to the compute
         dtype and gathered over FSDP inside the body. Returns (output, each layer's output if `collect`)."""
         cd, rules = self.compute_dtype, self.rules
         graphdef, stacked = nnx.split(self.layers)
+        attend = fused_kernel(fused, rules)
 
         def compute_weight(var: nnx.Variable) -> nnx.Variable:
             # cast before FSDP's all-gather, so bf16 compute gathers half the bytes; axes[0] is "layers"
@@ -359,7 +378,7 @@ class Decoder(nnx.Module):
 
         def body(x, layer_state):
             layer_state = jax.tree.map(compute_weight, layer_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
-            x, _ = nnx.merge(graphdef, layer_state)(x, positions, attention_mask, fused=fused_attention)
+            x, _ = nnx.merge(graphdef, layer_state)(x, positions, attention_mask, fused=attend)
             x = constrain_rows(x, rules)
             return x, x if collect else None
 
@@ -373,18 +392,19 @@ class Decoder(nnx.Module):
 
         attention_mask [B, T] marks real tokens; positions default to each row's count of real tokens. `remat`
         names a `REMAT_POLICIES` entry: each layer is recomputed in the backward pass, keeping what the policy
-        saves. `fused_attention` names the `jax.nn.dot_product_attention` implementation the layers attend with
-        (`ATTENTION`); each row's real tokens must be one contiguous run (left and right padding, as in
-        training): the rows are rotated so that run starts at slot 0, which is the only padding the fused kernel
-        takes, and the hidden states rotated back.
+        saves. `fused_attention` names the fused attention the layers attend with (`fused_kernel`, one of
+        `ATTENTION`'s values); each row's real tokens must be one contiguous run (left and right padding, as in
+        training). For `jax.nn.dot_product_attention` the rows are rotated so that run starts at slot 0, which is
+        the only padding its cuDNN kernel takes, and the hidden states rotated back; splash takes any padding.
         """
         x, positions, attention_mask = self._embedded(input_ids, positions, attention_mask)
-        if fused_attention is not None:
+        rotate = fused_attention not in (None, "splash")
+        if rotate:
             shift = jnp.argmax(attention_mask, axis=-1)
             x, positions, attention_mask = (_roll_rows(a, shift) for a in (x, positions, attention_mask))
         x, _ = self._scan(x, positions, attention_mask, remat, fused_attention, collect=False)
         hidden = self.final_norm(x).astype(self.compute_dtype)
-        return hidden if fused_attention is None else _roll_rows(hidden, -shift)
+        return _roll_rows(hidden, -shift) if rotate else hidden
 
     def collect(self, input_ids, positions=None, attention_mask=None) -> tuple[jax.Array, list[jax.Array]]:
         """`forward`'s hidden states and every layer's input plus the last layer's output (transformers'
