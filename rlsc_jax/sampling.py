@@ -106,7 +106,8 @@ def _token_logp(logits, token):
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
-# How top-k finds each row's k-th largest logit: None = by bisection on CPU, by block maxima elsewhere.
+# How top-k finds each row's k-th largest logit: None = by bisection for CPU, by block maxima for other platforms
+# (the platform the program is for, `sharding.platform`: a TPU plan compiled on a CPU host takes the TPU's way).
 TOP_K_BISECTION: bool | None = None
 
 
@@ -118,7 +119,7 @@ def _kth_largest(x, k: int):
     model. On a GPU each pass of the bisection's data-dependent loop is a round trip to the host, so there
     `_kth_largest_by_blocks` it is.
     """
-    if not (jax.default_backend() == "cpu" if TOP_K_BISECTION is None else TOP_K_BISECTION):
+    if not (sharding_lib.platform() == "cpu" if TOP_K_BISECTION is None else TOP_K_BISECTION):
         return _kth_largest_by_blocks(x, k)
     bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
     keys = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))  # increasing in x

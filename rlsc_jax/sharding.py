@@ -145,6 +145,15 @@ def use_mesh(mesh: Mesh | None):
     return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
 
 
+def platform() -> str:
+    """The platform the program being built is for: the ambient mesh's devices' ("cpu", "gpu", "tpu"), else the
+    default backend's. A plan compiled on a CPU host for a TPU slice (`rlsc-plan --topology`) thus takes the TPU's
+    choices."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else mesh.abstract_device
+    return device.platform if device is not None else jax.default_backend()
+
+
 def ambient_mesh():
     """The mesh set by the caller with `jax.set_mesh` (inside jit: its abstract mesh), or None."""
     mesh = jax.sharding.get_abstract_mesh()

@@ -117,6 +117,17 @@ def test_kth_largest_equals_top_k(k, method):
     np.testing.assert_array_equal(np.asarray(jax.jit(method, static_argnums=1)(jnp.asarray(x), k)), expected)
 
 
+@pytest.mark.parametrize("platform,bisection", [("cpu", True), ("tpu", False), ("gpu", False)])
+def test_top_k_follows_the_platform_compiled_for(platform, bisection):
+    """The sampler's CPU-only choices follow the mesh's devices, not the host's backend: a plan compiled on a CPU
+    host for a TPU slice must compile the TPU's program (no data-dependent loop)."""
+    device = jax.sharding.AbstractDevice(platform, None, platform)
+    mesh = jax.sharding.AbstractMesh((1,), ("fsdp",), abstract_device=device)
+    with jax.sharding.use_abstract_mesh(mesh):
+        jaxpr = str(jax.make_jaxpr(lambda x: _kth_largest(x, 50))(jnp.zeros((4, 20000))))
+    assert ("while" in jaxpr) == bisection
+
+
 def test_eos_stops_row_and_masks_the_rest(small_vocab_model):
     eos = [0, 1, 2, 3]  # frequent enough that most rows stop early
     got = sample(small_vocab_model, [[5, 6, 7]], num_samples=64, max_new_tokens=24, temperature=1.0, eos_ids=eos,

@@ -24,7 +24,8 @@ from flax import nnx
 
 from rlsc_jax.models.config import ModelConfig
 from rlsc_jax.models.splash import splash_attention
-from rlsc_jax.sharding import Rules, axis_rules, constrain_logical, constrain_rows, decode_rules, decode_split, gather_fsdp
+from rlsc_jax.sharding import (Rules, axis_rules, constrain_logical, constrain_rows, decode_rules, decode_split,
+                               gather_fsdp, platform)
 
 # One layer's (k, v), each [batch, kv_heads, slots, head_dim]: kv-head-major, so a decode step's attention reads
 # each head's keys as one contiguous block. The decode path holds one per layer, as a list (`init_cache`).
@@ -176,7 +177,8 @@ def _masked_softmax_values(scores, v, values_eq, q_slot, key_mask):
 
 # A cached attention reads only the first W slots of the cache, W the smallest of these (or the whole cache) that
 # holds every query's slot, so a decode step's cost follows the filled cache rather than the token budget. Only
-# on CPU (WINDOWED_CACHE None): on a GPU the per-layer `lax.switch` waits on the host, which cost more than reading
+# for CPU (WINDOWED_CACHE None: the platform the program is for, `sharding.platform`): on a GPU the per-layer
+# `lax.switch` waits on the host, which cost more than reading
 # the whole cache (3.47 against 2.85 ms per token, the 1.5B model at 16 rows x 3072 tokens on an H200).
 CACHE_WINDOWS = tuple(256 * 2 ** i for i in range(8))
 WINDOWED_CACHE: bool | None = None
@@ -186,7 +188,7 @@ def _cached_attention(q, k_cache, v_cache, q_slot, key_mask):
     """`_attention` of queries q [B,T,K,G,D] at slots q_slot [T] over a kv-head-major cache [B,K,S,D], over the
     smallest window of leading slots that holds the last query (slots past it are masked anyway)."""
     slots = k_cache.shape[2]
-    windowed = jax.default_backend() == "cpu" if WINDOWED_CACHE is None else WINDOWED_CACHE
+    windowed = platform() == "cpu" if WINDOWED_CACHE is None else WINDOWED_CACHE
     windows = tuple(w for w in CACHE_WINDOWS if w < slots and windowed) + (slots,)
 
     def attend(width: int):
