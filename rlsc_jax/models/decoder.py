@@ -178,8 +178,8 @@ def _masked_softmax_values(scores, v, values_eq, q_slot, key_mask):
 # A cached attention reads only the first W slots of the cache, W the smallest of these (or the whole cache) that
 # holds every query's slot, so a decode step's cost follows the filled cache rather than the token budget. Only
 # for CPU (WINDOWED_CACHE None: the platform the program is for, `sharding.platform`): on a GPU the per-layer
-# `lax.switch` waits on the host, which cost more than reading
-# the whole cache (3.47 against 2.85 ms per token, the 1.5B model at 16 rows x 3072 tokens on an H200).
+# `lax.switch` waits on the host, which cost more than reading the whole cache (3.47 against 2.85 ms per token,
+# the 1.5B model at 16 rows x 3072 tokens on an H200).
 CACHE_WINDOWS = tuple(256 * 2 ** i for i in range(8))
 WINDOWED_CACHE: bool | None = None
 

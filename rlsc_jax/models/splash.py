@@ -1,7 +1,7 @@
 """Causal GQA attention through Pallas splash attention, the fused TPU kernel (`attention: splash`).
 
 Padding is given to the kernel as segment ids (real tokens 1, padding 0), so rows padded on the left and on the right
-need no re-layout; the sequence is padded to the kernel's block. Under a mesh the kernel runs per device on its rows
+need no re-layout; the sequence is padded to a multiple of 128. Under a mesh the kernel runs per device on its rows
 and kv heads (`jax.shard_map`), as MaxText does: GSPMD cannot partition a Pallas call. Off TPU the same kernel runs
 in Pallas' interpreter, which is how the tests check it on CPU.
 """
@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 from rlsc_jax.sharding import Rules, ambient_mesh, logical_spec
 
-BLOCK = 512  # the kernel's query and key block; shorter sequences use the next multiple of 128
+BLOCKS = (512, 256, 128)  # the kernel's query and key block: the largest that divides the length padded to 128
 
 
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array, rules: Rules) -> jax.Array:
@@ -24,8 +24,8 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Arr
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 
     b, t, kv_heads, groups, d = q.shape
-    block = BLOCK if t >= BLOCK else -(-t // 128) * 128
-    width = -(-t // block) * block
+    width = -(-t // BLOCKS[-1]) * BLOCKS[-1]
+    block = next(size for size in BLOCKS if width % size == 0)
     pad = ((0, 0), (0, width - t))
     q = jnp.pad(q, pad + ((0, 0),) * 3).transpose(0, 2, 3, 1, 4) * d**-0.5  # [B,K,G,T,D]
     k, v = (jnp.pad(x, pad + ((0, 0),) * 2).transpose(0, 2, 1, 3) for x in (k, v))  # [B,K,T,D]
