@@ -149,7 +149,7 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: TrainState, start: int, qu
             bar.write(f"step {step + 1}: held-out {_headline(metrics)}")
         skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
         if metrics["skipped"]:
-            print(f"step {step + 1}: non-finite loss, gradient or update; update skipped")
+            bar.write(f"step {step + 1}: non-finite loss, gradient or update; update skipped")
         log.log(step + 1, metrics)
         if writer:
             rows = sample_rows(tokenizer, step + 1, batch_questions, [prompts[q.id] for q in batch_questions],
