@@ -6,7 +6,7 @@
 #           setting, with its model-FLOPs utilisation (about 4 minutes on an H200);
 #   decode  the sampler's decode (16 rows x 3072 new tokens) against its bandwidth bound for the 1.5B (also with
 #           cuBLAS for XLA's Triton matmuls, and profiled) and the 7B, and for one device's share of a
-#           tensor-parallel decode over 8 (`--share 8`, without its collectives) (about 6 minutes on an H200).
+#           tensor-parallel decode over 8 (`--share 8`, without its collectives) (about 4 minutes on an H200).
 #
 #   bash bench/accelerator.sh OUT_DIR [HARDWARE] [PARTS]   # HARDWARE: datasheet figures (default h200);
 #                                                          # PARTS: "train decode" (default), or one of them
