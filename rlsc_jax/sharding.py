@@ -195,6 +195,13 @@ def decode_rules(rules: Rules) -> Rules:
     return tuple(sorted(out.items()))
 
 
+def to_decode_layout(x: jax.Array, axes: Sequence[str], rules: Rules) -> jax.Array:
+    """A weight moved to the sampler's decode layout (`decode_rules`): gathered over FSDP first, then split over the
+    `decode_split` axes. GSPMD cannot move a split from one axis to another (`embed` to `mlp` or `vocab`) directly
+    and would replicate the whole array to get there."""
+    return constrain_logical(gather_fsdp(x, axes, rules), axes, decode_rules(rules))
+
+
 def constrain_logical(x: jax.Array, axes: Sequence[str], rules: Rules) -> jax.Array:
     """x constrained to the sharding its logical `axes` get under the ambient mesh; identity without one."""
     mesh = ambient_mesh()

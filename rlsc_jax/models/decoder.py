@@ -24,8 +24,8 @@ from flax import nnx
 
 from rlsc_jax.models.config import ModelConfig
 from rlsc_jax.models.splash import splash_attention
-from rlsc_jax.sharding import (Rules, axis_rules, constrain_logical, constrain_rows, decode_rules, decode_split,
-                               gather_fsdp, platform)
+from rlsc_jax.sharding import (Rules, axis_rules, constrain_rows, decode_split, gather_fsdp, platform,
+                               to_decode_layout)
 
 # One layer's (k, v), each [batch, kv_heads, slots, head_dim]: kv-head-major, so a decode step's attention reads
 # each head's keys as one contiguous block. The decode path holds one per layer, as a list (`init_cache`).
@@ -326,10 +326,7 @@ class Decoder(nnx.Module):
         if self.cfg.tie_word_embeddings and self.compute_dtype == self.dtype and not decode_split(self.rules):
             return None
         weight = self.embed[...] if self.cfg.tie_word_embeddings else self.lm_head[...].T
-        # gathered first, then each device keeps its share: GSPMD cannot move the split from `embed` to `vocab`
-        # directly and would replicate the whole (fp32) array to get there
-        weight = gather_fsdp(weight.astype(self.compute_dtype), ("vocab", "embed"), self.rules)
-        return constrain_logical(weight, ("vocab", "embed"), decode_rules(self.rules))
+        return to_decode_layout(weight.astype(self.compute_dtype), ("vocab", "embed"), self.rules)
 
     def decode_logits(self, hidden: jax.Array, head: jax.Array | None) -> jax.Array:
         """`logits` of the sampler's rows [B, E] by `decode_head()`'s copy, returned with the rows on the batch axes.
@@ -349,13 +346,12 @@ class Decoder(nnx.Module):
         of the loop. Built once per sampling call, this copy is read in place by every decode step.
         """
         _, stacked = nnx.split(self.layers)
-        cd, rules = self.compute_dtype, decode_rules(self.rules)
+        cd, rules = self.compute_dtype, self.rules
 
         def layer(i: int) -> nnx.State:
-            def weight(var: nnx.Variable) -> nnx.Variable:  # gathered, then split (see `decode_head`)
+            def weight(var: nnx.Variable) -> nnx.Variable:
                 axes = var.get_metadata()["logical_axes"][1:]  # a stacked parameter's first axis is "layers"
-                return var.replace(constrain_logical(gather_fsdp(var.get_value()[i].astype(cd), axes, self.rules),
-                                                     axes, rules))
+                return var.replace(to_decode_layout(var.get_value()[i].astype(cd), axes, rules))
             return jax.tree.map(weight, stacked, is_leaf=lambda v: isinstance(v, nnx.Variable))
         return [layer(i) for i in range(self.cfg.num_layers)]
 
