@@ -111,17 +111,29 @@ def stages(steps: int, eval_steps: list[int]) -> list[int]:
     return sorted({s for s in eval_steps if 0 < s < steps} | {steps})
 
 
+# Where things are, not what they are: a clone elsewhere or a moved --output reuses its results (the model's
+# content is keyed by its files' digests; the benchmarks are the package's)
+PLACES = ("model", "output_dir", "data.data_dir")
+
+
+def _placeless(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in PLACES}
+
+
 def result_key(cfg: TrainConfig, model_digests: dict, *extra) -> dict:
-    """What a kept result must match to be reused: the resolved config, the model files' digests, `extra`."""
-    return json.loads(json.dumps({"config": flat_config(cfg), "model": model_digests, "extra": list(extra)}))
+    """What a kept result must match to be reused: the resolved config less `PLACES`, the model files' digests,
+    `extra`."""
+    return json.loads(json.dumps({"config": _placeless(flat_config(cfg)), "model": model_digests,
+                                  "extra": list(extra)}))
 
 
 def _same(saved, key: dict) -> bool:
     """Whether a kept result's key matches: a config key added to the schema since it was kept counts as its
-    default (`run_record.with_new_defaults`), so new options do not throw away hours of kept results."""
+    default (`run_record.with_new_defaults`), so new options do not throw away hours of kept results; `PLACES`
+    in keys kept before they were left out are ignored."""
     if not isinstance(saved, dict) or saved.keys() != key.keys():
         return False
-    return ({**saved, "config": with_new_defaults(saved["config"], key["config"])} == key)
+    return ({**saved, "config": _placeless(with_new_defaults(saved["config"], key["config"]))} == key)
 
 
 def cached(path: Path, key: dict, compute):

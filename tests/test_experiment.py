@@ -3,6 +3,7 @@ Ctrl-C."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,6 +138,17 @@ def test_a_rerun_reuses_finished_results_and_recomputes_when_the_config_changes(
     monkeypatch.setattr(experiment_runs, "train_arm", fail)
     assert experiment.main(args) == 0
     assert json.loads((out / "results.json").read_text()) == first
+    # where things are is not what they are: a moved output folder and a copy of the model reuse the results,
+    # and so do keys kept while they still recorded the places
+    moved, copy = tmp_path / "moved", tmp_path / "model-copy"
+    out.rename(moved)
+    shutil.copytree(model, copy)
+    for path in (moved / "base-seed0.json", moved / "rlsc_l2-seed0" / "experiment_result.json"):
+        kept = json.loads(path.read_text())
+        kept["key"]["config"].update({"model": "/elsewhere", "output_dir": "/elsewhere", "data.data_dir": "/elsewhere"})
+        path.write_text(json.dumps(kept))
+    assert experiment.main([*args[:-len(TINY) - 2], str(moved), f"model={copy}", *TINY]) == 0
+    moved.rename(out)
     # a result kept before a config key existed is reused while that key is at its default
     for path in (out / "base-seed0.json", out / "rlsc_l2-seed0" / "experiment_result.json"):
         kept = json.loads(path.read_text())
