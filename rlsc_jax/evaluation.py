@@ -173,7 +173,9 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
     eos = eos_ids(tokenizer, generation_eos(model_dir))
     pending = [(i, p) for i, p in enumerate(problems) if p.id not in records]
     key = jax.random.key(seed)
-    with tqdm(total=len(problems), initial=len(problems) - len(pending), unit="problem", disable=not progress) as bar:
+    what = "greedy" if sampling.temperature == 0 else f"{num_samples} at T = {sampling.temperature:g}"
+    with tqdm(total=len(problems), initial=len(problems) - len(pending), unit="problem", desc=what,
+              leave=None, disable=not progress) as bar:  # leave=None: kept unless inside another bar
         for start in range(0, len(pending), batch_size):
             batch = pending[start:start + batch_size]
             out = sample(model, [prompts[p.id] for _, p in batch], num_samples=num_samples, max_new_tokens=budget,
@@ -197,14 +199,15 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
 
 def evaluate_protocol(model: Decoder, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], protocol: str, *,
                       seed: int = 0, batch_size: int = 8, model_dir: str | Path | None = None,
-                      max_new_tokens: int | None = None) -> dict:
+                      max_new_tokens: int | None = None, progress: bool = False) -> dict:
     """The named protocol's summary of `problems`, labelled with its name: train.py's held-out evaluation of
     benchmark sources, so that before and after are measured with the same prompt, decoding and budget
-    (`max_new_tokens`, when given, in place of the protocol's). `model_dir` as for `evaluate_problems`."""
+    (`max_new_tokens`, when given, in place of the protocol's). `model_dir`, `progress` as for
+    `evaluate_problems`."""
     p = get_protocol(protocol)
     sampling = dataclasses.replace(p.sampling, max_new_tokens=max_new_tokens or p.sampling.max_new_tokens)
     _, summary = evaluate_problems(model, tokenizer, problems, template=p.template, sampling=sampling,
-                                   batch_size=batch_size, seed=seed, progress=False, model_dir=model_dir)
+                                   batch_size=batch_size, seed=seed, progress=progress, model_dir=model_dir)
     return {"protocol": protocol, **summary}
 
 

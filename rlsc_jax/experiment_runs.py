@@ -54,14 +54,15 @@ def heldout_metrics(model, tokenizer, cfg: TrainConfig, problems, metrics: dict 
     """The held-out metrics the table reads: `loop.evaluate`'s (`metrics`, when already computed). A benchmark or
     JSONL source's named protocol gives one accuracy: the sampled metrics at `eval.temperature` are added, and a
     greedy protocol's accuracy, truncated fraction and length become the greedy ones (the rest under "protocol")."""
-    metrics = evaluate(model, tokenizer, cfg, problems) if metrics is None else metrics
+    metrics = evaluate(model, tokenizer, cfg, problems, progress=True) if metrics is None else metrics
     if cfg.eval.source in SYNTHETIC_SOURCES:
         return metrics
     greedy = {}
     if get_protocol(cfg.eval.protocol).sampling.temperature == 0:
         greedy = {"greedy_accuracy": metrics["accuracy"], "greedy_truncated_frac": metrics["truncated_frac"],
                   "greedy_mean_length": metrics["mean_length"]}
-    return {**sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature), **greedy, "protocol": metrics}
+    return {**sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature, progress=True), **greedy,
+            "protocol": metrics}
 
 
 def _now(name: str, compute):
@@ -74,13 +75,13 @@ def base_model(cfg: TrainConfig, temperatures: list[float], train_scores: bool =
     `keep(name, compute)` gives each part (a `cached` one, so an interruption loses only the part under way)."""
     loaded = functools.cache(lambda: (hf.load(cfg.model), load_tokenizer(cfg.model)))
     heldout = heldout_questions(cfg)
-    held = keep("heldout", lambda: evaluate(*loaded(), cfg, heldout))
+    held = keep("heldout", lambda: evaluate(*loaded(), cfg, heldout, progress=True))
     out = {"before": keep("before", lambda: heldout_metrics(*loaded(), cfg, heldout, held))}
     if train_scores:
         out["train"] = keep("train", lambda: sampled_metrics(*loaded(), cfg, _train_questions(cfg),
-                                                             cfg.eval.temperature))
+                                                             cfg.eval.temperature, progress=True))
     for t in temperatures:
-        out[f"T={t}"] = keep(f"T={t}", lambda: sampled_metrics(*loaded(), cfg, heldout, t))
+        out[f"T={t}"] = keep(f"T={t}", lambda: sampled_metrics(*loaded(), cfg, heldout, t, progress=True))
     return out
 
 
@@ -94,7 +95,7 @@ def train_arm(cfg: TrainConfig, before: dict, train_scores: bool = True, keep=_n
     result["after"] = keep("after", lambda: heldout_metrics(*loaded(), cfg, heldout_questions(cfg), result["after"]))
     if train_scores:
         result["train"] = keep("train", lambda: sampled_metrics(*loaded(), cfg, _train_questions(cfg),
-                                                                cfg.eval.temperature))
+                                                                cfg.eval.temperature, progress=True))
     result["step_accuracy"] = step_accuracy(cfg)
     rows = read_metrics(cfg.output_dir)
     result["underflow"] = statistics.fmean(r["p_old_underflow_frac"] for r in rows)

@@ -63,39 +63,40 @@ def eval_budget(cfg: TrainConfig) -> int:
     return cfg.sampling.max_new_tokens
 
 
-def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: float) -> dict:
+def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: float, progress: bool = False) -> dict:
     """mean@N / maj@N / pass@k / length of `eval.num_samples` samples per problem at `temperature` within
     `eval.max_new_tokens` (else the training budget), seeded by cfg.seed (EOS ids of the run's source checkpoint,
-    `cfg.model`, whose generation config an export copies)."""
+    `cfg.model`, whose generation config an export copies); a progress bar over the problems with `progress`."""
     sampling = SamplingConfig(num_samples=cfg.eval.num_samples, temperature=temperature,
                               max_new_tokens=cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens)
     return evaluate_problems(model, tokenizer, problems, template=cfg.data.template, sampling=sampling,
-                             batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=False, model_dir=cfg.model)[1]
+                             batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=progress, model_dir=cfg.model)[1]
 
 
-def evaluate(model, tokenizer, cfg: TrainConfig, problems) -> dict:
+def evaluate(model, tokenizer, cfg: TrainConfig, problems, progress: bool = False) -> dict:
     """Held-out metrics, computed the same way before and after training. Benchmark and JSONL sources: the named
     protocol `eval.protocol`. Synthetic: greedy accuracy and, with N samples at the eval temperature, mean@N /
     maj@N, mean length and `mean_token_nll` (the mean −log p of the sampled tokens, an estimate of the token
     entropy, which training logs exactly as `mean_token_entropy`); both with the fraction of completions cut at
-    the budget."""
+    the budget. `progress`: a bar per decoding pass."""
     if cfg.eval.source not in SYNTHETIC_SOURCES:
         return evaluate_protocol(model, tokenizer, problems, cfg.eval.protocol, seed=cfg.seed,
-                                 batch_size=cfg.eval.batch_size, model_dir=cfg.model, max_new_tokens=eval_budget(cfg))
+                                 batch_size=cfg.eval.batch_size, model_dir=cfg.model, max_new_tokens=eval_budget(cfg),
+                                 progress=progress)
     _, greedy = evaluate_problems(model, tokenizer, problems, template=cfg.data.template,
                                   sampling=SamplingConfig(num_samples=1, temperature=0.0,
                                                           max_new_tokens=eval_budget(cfg)),
                                   batch_size=cfg.eval.batch_size,
-                                  seed=cfg.seed, progress=False, model_dir=cfg.model)
-    sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature)
+                                  seed=cfg.seed, progress=progress, model_dir=cfg.model)
+    sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature, progress)
     return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"},
             "greedy_truncated_frac": greedy["truncated_frac"]}
 
 
-def _evaluate_during(model, tokenizer, cfg: TrainConfig, problems) -> dict:
+def _evaluate_during(model, tokenizer, cfg: TrainConfig, problems, progress: bool) -> dict:
     """`evaluate`'s numbers as `eval/<metric>` keys of a step's metrics, with the seconds it took."""
     t = time.perf_counter()
-    numbers = {f"eval/{k}": v for k, v in evaluate(model, tokenizer, cfg, problems).items()
+    numbers = {f"eval/{k}": v for k, v in evaluate(model, tokenizer, cfg, problems, progress).items()
                if isinstance(v, (int, float))}
     return numbers | {"eval_seconds": time.perf_counter() - t}
 
@@ -145,7 +146,7 @@ def _train(cfg: TrainConfig, trainer: Trainer, state: TrainState, start: int, qu
         metrics.update(answer_stats(result.votes, s.num_samples), truncated_frac=float(cut.mean()),
                        completion_length=float(result.lengths.mean()))
         if heldout and cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.steps:
-            metrics.update(_evaluate_during(trainer.model(state), tokenizer, cfg, heldout))
+            metrics.update(_evaluate_during(trainer.model(state), tokenizer, cfg, heldout, writer))
             bar.write(f"step {step + 1}: held-out {_headline(metrics)}")
         skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
         if metrics["skipped"]:
@@ -269,7 +270,7 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
         if before is None and resuming:
             before = _saved_before(out, cfg)
         if before is None:
-            before = evaluate(trainer.model(state), tokenizer, cfg, heldout)
+            before = evaluate(trainer.model(state), tokenizer, cfg, heldout, writer)
         if writer:
             atomic_write_json(out / "eval_before.json", {"settings": _eval_settings(cfg), "metrics": before})
     ckpt = Checkpointer(out / "checkpoints", cfg.keep_checkpoints)
@@ -293,7 +294,7 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
         export(final, out / "final", cfg.export_dtype or None, cfg.model)
     result = {"steps": cfg.steps, "before": before if heldout else None}
     if heldout:
-        result["after"] = evaluate(final, tokenizer, cfg, heldout)
+        result["after"] = evaluate(final, tokenizer, cfg, heldout, writer)
         if writer:
             atomic_write_json(out / "eval_after.json", {"settings": _eval_settings(cfg), "metrics": result["after"]})
             trackers.log(cfg.steps, {f"eval/{k}": v for k, v in result["after"].items()})

@@ -67,7 +67,8 @@ def test_a_benchmark_source_in_stages_on_disjoint_slices(tmp_path, capsys):
             f"data.source={data}", "data.offset=4", "data.num_questions=0", f"eval.source={data}",
             "eval.max_new_tokens=8", "data.template=qwen-math"]
     assert experiment.main(args) == 0
-    order = [line for line in capsys.readouterr().out.splitlines() if line.startswith("== ")]
+    printed = capsys.readouterr()
+    order = [line for line in printed.out.splitlines() if line.startswith("== ")]
     assert [line.split(" -> ")[0] for line in order] == [
         "== base model, seed 0", "== TTRL (majority-vote reward), seed 0",
         "== base model, seed 1", "== TTRL (majority-vote reward), seed 1"]
@@ -86,6 +87,9 @@ def test_a_benchmark_source_in_stages_on_disjoint_slices(tmp_path, capsys):
     assert results["runs"]["ttrl"]["1"]["after"] == results["by_step"]["ttrl"]["1"]["2"]
     assert len(results["runs"]["ttrl"]["0"]["step_accuracy"]) == 2
     assert (out / "accuracy_vs_steps.png").stat().st_size > 0
+    # every decoding pass shows its progress, named by what it decodes (an evaluation of a real model is hours)
+    for bar in ("greedy: 100%", "4 at T = 0.5: 100%", "4 at T = 0.2: 100%"):
+        assert bar in printed.err, bar
 
 
 def test_a_partial_table_pairs_each_arm_with_its_own_seeds_base():
