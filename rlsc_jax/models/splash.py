@@ -2,8 +2,9 @@
 
 Padding is given to the kernel as segment ids (real tokens 1, padding 0), so rows padded on the left and on the right
 need no re-layout; the sequence is padded to a multiple of 128. Under a mesh the kernel runs per device on its rows
-and kv heads (`jax.shard_map`), as MaxText does: GSPMD cannot partition a Pallas call. Off TPU the same kernel runs
-in Pallas' interpreter, which is how the tests check it on CPU.
+and kv heads (`jax.shard_map`), as MaxText does: GSPMD cannot partition a Pallas call. Off TPU (the platform the
+program is for, `sharding.platform`) the same kernel runs in Pallas' interpreter, which is how the tests check it
+on CPU.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from rlsc_jax.sharding import Rules, ambient_mesh, logical_spec
+from rlsc_jax.sharding import Rules, ambient_mesh, logical_spec, platform
 
 BLOCKS = (512, 256, 128)  # the kernel's query and key block: the largest that divides the length padded to 128
 
@@ -34,7 +35,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Arr
                  block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
     kernel = kernel_lib.make_splash_mqa(mask_lib.MultiHeadMask([mask_lib.CausalMask((width, width))] * groups),
                                         block_sizes=kernel_lib.BlockSizes(**sizes), head_shards=1, q_seq_shards=1,
-                                        interpret=jax.default_backend() != "tpu")
+                                        interpret=platform() != "tpu")
 
     def one_head(q, k, v, segments):  # q [G,T,D], k and v [T,D]: one kv head's query group (MQA)
         return kernel(q, k, v, segment_ids=kernel_lib.SegmentIds(segments, segments))
