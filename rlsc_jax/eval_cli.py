@@ -24,11 +24,12 @@ from rlsc_jax import hf
 from rlsc_jax.benchmarks import BENCHMARKS, Problem, load_benchmark, load_jsonl_problems
 from rlsc_jax.config import MeshConfig, SamplingConfig, check_seed, load_config
 from rlsc_jax.dtypes import DTYPES
-from rlsc_jax.evaluation import check_settings, evaluate_problems, format_table, prompt_ids, read_records, token_budget
+from rlsc_jax.evaluation import check_settings, evaluate_problems, format_table, prompt_ids, token_budget
 from rlsc_jax.files import atomic_write_json, exclusive_dir, make_dir
 from rlsc_jax.fingerprint import digests, fingerprint
 from rlsc_jax.models import ModelConfig
 from rlsc_jax.protocols import DEFAULT_PROTOCOL, SAMPLING_KEYS, SETTINGS, get_protocol
+from rlsc_jax.records import read_records
 from rlsc_jax.report import truncation_warning
 from rlsc_jax.sharding import axis_rules, make_mesh
 from rlsc_jax.tokenizer import load_tokenizer

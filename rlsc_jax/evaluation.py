@@ -15,6 +15,7 @@ tokens at the sampling temperature: for sampled completions, an estimate of the 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from rlsc_jax.config import SamplingConfig, check_sampling
 from rlsc_jax.grading import answer_groups, extract_answer, is_equivalent, maj_at_k, majority_answer, pass_at_k
 from rlsc_jax.models import Decoder
 from rlsc_jax.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
+from rlsc_jax.records import Journal
 from rlsc_jax.sampling import sample
 from rlsc_jax.sharding import to_host
 from rlsc_jax.tokenizer import chat_prompt_ids, eos_ids, generation_eos
@@ -140,14 +142,15 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
                       template: str = DEFAULT_TEMPLATE, sampling: SamplingConfig = PROTOCOLS[DEFAULT_PROTOCOL].sampling, batch_size: int = 8,
                       seed: int = 0, progress: bool = True, done: dict[str, dict] | None = None,
                       on_record: Callable[[dict], Any] | None = None,
-                      model_dir: str | Path | None = None,
-                      prompts: dict[str, list[int]] | None = None) -> tuple[list[dict], dict]:
+                      model_dir: str | Path | None = None, prompts: dict[str, list[int]] | None = None,
+                      journal: Journal | None = None) -> tuple[list[dict], dict]:
     """Samples, decodes and grades every problem not already in `done` (id -> record); returns (records, summary).
 
     `sampling` decides the completions (`num_samples` per problem, at most `max_new_tokens` each; default: the
-    default protocol's greedy decoding). `batch_size`
-    problems share one `sample` call, whose key is the seed folded with the index of the
-    batch's first problem. `on_record` sees each new record as soon as it is graded. The budget is
+    default protocol's greedy decoding). Problems `i * batch_size` .. `(i + 1) * batch_size - 1` share one `sample`
+    call (those not done), whose key is the seed folded with `i * batch_size`, so that a pass resumed after whole
+    batches draws what an uninterrupted one would. `on_record` sees each new record as soon as it is graded;
+    `journal` keeps them and resumes from them in place of `done` and `on_record`. The budget is
     `token_budget` over all of `problems` (so it does not depend on batching or on what is already done);
     the summary's `max_new_tokens` is that budget.
     EOS ids: the tokenizer's plus those of `model_dir`'s `generation_config.json` (the checkpoint the model
@@ -165,25 +168,35 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
                                 model.cfg.max_position_embeddings)
     if note:
         print(note, flush=True)
+    if journal is not None:
+        if done or on_record:
+            raise ValueError("give a journal or done / on_record, not both")
+        tag = "greedy" if sampling.temperature == 0 else f"T{sampling.temperature:g}x{num_samples}"
+        listed = json.dumps([[p.id, p.question, p.gold] for p in problems], ensure_ascii=False).encode()
+        kept = journal.open(tag, {"problems": hashlib.sha256(listed).hexdigest(), "template": template,
+                                  "sampling": dataclasses.asdict(sampling), "budget": budget,
+                                  "batch_size": batch_size, "seed": seed})
+        done, on_record = kept.done, kept.append
     records = {i: r for i, r in (done or {}).items() if i in prompts}
     for record in records.values():
         if len(record["correct"]) != num_samples or record.get("max_new_tokens") != budget:
             raise ValueError(f"problem '{record['id']}' was evaluated with {len(record['correct'])} samples of at "
                              f"most {record.get('max_new_tokens')} tokens, not {num_samples} of at most {budget}")
     eos = eos_ids(tokenizer, generation_eos(model_dir))
-    pending = [(i, p) for i, p in enumerate(problems) if p.id not in records]
     key = jax.random.key(seed)
     what = "greedy" if sampling.temperature == 0 else f"{num_samples} at T = {sampling.temperature:g}"
-    with tqdm(total=len(problems), initial=len(problems) - len(pending), unit="problem", desc=what,
+    with tqdm(total=len(problems), initial=len(records), unit="problem", desc=what,
               leave=None, disable=not progress) as bar:  # leave=None: kept unless inside another bar
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start:start + batch_size]
-            out = sample(model, [prompts[p.id] for _, p in batch], num_samples=num_samples, max_new_tokens=budget,
+        for start in range(0, len(problems), batch_size):
+            batch = [p for p in problems[start:start + batch_size] if p.id not in records]
+            if not batch:
+                continue
+            out = sample(model, [prompts[p.id] for p in batch], num_samples=num_samples, max_new_tokens=budget,
                          temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, eos_ids=eos,
-                         seed=jax.random.fold_in(key, batch[0][0]))
+                         seed=jax.random.fold_in(key, start))
             tokens, lengths = to_host(out.tokens), to_host(out.lengths).tolist()
             logprob_sums = to_host(out.logprobs).sum(axis=1).tolist()
-            for j, (_, problem) in enumerate(batch):
+            for j, problem in enumerate(batch):
                 rows = range(j * num_samples, (j + 1) * num_samples)
                 texts = [tokenizer.decode(tokens[r, :lengths[r]].tolist(), skip_special_tokens=True) for r in rows]
                 truncated = [int(tokens[r, lengths[r] - 1]) not in eos for r in rows]  # no EOS within the budget
@@ -199,38 +212,17 @@ def evaluate_problems(model: Decoder, tokenizer: PreTrainedTokenizerBase, proble
 
 def evaluate_protocol(model: Decoder, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], protocol: str, *,
                       seed: int = 0, batch_size: int = 8, model_dir: str | Path | None = None,
-                      max_new_tokens: int | None = None, progress: bool = False) -> dict:
+                      max_new_tokens: int | None = None, progress: bool = False, journal: Journal | None = None) -> dict:
     """The named protocol's summary of `problems`, labelled with its name: train.py's held-out evaluation of
     benchmark sources, so that before and after are measured with the same prompt, decoding and budget
-    (`max_new_tokens`, when given, in place of the protocol's). `model_dir`, `progress` as for
+    (`max_new_tokens`, when given, in place of the protocol's). `model_dir`, `progress`, `journal` as for
     `evaluate_problems`."""
     p = get_protocol(protocol)
     sampling = dataclasses.replace(p.sampling, max_new_tokens=max_new_tokens or p.sampling.max_new_tokens)
     _, summary = evaluate_problems(model, tokenizer, problems, template=p.template, sampling=sampling,
-                                   batch_size=batch_size, seed=seed, progress=progress, model_dir=model_dir)
+                                   batch_size=batch_size, seed=seed, progress=progress, model_dir=model_dir,
+                                   journal=journal)
     return {"protocol": protocol, **summary}
-
-
-def read_records(path: Path) -> tuple[dict[str, dict], int]:
-    """Records of a per-problem JSONL by id, and the byte size of its complete lines.
-
-    A last line without its newline is an interrupted write and is ignored; any other bad line is an error.
-    """
-    if not path.is_file():
-        return {}, 0
-    records: dict[str, dict] = {}
-    size = 0
-    with path.open("rb") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.endswith(b"\n"):
-                break
-            size += len(line)
-            try:
-                record = json.loads(line)
-                records[record["id"]] = record
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-                raise ValueError(f"{path}:{line_no}: not a per-problem record; delete the file to start over") from None
-    return records, size
 
 
 def format_table(summaries: dict[str, dict], temperature: float, spread: dict[str, dict] | None = None) -> str:

@@ -24,6 +24,7 @@ from rlsc_jax.loop import evaluate, heldout_questions, run, sampled_metrics, tra
 from rlsc_jax.metrics import read_metrics
 from rlsc_jax.plotting import plot_accuracy, plot_arms
 from rlsc_jax.protocols import get_protocol
+from rlsc_jax.records import Journal
 from rlsc_jax.run_record import MODEL_FILES, flat_config, with_new_defaults
 from rlsc_jax.tokenizer import load_tokenizer
 from rlsc_jax.validation import validate
@@ -50,52 +51,57 @@ def step_accuracy(cfg: TrainConfig) -> list[float] | None:
     return [statistics.fmean(by_step[step]) for step in sorted(by_step)]
 
 
-def heldout_metrics(model, tokenizer, cfg: TrainConfig, problems, metrics: dict | None = None) -> dict:
+def heldout_metrics(model, tokenizer, cfg: TrainConfig, problems, metrics: dict | None = None,
+                    journal: Journal | None = None) -> dict:
     """The held-out metrics the table reads: `loop.evaluate`'s (`metrics`, when already computed). A benchmark or
     JSONL source's named protocol gives one accuracy: the sampled metrics at `eval.temperature` are added, and a
-    greedy protocol's accuracy, truncated fraction and length become the greedy ones (the rest under "protocol")."""
-    metrics = evaluate(model, tokenizer, cfg, problems, progress=True) if metrics is None else metrics
+    greedy protocol's accuracy, truncated fraction and length become the greedy ones (the rest under "protocol").
+    Each decoding pass keeps its records in `journal`."""
+    metrics = evaluate(model, tokenizer, cfg, problems, True, journal) if metrics is None else metrics
     if cfg.eval.source in SYNTHETIC_SOURCES:
         return metrics
     greedy = {}
     if get_protocol(cfg.eval.protocol).sampling.temperature == 0:
         greedy = {"greedy_accuracy": metrics["accuracy"], "greedy_truncated_frac": metrics["truncated_frac"],
                   "greedy_mean_length": metrics["mean_length"]}
-    return {**sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature, progress=True), **greedy,
+    return {**sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature, True, journal), **greedy,
             "protocol": metrics}
 
 
 def _now(name: str, compute):
     """`base_model` / `train_arm`'s default `keep`: compute every part, keep none."""
-    return compute()
+    return compute(None)
 
 
 def base_model(cfg: TrainConfig, temperatures: list[float], train_scores: bool = True, keep=_now) -> dict:
     """The untrained model for one seed: held-out before-metrics, lower temperatures, and the training questions.
-    `keep(name, compute)` gives each part (a `cached` one, so an interruption loses only the part under way)."""
+    `keep(name, compute)` gives each part: `compute(journal)`, where the part's decoding keeps its records (a
+    `keeper`'s parts are `cached`, and their journals resume, so an interruption loses little of the part under
+    way)."""
     loaded = functools.cache(lambda: (hf.load(cfg.model), load_tokenizer(cfg.model)))
     heldout = heldout_questions(cfg)
-    held = keep("heldout", lambda: evaluate(*loaded(), cfg, heldout, progress=True))
-    out = {"before": keep("before", lambda: heldout_metrics(*loaded(), cfg, heldout, held))}
+    held = keep("heldout", lambda journal: evaluate(*loaded(), cfg, heldout, True, journal))
+    out = {"before": keep("before", lambda journal: heldout_metrics(*loaded(), cfg, heldout, held, journal))}
     if train_scores:
-        out["train"] = keep("train", lambda: sampled_metrics(*loaded(), cfg, _train_questions(cfg),
-                                                             cfg.eval.temperature, progress=True))
+        out["train"] = keep("train", lambda journal: sampled_metrics(*loaded(), cfg, _train_questions(cfg),
+                                                                     cfg.eval.temperature, True, journal))
     for t in temperatures:
-        out[f"T={t}"] = keep(f"T={t}", lambda: sampled_metrics(*loaded(), cfg, heldout, t, progress=True))
+        out[f"T={t}"] = keep(f"T={t}", lambda journal: sampled_metrics(*loaded(), cfg, heldout, t, True, journal))
     return out
 
 
 def train_arm(cfg: TrainConfig, before: dict, train_scores: bool = True, keep=_now) -> dict:
     """One RLSC run to `cfg.steps` (reusing the seed's before-metrics; resuming from the newest checkpoint) and its
     final model's held-out metrics, scored on its training questions too with `train_scores`; parts as in
-    `base_model`."""
-    result = keep("run", lambda: run(cfg, before=before))
+    `base_model` (the run keeps its own final evaluation's records, in its output dir)."""
+    result = keep("run", lambda journal: run(cfg, before=before))
     final = Path(cfg.output_dir) / "final"
     loaded = functools.cache(lambda: (hf.load(final), load_tokenizer(final)))
-    result["after"] = keep("after", lambda: heldout_metrics(*loaded(), cfg, heldout_questions(cfg), result["after"]))
+    result["after"] = keep("after", lambda journal: heldout_metrics(*loaded(), cfg, heldout_questions(cfg),
+                                                                    result["after"], journal))
     if train_scores:
-        result["train"] = keep("train", lambda: sampled_metrics(*loaded(), cfg, _train_questions(cfg),
-                                                                cfg.eval.temperature, progress=True))
+        result["train"] = keep("train", lambda journal: sampled_metrics(*loaded(), cfg, _train_questions(cfg),
+                                                                        cfg.eval.temperature, True, journal))
     result["step_accuracy"] = step_accuracy(cfg)
     rows = read_metrics(cfg.output_dir)
     result["underflow"] = statistics.fmean(r["p_old_underflow_frac"] for r in rows)
@@ -152,8 +158,10 @@ def cached(path: Path, key: dict, compute):
 
 
 def keeper(folder: Path, prefix: str, key: dict):
-    """`keep` for `base_model` / `train_arm`: each part `cached` as folder/<prefix><part>.json under `key`."""
-    return lambda name, compute: cached(folder / f"{prefix}{name}.json", key, compute)
+    """`keep` for `base_model` / `train_arm`: each part `cached` as folder/<prefix><part>.json under `key`, its
+    decoding passes' records journaled beside it under the same key."""
+    return lambda name, compute: cached(folder / f"{prefix}{name}.json", key,
+                                        lambda: compute(Journal(folder / f"{prefix}{name}", key)))
 
 
 def _mean_sd(values: list[float], scale: float = 100.0, signed: bool = False) -> str:

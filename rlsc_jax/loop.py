@@ -25,9 +25,11 @@ from rlsc_jax.cli import Preempted
 from rlsc_jax.config import SamplingConfig, TrainConfig, to_yaml
 from rlsc_jax.data import SYNTHETIC_SOURCES, load_questions, questions_for_step
 from rlsc_jax.evaluation import evaluate_problems, evaluate_protocol
+from rlsc_jax.fingerprint import digests
 from rlsc_jax.files import atomic_write_json, atomic_write_text, exclusive_dir
 from rlsc_jax.metrics import MetricsLog, SamplesLog, read_metrics
 from rlsc_jax.protocols import get_protocol
+from rlsc_jax.records import Journal
 from rlsc_jax.run_record import check_resume, flatten, write_record
 from rlsc_jax.sampling import bucket_length
 from rlsc_jax.rollouts import answer_ids, answer_stats, sample_rows, sample_summary, truncated
@@ -63,32 +65,36 @@ def eval_budget(cfg: TrainConfig) -> int:
     return cfg.sampling.max_new_tokens
 
 
-def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: float, progress: bool = False) -> dict:
+def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: float, progress: bool = False,
+                    journal: Journal | None = None) -> dict:
     """mean@N / maj@N / pass@k / length of `eval.num_samples` samples per problem at `temperature` within
     `eval.max_new_tokens` (else the training budget), seeded by cfg.seed (EOS ids of the run's source checkpoint,
-    `cfg.model`, whose generation config an export copies); a progress bar over the problems with `progress`."""
+    `cfg.model`, whose generation config an export copies); a progress bar over the problems with `progress`; the
+    records kept in `journal` (`evaluate_problems`)."""
     sampling = SamplingConfig(num_samples=cfg.eval.num_samples, temperature=temperature,
                               max_new_tokens=cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens)
     return evaluate_problems(model, tokenizer, problems, template=cfg.data.template, sampling=sampling,
-                             batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=progress, model_dir=cfg.model)[1]
+                             batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=progress, model_dir=cfg.model,
+                             journal=journal)[1]
 
 
-def evaluate(model, tokenizer, cfg: TrainConfig, problems, progress: bool = False) -> dict:
+def evaluate(model, tokenizer, cfg: TrainConfig, problems, progress: bool = False,
+             journal: Journal | None = None) -> dict:
     """Held-out metrics, computed the same way before and after training. Benchmark and JSONL sources: the named
     protocol `eval.protocol`. Synthetic: greedy accuracy and, with N samples at the eval temperature, mean@N /
     maj@N, mean length and `mean_token_nll` (the mean −log p of the sampled tokens, an estimate of the token
     entropy, which training logs exactly as `mean_token_entropy`); both with the fraction of completions cut at
-    the budget. `progress`: a bar per decoding pass."""
+    the budget. `progress`: a bar per decoding pass; `journal`: where each pass keeps its records."""
     if cfg.eval.source not in SYNTHETIC_SOURCES:
         return evaluate_protocol(model, tokenizer, problems, cfg.eval.protocol, seed=cfg.seed,
-                                 batch_size=cfg.eval.batch_size, model_dir=cfg.model, max_new_tokens=eval_budget(cfg),
-                                 progress=progress)
+                                 batch_size=cfg.eval.batch_size, model_dir=cfg.model,
+                                 max_new_tokens=eval_budget(cfg), progress=progress, journal=journal)
     _, greedy = evaluate_problems(model, tokenizer, problems, template=cfg.data.template,
                                   sampling=SamplingConfig(num_samples=1, temperature=0.0,
                                                           max_new_tokens=eval_budget(cfg)),
-                                  batch_size=cfg.eval.batch_size,
-                                  seed=cfg.seed, progress=progress, model_dir=cfg.model)
-    sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature, progress)
+                                  batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=progress,
+                                  model_dir=cfg.model, journal=journal)
+    sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature, progress, journal)
     return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"},
             "greedy_truncated_frac": greedy["truncated_frac"]}
 
@@ -201,6 +207,16 @@ def _eval_settings(cfg: TrainConfig) -> dict:
             "max_new_tokens": cfg.sampling.max_new_tokens, "seed": cfg.seed}
 
 
+def _journal(out: Path, record: dict, name: str, weights: str) -> Journal | None:
+    """Where held-out evaluation `name` keeps its records as they land (`<name>-<pass>.jsonl`), so that an
+    interrupted one resumes: keyed by the run's record (trajectory settings, model files) and `weights`, the
+    model it scores. None across processes, which must all skip the same problems."""
+    if jax.process_count() > 1:
+        return None
+    return Journal(out / name, {"weights": weights, "settings": record["settings"],
+                                "model_files": digests(record["model_files"])})
+
+
 def _saved_before(out: Path, cfg: TrainConfig) -> dict | None:
     """The base model's held-out metrics saved by an earlier invocation with the same evaluation settings."""
     path = out / "eval_before.json"
@@ -270,7 +286,8 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
         if before is None and resuming:
             before = _saved_before(out, cfg)
         if before is None:
-            before = evaluate(trainer.model(state), tokenizer, cfg, heldout, writer)
+            before = evaluate(trainer.model(state), tokenizer, cfg, heldout, writer,
+                              _journal(out, record, "eval_before", "the base model"))
         if writer:
             atomic_write_json(out / "eval_before.json", {"settings": _eval_settings(cfg), "metrics": before})
     ckpt = Checkpointer(out / "checkpoints", cfg.keep_checkpoints)
@@ -294,7 +311,8 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
         export(final, out / "final", cfg.export_dtype or None, cfg.model)
     result = {"steps": cfg.steps, "before": before if heldout else None}
     if heldout:
-        result["after"] = evaluate(final, tokenizer, cfg, heldout, writer)
+        result["after"] = evaluate(final, tokenizer, cfg, heldout, writer,
+                                   _journal(out, record, "eval_after", f"step {cfg.steps}"))
         if writer:
             atomic_write_json(out / "eval_after.json", {"settings": _eval_settings(cfg), "metrics": result["after"]})
             trackers.log(cfg.steps, {f"eval/{k}": v for k, v in result["after"].items()})

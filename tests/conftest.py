@@ -15,13 +15,27 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from rlsc_jax.benchmarks import BENCHMARK_DIR  # noqa: E402
+from rlsc_jax.benchmarks import BENCHMARK_DIR, load_benchmark  # noqa: E402
+from rlsc_jax.bpe import train_tokenizer  # noqa: E402
+from tests.hf_models import make_hf_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def benchmark_dir() -> Path:
     """The six math benchmark JSONL files shipped in the package (rlsc_jax/data/benchmarks)."""
     return BENCHMARK_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_model(benchmark_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny Qwen2 whose vocabulary is a BPE tokenizer trained on GSM8K questions, in one HF directory."""
+    tok = train_tokenizer([p.question for p in load_benchmark("gsm8k", benchmark_dir, limit=200)], vocab_size=320)
+    model = make_hf_model("qwen2", vocab_size=len(tok), eos_token_id=tok.eos_token_id, bos_token_id=tok.pad_token_id,
+                          max_position_embeddings=1024)
+    path = tmp_path_factory.mktemp("tiny_model")
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
 
 
 @pytest.fixture(autouse=True)

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from rlsc_jax.benchmarks import BENCHMARKS, Problem, build_messages, load_benchmark
-from rlsc_jax.bpe import train_tokenizer
+from rlsc_jax.benchmarks import BENCHMARKS, Problem, build_messages
 from rlsc_jax.eval import main
 from rlsc_jax.files import exclusive_dir
-from rlsc_jax.evaluation import logprob_profile, make_record, read_records, summarize, token_budget
+from rlsc_jax.evaluation import logprob_profile, make_record, summarize, token_budget
+from rlsc_jax.records import read_records
 from rlsc_jax.report import truncation_warning
-from tests.hf_models import make_hf_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,18 +91,6 @@ def test_read_records_drops_partial_last_line_and_rejects_bad_lines(tmp_path: Pa
     path.write_text('{"id": "1"}\nnot json\n{"id": "3"}\n')
     with pytest.raises(ValueError, match=r"r\.jsonl:2:"):
         read_records(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(benchmark_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random tiny Qwen2 whose vocabulary is a BPE tokenizer trained on GSM8K questions, in one HF directory."""
-    tok = train_tokenizer([p.question for p in load_benchmark("gsm8k", benchmark_dir, limit=200)], vocab_size=320)
-    model = make_hf_model("qwen2", vocab_size=len(tok), eos_token_id=tok.eos_token_id, bos_token_id=tok.pad_token_id,
-                          max_position_embeddings=1024)
-    path = tmp_path_factory.mktemp("tiny_model")
-    model.save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return path
 
 
 def _eval(model: Path, out: Path, limit: int) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rlsc_jax import experiment, experiment_runs, synthetic_splits
+from rlsc_jax import evaluation, experiment, experiment_runs, synthetic_splits
 from rlsc_jax.config import load_config
 from tests.hf_models import make_chat_model_dir
 
@@ -131,13 +131,27 @@ def test_a_rerun_reuses_finished_results_and_recomputes_when_the_config_changes(
     def fail(*_):
         raise AssertionError("recomputed a finished result")
 
-    # an interruption loses only the part under way: with the whole results gone, the kept parts rebuild them
+    # an interruption loses only what it was decoding: each decoding pass journals its records, the run's final
+    # evaluation in the run's folder, the parts' beside them; with the whole results and the parts that hold only
+    # decoding gone, the journals rebuild them without decoding a token
     (out / "base-seed0.json").unlink()
     (out / "rlsc_l2-seed0" / "experiment_result.json").unlink()
-    for name in ("run", "evaluate", "sampled_metrics"):
-        monkeypatch.setattr(experiment_runs, name, fail)
+    for part in ("heldout", "before", "T=0.2", "train"):
+        (out / "parts" / f"base-seed0-{part}.json").unlink()
+    for part in ("after", "train"):
+        (out / "rlsc_l2-seed0" / "parts" / f"step2-{part}.json").unlink()
+    assert sorted(p.name for p in (out / "parts").glob("*.jsonl")) == [
+        "base-seed0-T=0.2-T0.2x4.jsonl", "base-seed0-heldout-T0.5x4.jsonl", "base-seed0-heldout-greedy.jsonl",
+        "base-seed0-train-T0.5x4.jsonl"]
+    for name in ("eval_after-greedy", "eval_after-T0.5x4"):
+        assert len((out / "rlsc_l2-seed0" / f"{name}.jsonl").read_text().splitlines()) == 1 + 4
+    monkeypatch.setattr(experiment_runs, "run", fail)
+    monkeypatch.setattr(evaluation, "sample", fail)
     assert experiment.main(args) == 0
     assert json.loads((out / "results.json").read_text()) == first
+    for name in ("evaluate", "sampled_metrics"):
+        monkeypatch.setattr(experiment_runs, name, fail)
+    assert experiment.main(args) == 0
     monkeypatch.setattr(experiment_runs, "base_model", fail)
     monkeypatch.setattr(experiment_runs, "train_arm", fail)
     assert experiment.main(args) == 0
