@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, nargs="+", default=[1], help="prompts per call, one case each")
     p.add_argument("--iters", type=int, default=3, help="timed calls per side and case, interleaved")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16-parameter JAX rows")
+    p.add_argument("--no-torch", action="store_true",
+                   help="the JAX rows alone, against the first case (e.g. rows per call: --prompts 16 64 --samples 1)")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -85,11 +87,13 @@ def main(argv=None) -> int:
         models = {"jax bf16": bf16, "torch bf16": torch_model,
                   "jax fp32 masters, bf16 compute": hf.load(shared.path, compute_dtype="bfloat16")} if gpu else \
             {"jax fp32": shared.jax_model, "torch fp32": torch_model, **({"jax bf16": bf16} if bf16 else {})}
+        if args.no_torch:
+            models = {k: v for k, v in models.items() if not k.startswith("torch")}
         baseline = "torch bf16" if gpu else "torch fp32"
         peak = max(matmul_peak("bfloat16" if gpu else "float32").values())
         flops_per_token = 2 * sum(cfg.matmul_params.values())
         rng = np.random.default_rng(0)
-        rows, results = [], {}
+        rows, results, first = [], {}, None
         for num_prompts in args.prompts:
             prompts = [prompt_ids(args, shared, rng) for _ in range(num_prompts)]
             ids = torch.tensor(prompts, device=device)
@@ -113,7 +117,11 @@ def main(argv=None) -> int:
                        for name, model in models.items()}
                 timings = time_calls(fns, iters=args.iters, warmup=1)
                 tokens = num_prompts * args.samples * new_tokens
-                base = tokens / timings[baseline].median
+                if args.no_torch:  # against the first case's first side, per row and token
+                    first = first or tokens / timings[next(iter(timings))].median
+                    base = first
+                else:
+                    base = tokens / timings[baseline].median
                 case = f"{num_prompts} prompt x {args.samples} x {new_tokens}"
                 for name, t in timings.items():
                     tps = tokens / t.median
@@ -124,7 +132,8 @@ def main(argv=None) -> int:
         print(f"\nsampling, {weights_label(args)}, T={args.temperature}, top-k {args.top_k or 'off'}, on {device}; "
               f"{'bf16' if gpu else 'fp32'} matmul peak {peak:.0f} GFLOP/s; "
               f"{load_note(load_before, load_after, args)}\n")
-        print(markdown_table(["case", "side", "tokens/s", "s/call (range)", "vs torch", "% of roofline"], rows))
+        print(markdown_table(["case", "side", "tokens/s", "s/call (range)",
+                              "vs the first case" if args.no_torch else "vs torch", "% of roofline"], rows))
         if args.json:
             write_json(args.json, dict(args={k: str(v) for k, v in vars(args).items()}, peak_gflops=peak,
                                        load_per_core=[load_before, load_after], weights=weights_label(args),

@@ -68,7 +68,7 @@ def eval_budget(cfg: TrainConfig) -> int:
 def _batch_size(cfg: TrainConfig, num_samples: int) -> int:
     """Problems per sampling call of a pass with `num_samples` samples each: the rows of the sampled pass,
     `eval.batch_size` x `eval.num_samples`, so that a greedy pass fills its calls as well. On CPU, 64 rows of the
-    real 0.5B model decode at 2.6 times the cost of 16, not 4 times (docs/performance.md)."""
+    real 0.5B model decode at 2.3 times the cost of 16, not 4 times (docs/performance.md)."""
     return max(1, cfg.eval.batch_size * cfg.eval.num_samples // num_samples)
 
 
