@@ -24,20 +24,21 @@ def test_experiment_pairs_every_arm_with_its_seeds_base(tmp_path):
     texts = [p.question + " " + p.solution for p in synthetic_splits.split_problems("pretrain", 200)]
     model = make_chat_model_dir(tmp_path / "model", texts)
     out = tmp_path / "exp"
-    code = experiment.main(["--seeds", "0", "1", "--arms", "rlsc_l2", "paper_batch", "--baseline-temperatures", "0.2",
-                            "--output", str(out), f"model={model}", *TINY])
+    code = experiment.main(["--seeds", "0", "1", "--arms", "rlsc_l2", "ttrl", "--baseline-temperatures", "0.2",
+                            "--output", str(out), f"model={model}", *TINY, "objective=rlsc_l1"])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results["base"]) == {"0", "1"} and set(results["runs"]) == {"rlsc_l2", "paper_batch"}
+    assert set(results["base"]) == {"0", "1"} and set(results["runs"]) == {"rlsc_l2", "ttrl"}
     for name, by_seed in results["runs"].items():
         for seed, result in by_seed.items():
             assert result["before"] == results["base"][seed]["before"], (name, seed)
             assert result["train"]["problems"] == 4 and result["after"]["num_samples"] == 4
-            rows = (out / f"{name}-seed{seed}" / "metrics.jsonl").read_text().splitlines()
-            assert len(rows) == (20 if name == "paper_batch" else 2)
+            run = out / f"{name}-seed{seed}"
+            assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+            assert f"objective: {name}\n" in (run / "config.yaml").read_text()  # the arm's overrides win
     lines = (out / "table.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in lines[2:]] == [
-        "| base, T=0.5", "| base, T=0.2", "| RLSC L2", "| RLSC L2, paper's batch: 1 question x 20 steps, lr 1e-5"]
+        "| base, T=0.5", "| base, T=0.2", "| RLSC L2", "| TTRL (majority-vote reward)"]
     header = lines[0].strip("| ").split(" | ")
     cells = {line.split(" | ")[0][2:]: dict(zip(header, line.strip("| ").split(" | "))) for line in lines[2:]}
     assert cells["base, T=0.5"]["change in mean@4"] == "+0.0 ± 0.0"  # the base row's change against itself
@@ -45,6 +46,7 @@ def test_experiment_pairs_every_arm_with_its_seeds_base(tmp_path):
     # here: a random model's 8-token answers have log p near -40, so p_old is tiny but not 0)
     for column in ("underflow", "p_old share"):
         assert cells["base, T=0.5"][column] == "–" and 0 <= float(cells["RLSC L2"][column].split(" ± ")[0]) <= 100
+    assert cells["TTRL (majority-vote reward)"]["p_old share"] == "–"  # no p_old term to measure
     # the greedy accuracy's binomial standard error over the 4 problems, at the seeds' mean accuracy
     p = sum(results["base"][s]["before"]["greedy_accuracy"] for s in "01") / 2
     assert cells["base, T=0.5"]["greedy se"] == f"{100 * (p * (1 - p) / 4) ** 0.5:.1f}"
