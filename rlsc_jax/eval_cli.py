@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 
 from rlsc_jax import hf
@@ -29,7 +28,7 @@ from rlsc_jax.files import atomic_write_json, exclusive_dir, make_dir
 from rlsc_jax.fingerprint import digests, fingerprint
 from rlsc_jax.models import ModelConfig
 from rlsc_jax.protocols import DEFAULT_PROTOCOL, SAMPLING_KEYS, SETTINGS, get_protocol
-from rlsc_jax.records import read_records
+from rlsc_jax.records import Appender, read_records
 from rlsc_jax.report import truncation_warning
 from rlsc_jax.sharding import axis_rules, make_mesh
 from rlsc_jax.tokenizer import load_tokenizer
@@ -118,32 +117,13 @@ def _check_resume(run_dir: Path, settings: dict, model_dir: Path, weights: dict 
     return weights
 
 
-class _RecordWriter:
-    """Appends graded records to `<run_dir>/<benchmark>.jsonl`, one flushed JSON line each, so an interruption
-    loses at most that line. Nothing is written before the first record: then settings.json (which guards the
-    records) and the file, cut to its complete lines."""
-
-    def __init__(self, run_dir: Path, settings: dict):
-        self.run_dir, self.settings, self.file = run_dir, settings, None
-
-    def open(self, name: str, size: int) -> Callable[[dict], None]:
-        """The appender of benchmark `name`'s records, whose file holds `size` bytes of complete lines."""
-        self.close()
-
-        def append(record: dict) -> None:
-            if self.file is None:
-                make_dir(self.run_dir, "--output-dir")
-                atomic_write_json(self.run_dir / "settings.json", self.settings)
-                self.file = (self.run_dir / f"{name}.jsonl").open("ab")
-                self.file.truncate(size)  # drops a partially written last line
-            self.file.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
-            self.file.flush()
-        return append
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+def _appender(run_dir: Path, settings: dict, name: str, size: int) -> Appender:
+    """The appender of benchmark `name`'s records (`<run_dir>/<name>.jsonl`, holding `size` bytes of complete
+    lines). Nothing is written before the first record: then settings.json, which guards the records."""
+    def before() -> None:
+        make_dir(run_dir, "--output-dir")
+        atomic_write_json(run_dir / "settings.json", settings)
+    return Appender(run_dir / f"{name}.jsonl", size, before=before)
 
 
 def _load_problems(args: argparse.Namespace, cfg: EvalRunConfig) -> dict[str, list[Problem]]:
@@ -212,19 +192,17 @@ def _evaluate(model, tokenizer, cfg: EvalRunConfig, seed: int, benchmarks: dict[
               model_dir: Path) -> dict[str, dict]:
     """One seed over every benchmark, resuming from and appending to `run_dir/<benchmark>.jsonl` (EOS ids from
     `model_dir`, the checkpoint the model was loaded from)."""
-    summaries, writer = {}, _RecordWriter(run_dir, settings)
-    try:
-        for name, problems in benchmarks.items():
-            path = run_dir / f"{name}.jsonl"
-            done, size = read_records(path)
-            done = {p.id: done[p.id] for p in problems if p.id in done}
-            print(f"{name}: {len(problems)} problems, {len(done)} already in {path}, {len(problems) - len(done)} to "
-                  f"generate", flush=True)
-            _, summaries[name] = evaluate_problems(
-                model, tokenizer, problems, template=cfg.template, sampling=cfg.sampling, batch_size=cfg.batch_size, seed=seed, done=done, on_record=writer.open(name, size),
-                model_dir=model_dir, prompts=prompts[name])
-    finally:
-        writer.close()
+    summaries = {}
+    for name, problems in benchmarks.items():
+        path = run_dir / f"{name}.jsonl"
+        done, size = read_records(path)
+        done = {p.id: done[p.id] for p in problems if p.id in done}
+        print(f"{name}: {len(problems)} problems, {len(done)} already in {path}, {len(problems) - len(done)} to "
+              f"generate", flush=True)
+        _, summaries[name] = evaluate_problems(
+            model, tokenizer, problems, template=cfg.template, sampling=cfg.sampling, batch_size=cfg.batch_size,
+            seed=seed, done=done, on_record=_appender(run_dir, settings, name, size), model_dir=model_dir,
+            prompts=prompts[name])
     return summaries
 
 

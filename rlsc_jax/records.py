@@ -1,15 +1,16 @@
 """Per-problem records on disk: JSONL, one graded record a line, appended and flushed as each lands, so that a
 decoding pass that is interrupted resumes at its first problem not yet written instead of from the start.
 
-`read_records` reads `eval.py`'s files (guarded by its settings.json). `Journal` is the self-guarding kind that
-train.py's held-out evaluations and the experiment's parts keep: its first line is the key it was kept under
-(what the pass's result depends on), and a file kept under another key is started over, not reused.
+`read_records` reads `eval.py`'s files (guarded by its settings.json) and `Appender` writes them. `Journal` is the
+self-guarding kind that train.py's held-out evaluations and the experiment's parts keep: its first line is the key
+it was kept under (what the pass's result depends on), and a file kept under another key is started over.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,29 @@ def read_records(path: Path, skip: int = 0) -> tuple[dict[str, dict], int]:
     return records, size
 
 
+class Appender:
+    """Appends graded records to the per-problem JSONL at `path`, one flushed line each, so an interruption loses
+    at most that line. Nothing is written before the first record; it calls `before` (if given), then cuts the
+    file to its `size` bytes of complete lines, dropping a partially written last one (`size` 0: the file is
+    written anew, starting with `head`)."""
+
+    def __init__(self, path: Path, size: int, head: bytes = b"", before: Callable[[], Any] | None = None):
+        self.path, self.size, self.head, self.before = path, size, head, before
+        self.started = False
+
+    def __call__(self, record: dict) -> None:
+        if not self.started:
+            if self.before is not None:
+                self.before()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("r+b" if self.size else "wb") as f:
+                f.truncate(self.size)
+                f.write(b"" if self.size else self.head)
+            self.started = True
+        with self.path.open("ab") as f:
+            f.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+
+
 @dataclasses.dataclass(frozen=True)
 class Journal:
     """Where decoding passes keep their records, and what for: the pass named `tag` keeps them in
@@ -53,33 +77,20 @@ class Journal:
 
 
 class JournalFile:
-    """One pass's journal: `done` holds the records kept under the same key; `append` adds one, flushed and
-    closed. Nothing is written before the first new record; then a file kept under another key (or unreadable)
-    is replaced, and a partially written last line dropped."""
+    """One pass's journal: `done` holds the records kept under the same key; `append` (an `Appender`) adds one.
+    A file kept under another key, or unreadable, is replaced at the first new record."""
 
     def __init__(self, path: Path, key: dict):
         self.path = path
-        self.header = (json.dumps({"journal": key}, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        header = (json.dumps({"journal": key}, sort_keys=True, ensure_ascii=False) + "\n").encode()
         self.done: dict[str, dict] = {}
-        self.size = 0  # bytes of complete lines to keep; 0 = write the file anew
+        size = 0  # bytes of complete lines to keep; 0 = write the file anew
         if path.is_file():
             with path.open("rb") as f:
-                same = f.readline() == self.header
+                same = f.readline() == header
             if same:
                 try:
-                    self.done, self.size = read_records(path, skip=1)
+                    self.done, size = read_records(path, skip=1)
                 except ValueError:  # a damaged journal costs only the time to decode it again
-                    self.done, self.size = {}, 0
-
-    def append(self, record: dict) -> None:
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-        if self.size is None:
-            with self.path.open("ab") as f:
-                f.write(line)
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("r+b" if self.size else "wb") as f:
-            f.truncate(self.size)
-            f.seek(self.size)
-            f.write(line if self.size else self.header + line)
-        self.size = None  # from now on, append
+                    self.done, size = {}, 0
+        self.append = Appender(path, size, head=header)
