@@ -57,15 +57,15 @@ def heldout_metrics(model, tokenizer, cfg: TrainConfig, problems, metrics: dict 
     JSONL source's named protocol gives one accuracy: the sampled metrics at `eval.temperature` are added, and a
     greedy protocol's accuracy, truncated fraction and length become the greedy ones (the rest under "protocol").
     Each decoding pass keeps its records in `journal`."""
-    metrics = evaluate(model, tokenizer, cfg, problems, True, journal) if metrics is None else metrics
+    metrics = evaluate(model, tokenizer, cfg, problems, progress=True, journal=journal) if metrics is None else metrics
     if cfg.eval.source in SYNTHETIC_SOURCES:
         return metrics
     greedy = {}
     if get_protocol(cfg.eval.protocol).sampling.temperature == 0:
         greedy = {"greedy_accuracy": metrics["accuracy"], "greedy_truncated_frac": metrics["truncated_frac"],
                   "greedy_mean_length": metrics["mean_length"]}
-    return {**sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature, True, journal), **greedy,
-            "protocol": metrics}
+    sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature, progress=True, journal=journal)
+    return {**sampled, **greedy, "protocol": metrics}
 
 
 def _now(name: str, compute):
@@ -80,13 +80,14 @@ def base_model(cfg: TrainConfig, temperatures: list[float], train_scores: bool =
     way)."""
     loaded = functools.cache(lambda: (hf.load(cfg.model), load_tokenizer(cfg.model)))
     heldout = heldout_questions(cfg)
-    held = keep("heldout", lambda journal: evaluate(*loaded(), cfg, heldout, True, journal))
+    held = keep("heldout", lambda journal: evaluate(*loaded(), cfg, heldout, progress=True, journal=journal))
     out = {"before": keep("before", lambda journal: heldout_metrics(*loaded(), cfg, heldout, held, journal))}
     if train_scores:
-        out["train"] = keep("train", lambda journal: sampled_metrics(*loaded(), cfg, _train_questions(cfg),
-                                                                     cfg.eval.temperature, True, journal))
+        out["train"] = keep("train", lambda journal: sampled_metrics(
+            *loaded(), cfg, _train_questions(cfg), cfg.eval.temperature, progress=True, journal=journal))
     for t in temperatures:
-        out[f"T={t}"] = keep(f"T={t}", lambda journal: sampled_metrics(*loaded(), cfg, heldout, t, True, journal))
+        out[f"T={t}"] = keep(f"T={t}", lambda journal: sampled_metrics(
+            *loaded(), cfg, heldout, t, progress=True, journal=journal))
     return out
 
 
@@ -100,8 +101,8 @@ def train_arm(cfg: TrainConfig, before: dict, train_scores: bool = True, keep=_n
     result["after"] = keep("after", lambda journal: heldout_metrics(*loaded(), cfg, heldout_questions(cfg),
                                                                     result["after"], journal))
     if train_scores:
-        result["train"] = keep("train", lambda journal: sampled_metrics(*loaded(), cfg, _train_questions(cfg),
-                                                                        cfg.eval.temperature, True, journal))
+        result["train"] = keep("train", lambda journal: sampled_metrics(
+            *loaded(), cfg, _train_questions(cfg), cfg.eval.temperature, progress=True, journal=journal))
     result["step_accuracy"] = step_accuracy(cfg)
     rows = read_metrics(cfg.output_dir)
     result["underflow"] = statistics.fmean(r["p_old_underflow_frac"] for r in rows)

@@ -72,7 +72,7 @@ def _batch_size(cfg: TrainConfig, num_samples: int) -> int:
     return max(1, cfg.eval.batch_size * cfg.eval.num_samples // num_samples)
 
 
-def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: float, progress: bool = False,
+def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: float, *, progress: bool = False,
                     journal: Journal | None = None) -> dict:
     """mean@N / maj@N / pass@k / length of `eval.num_samples` samples per problem at `temperature` within
     `eval.max_new_tokens` (else the training budget), seeded by cfg.seed (EOS ids of the run's source checkpoint,
@@ -85,7 +85,7 @@ def sampled_metrics(model, tokenizer, cfg: TrainConfig, problems, temperature: f
                              journal=journal)[1]
 
 
-def evaluate(model, tokenizer, cfg: TrainConfig, problems, progress: bool = False,
+def evaluate(model, tokenizer, cfg: TrainConfig, problems, *, progress: bool = False,
              journal: Journal | None = None) -> dict:
     """Held-out metrics, computed the same way before and after training. Benchmark and JSONL sources: the named
     protocol `eval.protocol`. Synthetic: greedy accuracy and, with N samples at the eval temperature, mean@N /
@@ -102,7 +102,8 @@ def evaluate(model, tokenizer, cfg: TrainConfig, problems, progress: bool = Fals
                                                           max_new_tokens=eval_budget(cfg)),
                                   batch_size=_batch_size(cfg, 1), seed=cfg.seed, progress=progress,
                                   model_dir=cfg.model, journal=journal)
-    sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature, progress, journal)
+    sampled = sampled_metrics(model, tokenizer, cfg, problems, cfg.eval.temperature, progress=progress,
+                              journal=journal)
     return {"greedy_accuracy": greedy["accuracy"], **{k: v for k, v in sampled.items() if k != "accuracy"},
             "greedy_truncated_frac": greedy["truncated_frac"]}
 
@@ -110,7 +111,7 @@ def evaluate(model, tokenizer, cfg: TrainConfig, problems, progress: bool = Fals
 def _evaluate_during(model, tokenizer, cfg: TrainConfig, problems, progress: bool) -> dict:
     """`evaluate`'s numbers as `eval/<metric>` keys of a step's metrics, with the seconds it took."""
     t = time.perf_counter()
-    numbers = {f"eval/{k}": v for k, v in evaluate(model, tokenizer, cfg, problems, progress).items()
+    numbers = {f"eval/{k}": v for k, v in evaluate(model, tokenizer, cfg, problems, progress=progress).items()
                if isinstance(v, (int, float))}
     return numbers | {"eval_seconds": time.perf_counter() - t}
 
@@ -294,8 +295,8 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
         if before is None and resuming:
             before = _saved_before(out, cfg)
         if before is None:
-            before = evaluate(trainer.model(state), tokenizer, cfg, heldout, writer,
-                              _journal(out, record, "eval_before", "the base model"))
+            before = evaluate(trainer.model(state), tokenizer, cfg, heldout, progress=writer,
+                              journal=_journal(out, record, "eval_before", "the base model"))
         if writer:
             atomic_write_json(out / "eval_before.json", {"settings": _eval_settings(cfg), "metrics": before})
     ckpt = Checkpointer(out / "checkpoints", cfg.keep_checkpoints)
@@ -319,8 +320,8 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
         export(final, out / "final", cfg.export_dtype or None, cfg.model)
     result = {"steps": cfg.steps, "before": before if heldout else None}
     if heldout:
-        result["after"] = evaluate(final, tokenizer, cfg, heldout, writer,
-                                   _journal(out, record, "eval_after", f"step {cfg.steps}"))
+        result["after"] = evaluate(final, tokenizer, cfg, heldout, progress=writer,
+                                   journal=_journal(out, record, "eval_after", f"step {cfg.steps}"))
         if writer:
             atomic_write_json(out / "eval_after.json", {"settings": _eval_settings(cfg), "metrics": result["after"]})
             trackers.log(cfg.steps, {f"eval/{k}": v for k, v in result["after"].items()})
