@@ -2,6 +2,7 @@
 an error mid-run, a non-finite state, a second run on the same output dir, a missing run record, no checkpoint
 that restores. Each case ends with one line and never loses the last checkpoint."""
 
+import gc
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import train
-from rlsc_jax import synthetic_splits, training
+from rlsc_jax import loop, synthetic_splits, training
 from rlsc_jax.checkpoints import Checkpointer
 from rlsc_jax.config import load_config
 from rlsc_jax.files import exclusive_dir
@@ -114,6 +115,28 @@ def test_resume_onto_another_mesh(chat_model, tmp_path):
     got, want = _final(a), _final(b)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], atol=2e-6, err_msg=name)
+
+
+def test_a_resumed_run_holds_one_copy_of_the_train_state(chat_model, tmp_path, monkeypatch):
+    """At its first step a resumed run holds the arrays a fresh run holds at its first: the restored state, not
+    also the initial parameters it replaced (a name that held the loaded module once kept them for the whole
+    run, a third more memory than the state's parameters and Adam moments)."""
+    beyond_state = {}
+    train_steps = loop._train
+
+    def probe(cfg, trainer, state, start, *args, **kwargs):
+        gc.collect()
+        live = sum(x.nbytes for x in jax.live_arrays())
+        beyond_state[start] = live - sum(x.nbytes for x in jax.tree.leaves(state) if isinstance(x, jax.Array))
+        return train_steps(cfg, trainer, state, start, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train", probe)
+    out = tmp_path / "run"
+    assert _run(chat_model, out, "steps=1") == 0
+    assert _run(chat_model, out, "steps=2") == 0
+    params = sum(x.nbytes for x in load_file(str(out / "final" / "model.safetensors")).values())
+    assert sorted(beyond_state) == [0, 1]
+    assert beyond_state[1] - beyond_state[0] < params / 10, (beyond_state, params)
 
 
 @pytest.mark.parametrize("damage", ["truncate_array", "delete_metadata"])
