@@ -306,6 +306,7 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
     if start:
         state = state.from_checkpoint(restored, start)
         print(f"resuming from step {start} ({meta['questions_seen']} questions seen)")
+    del restored  # the state holds these arrays now; `del state` below must be able to free them
     if trackers is not None and heldout and not start:
         trackers.log(0, {f"eval/{k}": v for k, v in before.items()})
     log, samples_log = MetricsLog(out, resume_step=start, trackers=trackers), SamplesLog(out, resume_step=start)
@@ -318,6 +319,7 @@ def _run(cfg: TrainConfig, before: dict | None, questions: list, heldout: list, 
         samples_log.close()
         ckpt.close()
     final = trainer.model(state)
+    del state  # Adam's moments, twice the parameters, are not needed by the export and the after-evaluation
     if cfg.export_final and (start < cfg.steps or not (out / "final").exists()):
         export(final, out / "final", cfg.export_dtype or None, cfg.model)
     result = {"steps": cfg.steps, "before": before if heldout else None}

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import jax
@@ -137,6 +138,28 @@ def test_a_resumed_run_holds_one_copy_of_the_train_state(chat_model, tmp_path, m
     params = sum(x.nbytes for x in load_file(str(out / "final" / "model.safetensors")).values())
     assert sorted(beyond_state) == [0, 1]
     assert beyond_state[1] - beyond_state[0] < params / 10, (beyond_state, params)
+
+
+def test_the_after_evaluation_runs_without_the_optimizer_state(chat_model, tmp_path, monkeypatch):
+    """Adam's moments (twice the parameters) are released once training ends, before the export and the
+    after-evaluation, which need the parameters alone."""
+    moments, alive = [], []
+    train_steps, evaluate = loop._train, loop.evaluate
+
+    def trained(*args, **kwargs):
+        state = train_steps(*args, **kwargs)
+        moments.extend(weakref.ref(x) for x in jax.tree.leaves(state.opt_state) if isinstance(x, jax.Array))
+        return state
+
+    def probe(*args, **kwargs):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in moments))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train", trained)
+    monkeypatch.setattr(loop, "evaluate", probe)
+    assert _run(chat_model, tmp_path / "run", "steps=1", "eval.num_questions=2", "eval.num_samples=2") == 0
+    assert len(moments) > 2 and alive == [0, 0]  # before (no moments yet), after
 
 
 @pytest.mark.parametrize("damage", ["truncate_array", "delete_metadata"])
